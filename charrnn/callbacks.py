@@ -1,0 +1,66 @@
+"""Training-side checkpointing: when ``last.ckpt`` is written, how (atomically), and what Ctrl-C / SIGTERM do."""
+
+import os
+import signal
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from . import checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with atomic writes and code-free (``weights_only``) reads."""
+
+    def save_checkpoint(self, checkpoint_dict, path, storage_options=None):
+        checkpoint.save_atomic(checkpoint_dict, str(path))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class LastCheckpoint(L.Callback):
+    """Keeps ``<log_dir>/checkpoints/last.ckpt`` current.
+
+    Written every ``every_n_steps`` optimizer steps and at the step where training stops: ``max_steps``, the last
+    batch of ``max_epochs``, or the first Ctrl-C / SIGTERM. A signal only asks to stop, so the checkpoint is taken
+    between two steps, the final validation still runs, and the process exits 0; a second signal aborts at once.
+    """
+
+    def __init__(self, every_n_steps: int = 1000):
+        self.every_n_steps = every_n_steps
+        self.stop_signal = None
+        self._previous_handlers = {}
+
+    def path(self, trainer) -> str:
+        return os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints", checkpoint.LAST)
+
+    def _request_stop(self, signum, frame):
+        if self.stop_signal is not None:
+            raise KeyboardInterrupt
+        self.stop_signal = signal.Signals(signum).name
+        self._trainer.should_stop = True
+
+    def on_train_start(self, trainer, pl_module):
+        self._trainer = trainer
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous_handlers[sig] = signal.signal(sig, self._request_stop)
+
+    def on_train_end(self, trainer, pl_module):
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers.clear()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        last_epoch_done = (
+            trainer.max_epochs not in (None, -1)
+            and trainer.current_epoch + 1 >= trainer.max_epochs
+            and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        )
+        final = trainer.should_stop or step >= trainer.max_steps > -1 or last_epoch_done
+        if final:
+            trainer.should_stop = True  # also makes Lightning run the final validation
+        if final or step % self.every_n_steps == 0:
+            trainer.save_checkpoint(self.path(trainer))

@@ -1,0 +1,268 @@
+"""Text in, batches out: reading and encoding a UTF-8 file, the vocabulary, and the stream layout.
+
+Training text is cut into ``batch_size`` contiguous streams; batch t holds window t of every stream, so row b of
+batch t + 1 continues row b of batch t and the hidden state can be carried across batches. Validation text is
+laid out the same way (as parallel streams, for speed) but covers every character, masked where streams are
+padded.
+"""
+
+import codecs
+import os
+
+import lightning as L
+import numpy as np
+import torch
+
+from .errors import UsageError
+
+DEFAULT_PATH = "data/raw/input.txt"
+_CHUNK_BYTES = 1 << 23
+VAL_STREAMS = 64
+VAL_CHUNK = 256
+
+
+def _decoded_chunks(path: str):
+    """Yield the file's text in chunks: UTF-8 checked, BOM dropped, CRLF (and lone CR) turned into LF.
+
+    Line ends are normalised so a file saved on Windows trains the same model as on Unix and no '\\r' reaches
+    the vocabulary or the samples.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
+    offset, carry = 0, ""
+    with open(path, "rb") as f:
+        while True:
+            raw = f.read(_CHUNK_BYTES)
+            try:
+                text = carry + decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                raise UsageError(
+                    f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {offset + e.start}); "
+                    f"convert it first, e.g. iconv -f latin1 -t utf-8"
+                ) from None
+            offset += len(raw)
+            # Hold back a trailing CR: its LF may start the next chunk.
+            carry = text[-1:] if raw and text.endswith("\r") else ""
+            text = text[: len(text) - len(carry)].replace("\r\n", "\n").replace("\r", "\n")
+            if text:
+                yield text
+            if not raw:
+                return
+
+
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def _pydoc_text() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n".join(topics[k] for k in sorted(topics))
+
+
+def check_text_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise UsageError(f"data file {path} does not exist; pass --data.path with a UTF-8 text file")
+    if os.path.isdir(path):
+        raise UsageError(f"data path {path} is a directory; pass --data.path with a UTF-8 text file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"data file {path} is not readable")
+
+
+class Vocab:
+    """The sorted set of the text's characters (Unicode code points): the same text always gives the same ids."""
+
+    def __init__(self, chars):
+        self.chars = list(chars)
+        self.index = {c: i for i, c in enumerate(self.chars)}
+
+    def __len__(self):
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids of ``text``; characters outside the vocabulary raise UsageError naming them."""
+        missing = sorted(set(text) - self.index.keys())
+        if missing:
+            raise UsageError(
+                f"characters not in the model's vocabulary: {''.join(missing)!r}; use only characters of its training text"
+            )
+        return self._lookup()[_code_points(text)].astype(np.int64)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def _lookup(self) -> np.ndarray:
+        points = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        table = np.zeros(int(points.max()) + 1 if len(points) else 1, dtype=np.int32)
+        table[points] = np.arange(len(points), dtype=np.int32)
+        return table
+
+
+def id_dtype(vocab_size: int):
+    """The smallest integer dtype for ids: a 100 MB text must not cost 800 MB as int64."""
+    return np.uint8 if vocab_size <= 256 else np.int16 if vocab_size <= 32768 else np.int32
+
+
+def read_corpus(path: str):
+    """Read and encode a text file in two streaming passes, without a Python object per character.
+
+    Returns ``(vocab, ids)`` with ids a compact integer numpy array.
+    """
+    check_text_file(path)
+    counts = np.zeros(0, dtype=np.int64)
+    for text in _decoded_chunks(path):
+        chunk = np.bincount(_code_points(text))
+        if len(chunk) > len(counts):
+            chunk[: len(counts)] += counts
+            counts = chunk
+        else:
+            counts[: len(chunk)] += chunk
+    points = np.flatnonzero(counts)
+    if len(points) == 0:
+        raise UsageError(f"data file {path} is empty; give it some text to learn from")
+    vocab = Vocab(chr(p) for p in points)
+    table = vocab._lookup().astype(id_dtype(len(vocab)))
+    ids = np.empty(int(counts.sum()), dtype=table.dtype)
+    pos = 0
+    for text in _decoded_chunks(path):
+        cps = _code_points(text)
+        ids[pos : pos + len(cps)] = table[cps]
+        pos += len(cps)
+    return vocab, ids
+
+
+def corpus_from_text(text: str):
+    """``(vocab, ids)`` of an in-memory string (the built-in corpus and tests)."""
+    if not text:
+        raise UsageError("the text is empty")
+    vocab = Vocab(sorted(set(text)))
+    return vocab, vocab.encode(text).astype(id_dtype(len(vocab)))
+
+
+def train_streams(ids: torch.Tensor, streams: int, seq_length: int):
+    """Lay ``ids`` out as ``streams`` contiguous rows, a whole number of windows long.
+
+    Returns inputs and targets (B, L) as views of ``ids``; targets are inputs shifted by one character, so row b's
+    last target is the first character of row b + 1. At most ``B * T`` trailing characters are not used as inputs.
+    """
+    windows = (len(ids) - 1) // (streams * seq_length)
+    if windows < 1:
+        raise UsageError(
+            f"the training text has {len(ids)} characters, too few for {streams} streams of one "
+            f"{seq_length}-character window each (needs {streams * seq_length + 1}); "
+            f"lower --data.batch_size or --data.seq_length, or use a longer text"
+        )
+    length = windows * seq_length
+    return ids[: streams * length].view(streams, length), ids[1 : streams * length + 1].view(streams, length)
+
+
+def val_streams(ids: torch.Tensor, streams: int = VAL_STREAMS):
+    """Cover every validation character: predict ids[1:] from ids[:-1] in parallel, padded rows masked out.
+
+    Returns inputs, targets (S, L) int64 and a bool mask (S, L) of real predictions.
+    """
+    n = len(ids) - 1
+    streams = max(1, min(streams, n))
+    length = -(-n // streams)
+    x = torch.zeros(streams * length, dtype=torch.long)
+    y = torch.zeros(streams * length, dtype=torch.long)
+    mask = torch.zeros(streams * length, dtype=torch.bool)
+    x[:n], y[:n], mask[:n] = ids[:-1], ids[1:], True
+    return x.view(streams, length), y.view(streams, length), mask.view(streams, length)
+
+
+class TrainBatches:
+    """Iterates windows (inputs, targets, window index) of the training streams, in order.
+
+    The data is deterministic, so the position in an epoch is a function of the optimizer step: after a resume
+    iteration starts at ``step() % len(self)``, which makes a mid-epoch restart exact without replaying data.
+    """
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, seq_length: int, step=lambda: 0):
+        self.inputs, self.targets, self.seq_length, self.step = inputs, targets, seq_length, step
+
+    def __len__(self):
+        return self.inputs.shape[1] // self.seq_length
+
+    def __iter__(self):
+        T = self.seq_length
+        for t in range(self.step() % len(self), len(self)):
+            yield self.inputs[:, t * T : (t + 1) * T].long(), self.targets[:, t * T : (t + 1) * T].long(), t
+
+    def state_dict(self):
+        """The layout, so a resume on a different text or batch size is refused instead of silently wrong."""
+        return {"streams": self.inputs.shape[0], "stream_length": self.inputs.shape[1], "seq_length": self.seq_length}
+
+    def load_state_dict(self, state):
+        if state != self.state_dict():
+            raise UsageError(
+                f"the checkpoint was trained on a different data layout ({state}) than this run's ({self.state_dict()}); "
+                "resume with the same text, --data.batch_size and --data.seq_length"
+            )
+
+
+class ValBatches:
+    """Iterates time chunks (inputs, targets, mask, chunk index) of the validation streams."""
+
+    def __init__(self, inputs, targets, mask, chunk: int = VAL_CHUNK):
+        self.inputs, self.targets, self.mask, self.chunk = inputs, targets, mask, chunk
+
+    def __len__(self):
+        return -(-self.inputs.shape[1] // self.chunk)
+
+    def __iter__(self):
+        C = self.chunk
+        for i in range(len(self)):
+            cut = slice(i * C, (i + 1) * C)
+            yield self.inputs[:, cut], self.targets[:, cut], self.mask[:, cut], i
+
+
+class CharDataModule(L.LightningDataModule):
+    """A UTF-8 text file as training streams and a held-out validation tail.
+
+    Args:
+        path: the text file. When it is the default and does not exist, Python's own reference documentation
+            (``pydoc_data.topics``, shipped with every Python) is used, so a fresh clone trains offline.
+        seq_length: characters per window (the truncated-BPTT length).
+        batch_size: parallel training streams.
+        val_fraction: the last part of the text, contiguous, held out for validation (0 disables validation).
+    """
+
+    def __init__(self, path: str = DEFAULT_PATH, seq_length: int = 25, batch_size: int = 32, val_fraction: float = 0.1):
+        super().__init__()
+        for name, value in (("seq_length", seq_length), ("batch_size", batch_size)):
+            if value < 1:
+                raise UsageError(f"--data.{name} must be a positive integer, got {value}")
+        if not 0 <= val_fraction < 1:
+            raise UsageError(f"--data.val_fraction must be in [0, 1), got {val_fraction}")
+        self.path, self.seq_length, self.batch_size, self.val_fraction = path, seq_length, batch_size, val_fraction
+        if path == DEFAULT_PATH and not os.path.exists(path):
+            print(f"{path} not found: training on Python's reference documentation (pydoc_data.topics) instead")
+            vocab, ids = corpus_from_text(_pydoc_text())
+        else:
+            vocab, ids = read_corpus(path)
+        self.vocab = vocab
+        ids = torch.from_numpy(ids)
+        n_val = int(len(ids) * val_fraction)
+        self.train_ids, self.val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+        if val_fraction > 0 and len(self.val_ids) < 2:
+            raise UsageError(
+                f"{path} is too short for a validation split ({len(ids)} characters); use a longer text or --data.val_fraction 0"
+            )
+        self.train_inputs, self.train_targets = train_streams(self.train_ids, batch_size, seq_length)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def chars(self) -> list[str]:
+        return self.vocab.chars
+
+    def train_dataloader(self):
+        step = (lambda: self.trainer.global_step) if self.trainer is not None else (lambda: 0)
+        return TrainBatches(self.train_inputs, self.train_targets, self.seq_length, step)
+
+    def val_dataloader(self):
+        if self.val_fraction == 0:
+            return []
+        return ValBatches(*val_streams(self.val_ids))

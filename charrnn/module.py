@@ -1,0 +1,142 @@
+"""The LightningModule: thin glue that feeds batches to the hand-written math in ``rnn.py`` and steps Adagrad."""
+
+import math
+import time
+
+import lightning as L
+import torch
+
+from . import rnn
+from .errors import UsageError
+from .optim import Adagrad
+from .sampling import generate
+
+SMOOTHING = 0.999  # min-char-rnn's smoothed loss: smooth = 0.999 * smooth + 0.001 * loss
+
+
+class CharRNN(L.LightningModule):
+    """min-char-rnn's tanh RNN trained by hand-written BPTT with manual optimization.
+
+    Args:
+        vocab_size: number of distinct characters (linked from the data).
+        hidden_size: hidden units.
+        learning_rate: Adagrad learning rate.
+        clip: gradients are clipped element-wise to [-clip, clip] (min-char-rnn: 5).
+        sample_length: characters generated at each validation (TensorBoard text) and console sample.
+        print_every: when > 0, print a sample and min-char-rnn's ``iter N, loss: X`` line every N steps.
+        vocab: the characters, saved in every checkpoint so sampling needs nothing else.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 65,
+        hidden_size: int = 100,
+        learning_rate: float = 0.1,
+        clip: float = 5.0,
+        sample_length: int = 200,
+        print_every: int = 0,
+        vocab: list[str] | None = None,
+    ):
+        super().__init__()
+        for name, value in (("hidden_size", hidden_size), ("vocab_size", vocab_size)):
+            if value < 1:
+                raise UsageError(f"--model.{name} must be a positive integer, got {value}")
+        if not (learning_rate > 0 and math.isfinite(learning_rate)):
+            raise UsageError(f"--model.learning_rate must be a positive number, got {learning_rate}")
+        if not clip > 0:
+            raise UsageError(f"--model.clip must be positive, got {clip}")
+        self.save_hyperparameters(ignore=["vocab"])
+        self.automatic_optimization = False
+        self.vocab = list(vocab) if vocab is not None else None
+        for name, value in rnn.init_params(vocab_size, hidden_size).items():
+            self.register_parameter(name, torch.nn.Parameter(value))
+        self.h = None  # hidden state of every stream, carried (detached) from one window to the next
+        self.register_buffer("smooth_loss", torch.tensor(-math.log(1.0 / vocab_size)))
+        self._step_at_rate, self._time_at_rate = 0, None
+
+    @property
+    def params(self) -> dict:
+        return {name: getattr(self, name) for name in rnn.PARAM_NAMES}
+
+    def configure_optimizers(self):
+        return Adagrad(self.parameters(), lr=self.hparams.learning_rate)
+
+    def training_step(self, batch, batch_idx):
+        inputs, targets, window = batch
+        B, T = inputs.shape
+        step = self.global_step
+        if window == 0 or self.h is None:
+            self.h = inputs.new_zeros((B, self.hparams.hidden_size), dtype=self.Whh.dtype)
+        if self.hparams.print_every and step % self.hparams.print_every == 0:
+            # As min-char-rnn: a sample from the carried state, seeded with the window's first character.
+            print(f"----\n {self.sample(self.h[0], int(inputs[0, 0]))} \n----")
+        with torch.no_grad():
+            loss, grads, self.h = rnn.loss_and_grads(self.params, inputs, targets, self.h)
+        for name, grad in grads.items():
+            getattr(self, name).grad = grad
+        opt = self.optimizers()
+        self.clip_gradients(opt, gradient_clip_val=self.hparams.clip, gradient_clip_algorithm="value")
+        opt.step()
+
+        per_char = loss / (B * T)
+        self.smooth_loss.mul_(SMOOTHING).add_(per_char, alpha=1 - SMOOTHING)
+        self.log_dict({"train/loss": per_char, "train/smooth_loss": self.smooth_loss})
+        self._log_rate(B * T)
+        if self.hparams.print_every and step % self.hparams.print_every == 0:
+            # min-char-rnn prints the smoothed loss summed over a window; nats/char follows in parentheses.
+            print(f"iter {step}, loss: {float(self.smooth_loss) * T:f} ({float(self.smooth_loss):.4f} nats/char)")
+
+    def _log_rate(self, chars_per_step):
+        """Characters per second, measured over each logging interval (no host sync per step)."""
+        if self.global_step % self.trainer.log_every_n_steps:
+            return
+        now = time.perf_counter()
+        if self._time_at_rate is not None and self.global_step > self._step_at_rate:
+            rate = (self.global_step - self._step_at_rate) * chars_per_step / (now - self._time_at_rate)
+            self.log("train/chars_per_sec", rate, prog_bar=True)
+        self._step_at_rate, self._time_at_rate = self.global_step, now
+
+    def sample(self, h=None, first_id=None, length=None, seed=None) -> str:
+        """Text from the model; reproducible for a given step (the seed defaults to the step)."""
+        generator = torch.Generator(device=self.device).manual_seed(self.global_step if seed is None else seed)
+        prime = [first_id] if first_id is not None else []
+        ids = generate(self.params, length or self.hparams.sample_length, h, prime, generator=generator)
+        return "".join(self.vocab[i] for i in ids) if self.vocab else " ".join(map(str, ids))
+
+    def on_validation_epoch_start(self):
+        self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_count = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        inputs, targets, mask, chunk = batch
+        if chunk == 0:
+            self._val_h = inputs.new_zeros((inputs.shape[0], self.hparams.hidden_size), dtype=self.Whh.dtype)
+        hs = rnn.hidden_states(self.params, inputs, self._val_h)
+        self._val_h = hs[-1]
+        log_probs = torch.log_softmax(rnn.logits_of(self.params, hs[1:].transpose(0, 1)), dim=-1)
+        nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        self._val_sum += nll[mask].sum(dtype=torch.float64)
+        self._val_count += mask.sum()
+
+    def on_validation_epoch_end(self):
+        total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
+        val_loss = (total / count).float()
+        self.log_dict({"val/loss": val_loss, "val/bpc": val_loss / math.log(2)}, prog_bar=True, sync_dist=False)
+        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            text = self.sample()
+            for logger in self.loggers:
+                if hasattr(logger.experiment, "add_text"):
+                    logger.experiment.add_text("sample", "    " + text.replace("\n", "\n    "), self.global_step)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["charrnn"] = {
+            "format": 1,
+            "vocab": self.vocab,
+            "hidden_size": self.hparams.hidden_size,
+            "hidden_state": None if self.h is None else self.h.cpu(),
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        h = checkpoint["charrnn"]["hidden_state"]
+        self.h = None if h is None else h.to(self.device)

@@ -1,0 +1,35 @@
+"""min-char-rnn's Adagrad as a torch optimizer.
+
+min-char-rnn updates ``mem += g * g; p -= lr * g / sqrt(mem + 1e-8)``. ``torch.optim.Adagrad`` instead divides by
+``sqrt(mem) + eps``: its first step moves every weight with a non-zero gradient by a full ``lr * sign(g)``, however
+tiny the gradient, while eps inside the root damps gradients below ~1e-4. We keep the original rule so that
+charrnn with one stream reproduces min-char-rnn step for step (pinned by tests/test_min_char_rnn.py).
+"""
+
+import torch
+
+
+class Adagrad(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 0.1, eps: float = 1e-8):
+        super().__init__(params, {"lr": lr, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            for p in params:
+                if "mem" not in self.state[p]:
+                    self.state[p]["mem"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            mems = [self.state[p]["mem"] for p in params]
+            torch._foreach_addcmul_(mems, grads, grads)
+            denominators = torch._foreach_add(mems, group["eps"])
+            torch._foreach_sqrt_(denominators)
+            torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
+        return loss
