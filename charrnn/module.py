@@ -51,7 +51,7 @@ class CharRNN(L.LightningModule):
         for name, value in rnn.init_params(vocab_size, hidden_size).items():
             self.register_parameter(name, torch.nn.Parameter(value))
         self.h = None  # hidden state of every stream, carried (detached) from one window to the next
-        self.register_buffer("smooth_loss", torch.tensor(-math.log(1.0 / vocab_size)))
+        self.register_buffer("smooth_loss", torch.tensor(-math.log(1.0 / vocab_size), dtype=torch.float64))
         self._step_at_rate, self._time_at_rate = 0, None
 
     @property
