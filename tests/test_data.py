@@ -1,0 +1,104 @@
+"""Vocabulary, encoding, train/validation split and the stream layout."""
+
+import numpy as np
+import pytest
+import torch
+
+from charrnn.data import CharDataModule, TrainBatches, ValBatches, read_corpus, train_streams, val_streams
+
+UNICODE = "Où est la bibliothèque? 图书馆在哪里？ 📚🦉 naïve café\n" * 40
+
+
+def write(tmp_path, text, name="input.txt"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8", newline="")
+    return str(path)
+
+
+def test_vocab_is_sorted_code_points_and_deterministic(tmp_path):
+    vocab, ids = read_corpus(write(tmp_path, UNICODE))
+    assert vocab.chars == sorted(set(UNICODE))
+    assert "📚" in vocab.chars and "图" in vocab.chars  # code points, not UTF-8 bytes
+    assert vocab.decode(ids) == UNICODE
+    again, ids2 = read_corpus(write(tmp_path, UNICODE, "copy.txt"))
+    assert again.chars == vocab.chars and np.array_equal(ids, ids2)
+
+
+def test_encode_matches_python_and_uses_compact_ids(tmp_path, monkeypatch):
+    import charrnn.data as data
+
+    monkeypatch.setattr(data, "_CHUNK_BYTES", 7)  # multi-byte characters split across read chunks
+    vocab, ids = read_corpus(write(tmp_path, UNICODE))
+    assert ids.dtype == np.uint8
+    assert ids.tolist() == [vocab.index[c] for c in UNICODE]
+
+
+def test_crlf_and_bom_are_normalised(tmp_path, monkeypatch):
+    import charrnn.data as data
+
+    monkeypatch.setattr(data, "_CHUNK_BYTES", 4)  # a CR at the end of one chunk, its LF in the next
+    path = tmp_path / "win.txt"
+    path.write_bytes(b"\xef\xbb\xbfab\r\ncd\r\n\r\nxyz\rw")
+    vocab, ids = read_corpus(str(path))
+    assert vocab.decode(ids) == "ab\ncd\n\nxyz\nw"
+
+
+def test_streams_continue_across_batches(tmp_path):
+    text = "".join(chr(ord("a") + i % 26) for i in range(5000))
+    dm = CharDataModule(write(tmp_path, text), seq_length=7, batch_size=4, val_fraction=0.1)
+    train_text = text[: len(text) - int(len(text) * 0.1)]
+    batches = list(dm.train_dataloader())
+    assert [w for _, _, w in batches] == list(range(len(batches)))
+    for (x, y, _), (x2, _, _) in zip(batches, batches[1:]):
+        assert x.shape == (4, 7) and x.dtype == torch.long
+        assert torch.equal(x[:, 1:], y[:, :-1])  # targets are inputs shifted by one
+        # Row b of the next batch continues row b: the last target is the next batch's first input.
+        assert torch.equal(y[:, -1], x2[:, 0])
+    # Rows are contiguous slices of the training text; targets run one past into the next row.
+    rows = torch.cat([x for x, _, _ in batches], dim=1)
+    stream_length = rows.shape[1]
+    for b in range(4):
+        assert dm.vocab.decode(rows[b].tolist()) == train_text[b * stream_length : (b + 1) * stream_length]
+    # Only the tail that does not fill a window in every stream is dropped: fewer than B * T characters.
+    used = 4 * stream_length + 1
+    assert 0 <= len(train_text) - used < 4 * 7
+
+
+def test_split_is_contiguous_tail_and_loses_nothing(tmp_path):
+    text = UNICODE
+    dm = CharDataModule(write(tmp_path, text), seq_length=5, batch_size=2, val_fraction=0.25)
+    n_val = int(len(text) * 0.25)
+    assert len(dm.val_ids) == n_val
+    assert dm.vocab.decode(dm.train_ids.tolist()) + dm.vocab.decode(dm.val_ids.tolist()) == text
+    # Validation predicts every character of its text after the first, each exactly once.
+    chunks = list(dm.val_dataloader())
+    y = torch.cat([c[1] for c in chunks], dim=1)
+    mask = torch.cat([c[2] for c in chunks], dim=1)
+    assert int(mask.sum()) == n_val - 1
+    assert dm.vocab.decode(y.reshape(-1)[mask.reshape(-1)].tolist()) == text[len(text) - n_val + 1 :]
+
+
+def test_val_streams_pad_and_mask():
+    ids = torch.arange(11)
+    x, y, mask = val_streams(ids, streams=3)
+    assert x.shape == (3, 4) and int(mask.sum()) == 10
+    assert torch.equal(x.reshape(-1)[mask.reshape(-1)], ids[:-1])
+    assert torch.equal(y.reshape(-1)[mask.reshape(-1)], ids[1:])
+    chunks = list(ValBatches(x, y, mask, chunk=3))
+    assert [c[3] for c in chunks] == [0, 1] and chunks[1][0].shape == (3, 1)
+
+
+def test_train_batches_resume_position_follows_the_step():
+    x, y = train_streams(torch.arange(101), streams=2, seq_length=5)
+    step = {"value": 0}
+    batches = TrainBatches(x, y, 5, step=lambda: step["value"])
+    assert len(batches) == 10
+    step["value"] = 23  # two epochs and three windows done
+    assert [w for _, _, w in batches] == list(range(3, 10))
+
+
+def test_too_short_for_the_streams_is_a_usage_error(tmp_path):
+    from charrnn.errors import UsageError
+
+    with pytest.raises(UsageError, match="too few"):
+        CharDataModule(write(tmp_path, "abcdefghij" * 3), seq_length=25, batch_size=2, val_fraction=0.1)
