@@ -63,4 +63,4 @@ class LastCheckpoint(L.Callback):
         if final:
             trainer.should_stop = True  # also makes Lightning run the final validation
         if final or step % self.every_n_steps == 0:
-            trainer.save_checkpoint(self.path(trainer))
+            trainer.save_checkpoint(self.path(trainer), weights_only=False)  # full state, for exact resume

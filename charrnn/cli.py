@@ -5,6 +5,7 @@
 """
 
 import argparse
+import logging
 import os
 import sys
 
@@ -74,22 +75,18 @@ def _log_version(path: str) -> int | None:
 
 
 def run(args=None) -> None:
-    config_args = ["--config", DEFAULT_CONFIG] if os.path.exists(DEFAULT_CONFIG) else []
-    argv = sys.argv[1:] if args is None else list(args)
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # keep errors one line
     cli = CharRNNCLI(
         CharRNN,
         CharDataModule,
         run=False,
-        args=config_args + argv,
-        parser_kwargs={"exit_on_error": False},
+        args=args,
+        parser_kwargs={"exit_on_error": False, "default_config_files": [DEFAULT_CONFIG]},
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "plugins": [AtomicCheckpointIO()],
-            "enable_checkpointing": False,
-            "check_val_every_n_epoch": None,
-        },
+        trainer_defaults={"enable_checkpointing": False, "check_val_every_n_epoch": None},
     )
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     every = cli.config["checkpoint_every"]
     if every < 1:
         raise UsageError(f"--checkpoint_every must be a positive integer, got {every}")
