@@ -31,7 +31,7 @@ def _float64(x) -> np.ndarray:
     return np.array(x, dtype=np.float64)
 
 
-def encode(vocab: list[str], text: str) -> list[int]:
+def encode_prime(vocab: list[str], text: str) -> list[int]:
     """Ids of ``text``; characters the model never saw are a UsageError that names them."""
     index = {c: i for i, c in enumerate(vocab)}
     missing = sorted(set(text) - index.keys())
@@ -70,7 +70,7 @@ class Sampler:
         self.inputs = Wxh.T + bh.reshape(-1)  # row x: Wxh[:, x] + bh
         self.h1 = np.zeros(H + 1)  # [h; 1]
         self.h1[H] = 1.0
-        self.state = self.h1[:H]  # a view: advancing writes h in place
+        self.state = self.h1[:H]  # h after the text fed or generated so far (a view: advancing writes it in place)
         if h is not None:
             self.state[:] = _float64(h).reshape(-1)
         self.out = np.empty(H + V)  # [Whh h; logits]
@@ -81,11 +81,6 @@ class Sampler:
         else:
             self.matvec = _device_matvec(W, self.h1, self.out, torch.device(device))
         self.matvec()
-
-    @property
-    def h(self) -> np.ndarray:
-        """The hidden state (H,) after the text fed or generated so far."""
-        return self.state.copy()
 
     def advance(self, x: int) -> None:
         """Move the state over character ``x``: ``h = tanh(Wxh[:, x] + Whh h + bh)``, then its products."""
@@ -119,7 +114,8 @@ class Sampler:
         choose, advance = self.choose, self.advance
         for start in range(0, length, _BLOCK):
             n = min(_BLOCK, length - start)
-            for u in self.rng.random(n).tolist() if not self.greedy else [0.0] * n:
+            uniforms = [0.0] * n if self.greedy else self.rng.random(n).tolist()  # greedy draws none
+            for u in uniforms:
                 x = choose(u)
                 advance(x)
                 yield x
