@@ -105,10 +105,6 @@ class Sampler:
         # u * total can round up to total; the last character with non-zero probability then owns it.
         return int(x) if x < len(cdf) else int(cdf.searchsorted(cdf[-1]))
 
-    def draws(self, n: int) -> np.ndarray:
-        """``n`` independent draws of the next character from the current state (for checking the statistics)."""
-        return np.array([self.choose(u) for u in self.rng.random(n).tolist()], dtype=np.int64)
-
     def generate(self, length: int):
         """Yield ``length`` new character ids, each drawn from the state after the previous one."""
         choose, advance = self.choose, self.advance

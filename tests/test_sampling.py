@@ -28,6 +28,11 @@ def state():
     return torch.tanh(torch.randn(H, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1.5)
 
 
+def draws(sampler, n: int, seed: int = 1234) -> np.ndarray:
+    """``n`` independent draws of the next character from the sampler's current state."""
+    return np.array([sampler.choose(u) for u in np.random.default_rng(seed).random(n)])
+
+
 def expected_probs(params, h, temperature, top_k):
     logits = rnn.logits_of(params, h.view(1, H)).view(-1) / temperature
     if top_k is not None:
@@ -55,8 +60,8 @@ def chi2_statistic(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
 @pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.5, None), (1.8, None), (1.0, 5), (0.7, 12)])
 def test_draws_follow_the_softmax(params, state, temperature, top_k):
     n = 40_000
-    sampler = sampling.Sampler(params, h=state, temperature=temperature, top_k=top_k, seed=1234)
-    counts = np.bincount(sampler.draws(n), minlength=V)
+    sampler = sampling.Sampler(params, h=state, temperature=temperature, top_k=top_k)
+    counts = np.bincount(draws(sampler, n), minlength=V)
     probs = expected_probs(params, state, temperature, top_k)
 
     assert counts[probs == 0].sum() == 0, "drew a character outside the top k"
@@ -70,7 +75,7 @@ def test_draws_follow_the_softmax(params, state, temperature, top_k):
 def test_greedy_and_top1_pick_the_most_likely(params, state):
     best = int(rnn.logits_of(params, state.view(1, H)).argmax())
     for kwargs in ({"temperature": 0.0}, {"top_k": 1}, {"temperature": 3.0, "top_k": 1}):
-        assert set(sampling.Sampler(params, h=state, seed=5, **kwargs).draws(200)) == {best}
+        assert set(draws(sampling.Sampler(params, h=state, **kwargs), 200)) == {best}
 
 
 def test_state_after_prime_equals_forward_pass(params):
@@ -122,6 +127,16 @@ def test_torch_device_matvec_matches_numpy(params):
 def test_huge_and_tiny_temperatures_stay_finite(params, state):
     """Logits are shifted by their maximum before scaling, so 1/T cannot overflow exp()."""
     best = int(rnn.logits_of(params, state.view(1, H)).argmax())
-    assert set(sampling.Sampler(params, h=state, temperature=1e-300, seed=0).draws(100)) == {best}
-    wide = sampling.Sampler(params, h=state, temperature=1e300, seed=0).draws(20_000)
+    assert set(draws(sampling.Sampler(params, h=state, temperature=1e-300), 100)) == {best}
+    wide = draws(sampling.Sampler(params, h=state, temperature=1e300), 20_000)
     assert len(set(wide)) == V  # effectively uniform
+
+
+@pytest.mark.parametrize("top_k", [None, 3])
+def test_extreme_uniforms_land_on_possible_characters(params, state, top_k):
+    """u = 0 and the largest u below 1 (where u * total may round up to total) still pick a drawable character."""
+    probs = expected_probs(params, state, 1.0, top_k)
+    sampler = sampling.Sampler(params, h=state, top_k=top_k)
+    for u in (0.0, 1.0 - 2.0**-53):
+        assert probs[sampler.choose(u)] > 0
+    assert sampler.choose(1.0 - 2.0**-53) == np.flatnonzero(probs)[-1]
