@@ -9,6 +9,7 @@ Start-up times are interleaved with the baseline and compared by median, so a bu
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -89,9 +90,12 @@ def main() -> None:
             print(f"generation, {label}: {rate:,.0f} chars/s (best of {min(args.repeats, 3)} x {args.chars:,})")
 
         n = 5 * args.chars
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         seconds = wall([sys.executable, "sample.py", ckpt, "--length", str(n), "--seed", "1"])
-        print(f"whole process, sample.py --length {n:,} > /dev/null: {seconds:.2f}s, {n / seconds:,.0f} chars/s "
-              f"including start-up (required >= 20,000, goal 50,000)")
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
+        print(f"whole process, sample.py --length {n:,} > /dev/null: {seconds:.2f}s wall, {n / seconds:,.0f} chars/s "
+              f"including start-up ({cpu:.2f}s CPU, {n / cpu:,.0f} chars per CPU second); required >= 20,000, goal 50,000")
 
 
 if __name__ == "__main__":
