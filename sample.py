@@ -16,7 +16,7 @@ import torch
 
 from charrnn import checkpoint
 from charrnn.errors import UsageError
-from charrnn.sampling import Sampler, encode_prime
+from charrnn.sampling import encode_prime, generate
 
 FLUSH_EVERY = 64  # characters per write: streamed to a reader, yet few enough system calls to cost nothing
 # --device auto uses CUDA from this hidden size up. The CPU's product costs ~13 us per character at 256 and
@@ -84,11 +84,10 @@ def run(argv) -> None:
     params, vocab = checkpoint.model(args.checkpoint)
     prime_ids = encode_prime(vocab, args.prime)
     temperature = 0.0 if args.greedy else args.temperature
-    sampler = Sampler(params, temperature=temperature, top_k=args.top_k, seed=args.seed,
-                      device=_device(args.device, params["Whh"].shape[0]))
-    for x in prime_ids:
-        sampler.advance(x)
-    _stream(sys.stdout.buffer, vocab, args.prime, sampler.generate(args.length))
+    device = _device(args.device, params["Whh"].shape[0])
+    ids = generate(params, args.length, prime_ids=prime_ids, temperature=temperature, top_k=args.top_k,
+                   seed=args.seed, device=device)
+    _stream(sys.stdout.buffer, vocab, args.prime, ids)
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,10 @@ from charrnn import checkpoint, rnn  # noqa: E402
 from charrnn.sampling import Sampler  # noqa: E402
 
 HIDDEN = 256
-SHAKESPEARE = [os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"), "/work/shared/data/tinyshakespeare.txt"]
+SHAKESPEARE = [
+    os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"),
+    "/work/shared/data/tinyshakespeare.txt",
+]
 
 
 def vocabulary() -> list[str]:
@@ -39,7 +42,8 @@ def vocabulary() -> list[str]:
 def write_checkpoint(path: str) -> None:
     vocab = vocabulary()
     params = rnn.init_params(len(vocab), HIDDEN, generator=torch.Generator().manual_seed(0))
-    state = {"state_dict": params, "charrnn": {"format": 1, "vocab": vocab, "hidden_size": HIDDEN, "hidden_state": None}}
+    meta = {"format": 1, "vocab": vocab, "hidden_size": HIDDEN, "hidden_state": None}
+    state = {"state_dict": params, "charrnn": meta}
     checkpoint.save_atomic(state, path)
 
 
@@ -70,8 +74,9 @@ def main() -> None:
         ckpt = os.path.join(tmp, "default.ckpt")
         write_checkpoint(ckpt)
         params, vocab = checkpoint.model(ckpt)
+        blas_threads = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
         print(f"model: hidden {HIDDEN}, vocabulary {len(vocab)}; cpu_count {os.cpu_count()}, "
-              f"torch threads {torch.get_num_threads()}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+              f"torch threads {torch.get_num_threads()}, OPENBLAS_NUM_THREADS={blas_threads}")
 
         baseline_cmd = [sys.executable, "-c", "import torch"]
         sample_cmd = [sys.executable, "sample.py", ckpt, "--length", "200", "--seed", "1"]
@@ -95,7 +100,8 @@ def main() -> None:
         cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
         print(f"whole process, sample.py --length {n:,} > /dev/null: {seconds:.2f}s wall, {n / seconds:,.0f} chars/s "
-              f"including start-up ({cpu:.2f}s CPU, {n / cpu:,.0f} chars per CPU second); required >= 20,000, goal 50,000")
+              f"including start-up ({cpu:.2f}s CPU, {n / cpu:,.0f} chars per CPU second); "
+              "required >= 20,000, goal 50,000")
 
 
 if __name__ == "__main__":

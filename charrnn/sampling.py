@@ -57,7 +57,7 @@ class Sampler:
             there, which pays a host round trip per character and so only helps very large hidden sizes.
     """
 
-    def __init__(self, params: dict, h=None, temperature: float = 1.0, top_k: int | None = None, seed=None, device=None):
+    def __init__(self, params: dict, h=None, temperature=1.0, top_k: int | None = None, seed=None, device=None):
         Wxh, Whh, Why, bh, by = (_float64(params[name]) for name in rnn.PARAM_NAMES)
         H, V = Wxh.shape
         self.greedy = temperature == 0 or top_k == 1
@@ -130,12 +130,12 @@ def _device_matvec(W: np.ndarray, h1: np.ndarray, out: np.ndarray, device: torch
     return matvec
 
 
-def generate(params: dict, length: int, h=None, prime_ids=(), temperature=1.0, top_k=None, seed=None):
+def generate(params: dict, length: int, h=None, prime_ids=(), temperature=1.0, top_k=None, seed=None, device=None):
     """Yield ``length`` new character ids after feeding ``prime_ids`` from state ``h`` (zeros by default).
 
     Without a prime, the first character is drawn from the model's own output for the starting state.
     """
-    sampler = Sampler(params, h, temperature, top_k, seed)
+    sampler = Sampler(params, h, temperature, top_k, seed, device)
     for x in prime_ids:
         sampler.advance(x)
     yield from sampler.generate(length)

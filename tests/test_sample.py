@@ -25,8 +25,8 @@ def run_dir(tmp_path_factory):
     text = tmp / "unicode.txt"
     text.write_text(TEXT, encoding="utf-8")
     cmd = [sys.executable, "train.py", "--data.path", str(text), "--model.hidden_size", "32", "--data.batch_size", "4",
-           "--trainer.max_steps", "30", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-           "--trainer.default_root_dir", str(tmp / "run")]
+           "--trainer.max_steps", "30", "--trainer.enable_progress_bar", "false",
+           "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp / "run")]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300)
     return tmp / "run"
 
@@ -65,7 +65,8 @@ def test_sample_does_not_import_lightning(ckpt):
     probe = (
         "import sys, sample\n"
         f"code = sample.main([{ckpt!r}, '--length', '5'])\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'jsonargparse', 'tensorboard'))\n"
+        "heavy = ('lightning', 'pytorch_lightning', 'jsonargparse', 'tensorboard')\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
         "print(code, heavy, file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, timeout=120)
@@ -140,7 +141,8 @@ def test_gpu_checkpoint_samples_on_cpu(capsysbinary, ckpt, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
             torch.load(gpu, weights_only=True)  # the file really asks for a GPU
-    assert run_main(capsysbinary, gpu, "--length", 100, "--seed", 4) == run_main(capsysbinary, ckpt, "--length", 100, "--seed", 4)
+    flags = ("--length", 100, "--seed", 4)
+    assert run_main(capsysbinary, gpu, *flags) == run_main(capsysbinary, ckpt, *flags)
 
 
 class Payload:

@@ -111,8 +111,9 @@ def test_seed_fixes_the_text_and_a_longer_run_extends_it(params, monkeypatch):
 def test_float32_params_and_starting_state_are_accepted(params, state):
     """Training hands over float32 parameters (possibly requiring grad) and a (1, H) state."""
     p32 = {k: torch.nn.Parameter(v.float()) for k, v in params.items()}
+    plain = {k: v.float() for k, v in params.items()}
     a = list(sampling.generate(p32, 500, h=state.float().view(1, H), seed=3, top_k=7, temperature=0.8))
-    b = list(sampling.generate({k: v.float() for k, v in params.items()}, 500, h=state.float(), seed=3, top_k=7, temperature=0.8))
+    b = list(sampling.generate(plain, 500, h=state.float(), seed=3, top_k=7, temperature=0.8))
     assert a == b and len(a) == 500
 
 
