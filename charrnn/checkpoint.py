@@ -9,11 +9,14 @@ This module imports torch only (not Lightning), so ``sample.py`` starts fast.
 
 import glob
 import os
+import pickle
 import re
 import tempfile
+import warnings
 
 import torch
 
+from . import rnn
 from .errors import UsageError
 
 LAST = "last.ckpt"
@@ -66,14 +69,52 @@ def resolve(path: str) -> str:
     return path
 
 
+def _load_failure(path: str, e: Exception) -> str:
+    """One line on why ``torch.load`` failed. For a ``weights_only`` refusal that is torch's innermost reason
+    (e.g. ``Trying to load unsupported GLOBAL posix.system``), without its advice to retry with
+    ``weights_only=False``, which is the one thing not to do with a file of unknown origin."""
+    text = str(e).strip()
+    if isinstance(e, pickle.UnpicklingError) and "weights_only" in text:
+        paragraphs = [p.strip() for p in text.split("\n\n") if p.strip() and not p.strip().startswith("Check the")]
+        inner = re.split(r"(?<=\.) ", paragraphs[-1].split("WeightsUnpickler error: ")[-1].strip())[0]
+        return f"{path} is not a charrnn checkpoint: the safe loader (weights_only) refused it ({inner[:200]})"
+    reason = text.splitlines()[0][:200] if text else type(e).__name__
+    return f"{path} is damaged, truncated or not a checkpoint ({reason})"
+
+
 def load(path: str, map_location="cpu") -> dict:
     """Load a charrnn checkpoint safely; anything else (corrupt, truncated, foreign, malicious) is a UsageError."""
     path = resolve(path)
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise before the one-line error
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{path} is not a readable charrnn checkpoint ({reason[:200]})") from None
+        raise UsageError(_load_failure(path, e)) from None
     if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("charrnn"), dict) and "state_dict" in checkpoint):
         raise UsageError(f"{path} is not a charrnn checkpoint (written by train.py)")
     return checkpoint
+
+
+def model(path: str) -> tuple[dict, list[str]]:
+    """The network (``rnn.PARAM_NAMES`` -> CPU tensor) and its vocabulary.
+
+    Shapes, vocabulary and finiteness are checked here, so a damaged or diverged checkpoint is one clear error
+    instead of garbage text or a crash mid-generation.
+    """
+    path = resolve(path)
+    ckpt = load(path)
+    state, vocab = ckpt["state_dict"], ckpt["charrnn"].get("vocab")
+    params = {name: state.get(name) if isinstance(state, dict) else None for name in rnn.PARAM_NAMES}
+    if not all(isinstance(p, torch.Tensor) and p.is_floating_point() and p.dim() == 2 for p in params.values()):
+        raise UsageError(f"{path} is not a charrnn checkpoint (its weights are missing or malformed)")
+    H, V = params["Wxh"].shape
+    expected = {"Wxh": (H, V), "Whh": (H, H), "Why": (V, H), "bh": (H, 1), "by": (V, 1)}
+    if any(tuple(params[name].shape) != shape for name, shape in expected.items()):
+        raise UsageError(f"{path} is damaged: its weight shapes do not fit one network")
+    chars_ok = isinstance(vocab, list) and all(isinstance(c, str) and len(c) == 1 for c in vocab)
+    if not (chars_ok and len(vocab) == len(set(vocab)) == V):
+        raise UsageError(f"{path} is damaged: its vocabulary does not match its {V} outputs")
+    if not all(bool(torch.isfinite(p).all()) for p in params.values()):
+        raise UsageError(f"{path} has non-finite weights (training diverged); sample from an earlier checkpoint")
+    return params, vocab

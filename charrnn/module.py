@@ -98,9 +98,9 @@ class CharRNN(L.LightningModule):
 
     def sample(self, h=None, first_id=None, length=None, seed=None) -> str:
         """Text from the model; reproducible for a given step (the seed defaults to the step)."""
-        generator = torch.Generator(device=self.device).manual_seed(self.global_step if seed is None else seed)
         prime = [first_id] if first_id is not None else []
-        ids = generate(self.params, length or self.hparams.sample_length, h, prime, generator=generator)
+        seed = self.global_step if seed is None else seed
+        ids = generate(self.params, length or self.hparams.sample_length, h, prime, seed=seed)
         return "".join(self.vocab[i] for i in ids) if self.vocab else " ".join(map(str, ids))
 
     def on_validation_epoch_start(self):

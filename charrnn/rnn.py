@@ -1,4 +1,4 @@
-"""The tanh RNN of min-char-rnn as plain tensor math: forward, hand-written BPTT, one sampling step.
+"""The tanh RNN of min-char-rnn as plain tensor math: forward and hand-written BPTT (generation: sampling.py).
 
 Shapes follow min-char-rnn so the two read side by side: Wxh (H, V), Whh (H, H), Why (V, H), bh (H, 1),
 by (V, 1). A batch is B parallel streams of T characters; hidden states are (B, H) rows.
@@ -92,8 +92,3 @@ def loss_and_grads(params: dict, inputs: torch.Tensor, targets: torch.Tensor, h0
     grads = {"Wxh": dWxh_t.t().contiguous(), "Whh": dWhh, "Why": dWhy, "bh": dbh, "by": dby}
     return loss, grads, hs[T]
 
-
-def step_logits(params: dict, x: int, h: torch.Tensor):
-    """One generation step from character id ``x`` and state ``h`` (1, H): new state and its logits (V,)."""
-    h = torch.tanh(torch.addmm(params["Wxh"][:, x] + params["bh"].view(-1), h, params["Whh"].t()))
-    return h, logits_of(params, h).view(-1)

@@ -1,0 +1,108 @@
+"""Sampling speed: start-up of ``sample.py`` against ``python -c "import torch"``, and characters per second.
+
+``python bench/bench_sample.py [--repeats N] [--chars N]``
+
+The model is the default configuration's (hidden 256) with tinyshakespeare's vocabulary (65 characters, read
+from ../shared/data when present), randomly initialised: speed does not depend on what the weights learned.
+Start-up times are interleaved with the baseline and compared by median, so a busy machine slows both alike.
+"""
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+from charrnn import checkpoint, rnn  # noqa: E402
+from charrnn.sampling import Sampler  # noqa: E402
+
+HIDDEN = 256
+SHAKESPEARE = [
+    os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"),
+    "/work/shared/data/tinyshakespeare.txt",
+]
+
+
+def vocabulary() -> list[str]:
+    for path in SHAKESPEARE:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                return sorted(set(f.read()))
+    return [chr(c) for c in range(32, 97)]  # 65 printable characters
+
+
+def write_checkpoint(path: str) -> None:
+    vocab = vocabulary()
+    params = rnn.init_params(len(vocab), HIDDEN, generator=torch.Generator().manual_seed(0))
+    meta = {"format": 1, "vocab": vocab, "hidden_size": HIDDEN, "hidden_state": None}
+    state = {"state_dict": params, "charrnn": meta}
+    checkpoint.save_atomic(state, path)
+
+
+def wall(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def chars_per_second(params, n: int, repeats: int, **kwargs) -> float:
+    best = 0.0
+    for _ in range(repeats):
+        sampler = Sampler(params, seed=0, **kwargs)
+        start = time.perf_counter()
+        for _ in sampler.generate(n):
+            pass
+        best = max(best, n / (time.perf_counter() - start))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7, help="start-up runs of each command; speed runs")
+    parser.add_argument("--chars", type=int, default=200_000, help="characters per speed run")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = os.path.join(tmp, "default.ckpt")
+        write_checkpoint(ckpt)
+        params, vocab = checkpoint.model(ckpt)
+        blas_threads = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+        print(f"model: hidden {HIDDEN}, vocabulary {len(vocab)}; cpu_count {os.cpu_count()}, "
+              f"torch threads {torch.get_num_threads()}, OPENBLAS_NUM_THREADS={blas_threads}")
+
+        baseline_cmd = [sys.executable, "-c", "import torch"]
+        sample_cmd = [sys.executable, "sample.py", ckpt, "--length", "200", "--seed", "1"]
+        wall(sample_cmd)  # warm the file cache
+        base, run = [], []
+        for _ in range(args.repeats):
+            base.append(wall(baseline_cmd))
+            run.append(wall(sample_cmd))
+        b, s = statistics.median(base), statistics.median(run)
+        print(f"start-up: sample.py --length 200 {s:.3f}s, import torch {b:.3f}s, ratio {s / b:.2f}x "
+              f"(median of {args.repeats}; goal <= 1.5x)")
+
+        for label, kwargs in (("temperature 1", {}), ("temperature 0.8, top-k 10", {"temperature": 0.8, "top_k": 10}),
+                              ("greedy", {"temperature": 0.0})):
+            rate = chars_per_second(params, args.chars, min(args.repeats, 3), **kwargs)
+            print(f"generation, {label}: {rate:,.0f} chars/s (best of {min(args.repeats, 3)} x {args.chars:,})")
+
+        n = 5 * args.chars
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        seconds = wall([sys.executable, "sample.py", ckpt, "--length", str(n), "--seed", "1"])
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
+        print(f"whole process, sample.py --length {n:,} > /dev/null: {seconds:.2f}s wall, {n / seconds:,.0f} chars/s "
+              f"including start-up ({cpu:.2f}s CPU, {n / cpu:,.0f} chars per CPU second); "
+              "required >= 20,000, goal 50,000")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""sample.py end to end: a checkpoint that train.py wrote, the flags, and every way a file or flag can be wrong."""
+
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sample
+from charrnn import checkpoint, rnn
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = "Héllo wörld, naïve café. 你好，世界！ Emoji: 🙂😀🚀 — «quoted» ½ ∑ Ωmega.\nThe quick brown fox jumps.\n" * 40
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run directory with a last.ckpt from a brief train.py run on a text of accents, CJK and emoji."""
+    tmp = tmp_path_factory.mktemp("sample")
+    text = tmp / "unicode.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    cmd = [sys.executable, "train.py", "--data.path", str(text), "--model.hidden_size", "32", "--data.batch_size", "4",
+           "--trainer.max_steps", "30", "--trainer.enable_progress_bar", "false",
+           "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp / "run")]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def ckpt(run_dir):
+    return checkpoint.newest_last_checkpoint(str(run_dir))
+
+
+def run_main(capsysbinary, *args) -> tuple[int, str, str]:
+    code = sample.main([str(a) for a in args])
+    out, err = capsysbinary.readouterr()
+    return code, out.decode("utf-8"), err.decode("utf-8")
+
+
+def run_process(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "sample.py", *map(str, args)], cwd=ROOT, capture_output=True, timeout=120)
+
+
+def assert_one_line_error(code, out, err):
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+def test_seed_gives_the_same_text_in_two_processes(run_dir):
+    first, second = (run_process(run_dir, "--length", 300, "--seed", 77, "--temperature", 0.9) for _ in range(2))
+    assert first.returncode == second.returncode == 0 and first.stderr == second.stderr == b""
+    assert first.stdout == second.stdout
+    assert len(first.stdout.decode("utf-8")) == 300
+    other = run_process(run_dir, "--length", 300, "--seed", 78, "--temperature", 0.9)
+    assert other.stdout != first.stdout
+
+
+def test_sample_does_not_import_lightning(ckpt):
+    probe = (
+        "import sys, sample\n"
+        f"code = sample.main([{ckpt!r}, '--length', '5'])\n"
+        "heavy = ('lightning', 'pytorch_lightning', 'jsonargparse', 'tensorboard')\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
+        "print(code, heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, timeout=120)
+    assert done.stderr.decode().strip() == "0 []"
+
+
+def test_greedy_temperature_zero_and_top1_agree(capsysbinary, ckpt):
+    outputs = [run_main(capsysbinary, ckpt, "--length", 200, *flags) for flags in
+               (["--greedy"], ["--temperature", "0"], ["--top-k", "1"], ["--greedy", "--seed", "5", "--top-k", "9"])]
+    assert all(code == 0 for code, _, _ in outputs)
+    assert len({out for _, out, _ in outputs}) == 1 and len(outputs[0][1]) == 200
+
+
+def test_prime_comes_first_and_sets_the_state(capsysbinary, ckpt):
+    prime = "你好，世界！ 🙂 café"
+    code, out, err = run_main(capsysbinary, ckpt, "--prime", prime, "--length", 150, "--seed", 3)
+    assert code == 0 and err == ""
+    assert out.startswith(prime) and len(out) == len(prime) + 150
+
+    # The continuation is what the sampler gives from the state after the prime, not from a zero state.
+    params, vocab = checkpoint.model(ckpt)
+    from charrnn.sampling import generate
+
+    ids = [vocab.index(c) for c in prime]
+    expected = "".join(vocab[i] for i in generate(params, 150, prime_ids=ids, seed=3))
+    assert out[len(prime):] == expected
+    assert expected != "".join(vocab[i] for i in generate(params, 150, seed=3))
+
+
+def test_non_ascii_text_round_trips(capsysbinary, ckpt):
+    code, out, _ = run_main(capsysbinary, ckpt, "--length", 3000, "--seed", 1)
+    assert code == 0 and len(out) == 3000
+    assert set(out) <= set(TEXT)
+    assert set(out) & set("你好世界🙂😀🚀éöï½∑Ω")  # the model learned them and writes them back as UTF-8
+
+
+def test_length_zero_prints_the_prime_only(capsysbinary, ckpt):
+    assert run_main(capsysbinary, ckpt, "--length", 0, "--prime", "naïve") == (0, "naïve", "")
+
+
+def test_training_samples_use_the_same_sampler(capsysbinary, ckpt):
+    """The text training logs for a step is what sample.py prints with that seed."""
+    from charrnn.module import CharRNN
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    model = CharRNN(vocab_size=len(state["charrnn"]["vocab"]), hidden_size=32, vocab=state["charrnn"]["vocab"])
+    model.load_state_dict(state["state_dict"])
+    code, out, _ = run_main(capsysbinary, ckpt, "--length", 120, "--seed", 30)
+    assert code == 0 and model.sample(length=120, seed=30) == out
+
+
+def test_closed_stdout_ends_quietly(ckpt):
+    proc = subprocess.Popen([sys.executable, "sample.py", ckpt, "--length", "10000000"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = proc.stdout.read(100)
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 0
+    assert len(head) == 100 and proc.stderr.read() == b""
+    proc.stderr.close()
+
+
+def test_gpu_checkpoint_samples_on_cpu(capsysbinary, ckpt, tmp_path):
+    """Rewrite the storages' location to cuda:0, as a checkpoint saved during GPU training has it."""
+    gpu = tmp_path / "gpu.ckpt"
+    with zipfile.ZipFile(ckpt) as zin, zipfile.ZipFile(gpu, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("/data.pkl"):
+                assert data.count(b"X\x03\x00\x00\x00cpu") == 1
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            zout.writestr(info, data)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(gpu, weights_only=True)  # the file really asks for a GPU
+    flags = ("--length", 100, "--seed", 4)
+    assert run_main(capsysbinary, gpu, *flags) == run_main(capsysbinary, ckpt, *flags)
+
+
+class Payload:
+    """Unpickling this creates ``marker``: what a malicious checkpoint would do, harmlessly."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_checkpoint_is_refused_unrun(capsysbinary, tmp_path):
+    live = tmp_path / "live-marker"
+    pickle.loads(pickle.dumps(Payload(live)))
+    assert live.exists()  # the payload works when unpickled the unsafe way
+
+    marker = tmp_path / "marker"
+    raw = tmp_path / "evil.pkl"
+    raw.write_bytes(pickle.dumps({"charrnn": {}, "state_dict": Payload(marker)}, protocol=2))
+    zipped = tmp_path / "evil.ckpt"
+    torch.save({"charrnn": {"vocab": ["a"]}, "state_dict": {"Wxh": Payload(marker)}}, zipped)
+    for path in (raw, zipped):
+        code, out, err = run_main(capsysbinary, path)
+        assert_one_line_error(code, out, err)
+        assert "refused" in err and "weights_only=False" not in err
+    assert not marker.exists()
+
+
+def _damaged_files(ckpt, tmp_path):
+    good = Path(ckpt).read_bytes()
+    for n in (0, 10, 200, len(good) // 2, len(good) - 30, len(good) - 1):
+        (tmp_path / f"truncated-{n}.ckpt").write_bytes(good[:n])
+    (tmp_path / "text.ckpt").write_text(TEXT, encoding="utf-8")
+    (tmp_path / "noise.ckpt").write_bytes(np.random.default_rng(0).bytes(5000))
+    torch.save([1, 2, 3], tmp_path / "list.ckpt")
+    torch.save({"state_dict": {"w": torch.ones(2)}}, tmp_path / "foreign.ckpt")
+    state = torch.load(ckpt, weights_only=True)
+    sd, meta = state["state_dict"], state["charrnn"]
+    variants = {
+        "no-weights": {"charrnn": meta, "state_dict": {}},
+        "shapes": {"charrnn": meta, "state_dict": {**sd, "Whh": torch.zeros(3, 3)}},
+        "vocab": {"charrnn": {**meta, "vocab": meta["vocab"][:-1]}, "state_dict": sd},
+        "nan": {"charrnn": meta, "state_dict": {**sd, "Why": sd["Why"] * float("nan")}},
+    }
+    for name, obj in variants.items():
+        torch.save(obj, tmp_path / f"{name}.ckpt")
+    return sorted(tmp_path.glob("*.ckpt"))
+
+
+def test_damaged_and_foreign_files_are_one_line_errors(capsysbinary, ckpt, tmp_path):
+    files = _damaged_files(ckpt, tmp_path)
+    assert len(files) == 14
+    for path in files:
+        code, out, err = run_main(capsysbinary, path, "--length", 10)
+        assert_one_line_error(code, out, err)
+        assert str(path) in err
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--length", "-1"], "--length"),
+        (["--length", "ten"], "--length"),
+        (["--temperature", "-0.5"], "--temperature"),
+        (["--temperature", "nan"], "--temperature"),
+        (["--temperature", "inf"], "--temperature"),
+        (["--top-k", "0"], "--top-k"),
+        (["--seed", "-1"], "--seed"),
+        (["--device", "tpu"], "--device"),
+        (["--prime", "Hello Zebra\u00e9\u20ac"], "'Z\u20ac'"),  # names the unknown characters (Z, euro), not é
+        (["--bogus"], "--bogus"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(capsysbinary, ckpt, flags, needle):
+    code, out, err = run_main(capsysbinary, ckpt, *flags)
+    assert_one_line_error(code, out, err)
+    assert needle in err
+
+
+def test_bad_paths_are_one_line_errors(capsysbinary, tmp_path):
+    for path, needle in ((tmp_path / "missing.ckpt", "does not exist"), (tmp_path, "no last.ckpt")):
+        code, out, err = run_main(capsysbinary, path)
+        assert_one_line_error(code, out, err)
+        assert needle in err
+    assert_one_line_error(*run_main(capsysbinary))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_one_line_error(capsysbinary, ckpt):
+    assert_one_line_error(*run_main(capsysbinary, ckpt, "--device", "cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gives_the_cpu_text(capsysbinary, ckpt):
+    """float64 products on either device: the same seed gives the same text."""
+    cpu = run_main(capsysbinary, ckpt, "--length", 500, "--seed", 8, "--device", "cpu")
+    assert run_main(capsysbinary, ckpt, "--length", 500, "--seed", 8, "--device", "cuda") == cpu
