@@ -79,10 +79,3 @@ def test_hidden_states_match_loss_path():
     torch.testing.assert_close(hs[0], h0)
     torch.testing.assert_close(hs[-1], h_last)
 
-
-def test_step_logits_equals_one_step_of_forward():
-    params, inputs, _, h0 = make_case(1, 1, 7, 6, seed=3)
-    h, logits = rnn.step_logits(params, int(inputs[0, 0]), h0)
-    hs = rnn.hidden_states(params, inputs, h0)
-    torch.testing.assert_close(h, hs[1])
-    torch.testing.assert_close(logits, rnn.logits_of(params, hs[1]).view(-1))
