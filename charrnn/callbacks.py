@@ -53,6 +53,9 @@ class LastCheckpoint(L.Callback):
         self._previous_handlers.clear()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.world_size > 1:
+            # A signal reaches the ranks at different steps; all must stop (and checkpoint) at the same one.
+            trainer.should_stop = trainer.strategy.reduce_boolean_decision(trainer.should_stop, all=False)
         step = trainer.global_step
         last_epoch_done = (
             trainer.max_epochs not in (None, -1)
