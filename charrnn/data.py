@@ -265,9 +265,9 @@ class CharDataModule(L.LightningDataModule):
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
 
     def setup(self, stage):
+        # The streams of all ranks (batch_size each); train_dataloader hands each rank its own rows.
         world = self._rank_and_world()[1]
-        if world > 1:
-            self.train_inputs, self.train_targets = train_streams(self.train_ids, world * self.batch_size, self.seq_length)
+        self.train_inputs, self.train_targets = train_streams(self.train_ids, world * self.batch_size, self.seq_length)
 
     def train_dataloader(self):
         # A plain iterable, not a DataLoader, so Lightning injects no DistributedSampler: each rank takes its own rows.

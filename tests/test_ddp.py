@@ -1,19 +1,22 @@
 """Multi-process training: N ranks of B streams must train exactly the model one process trains with N * B streams.
 
-The CPU tests run two gloo ranks in float64: one in-process ``ddp_spawn`` run (which records every rank's state)
-and one ``train.py --trainer.strategy ddp`` subprocess that resumes the spawn run's mid-way checkpoint. GPU tests
-skip without CUDA.
+The CPU tests run gloo ranks in float64: ``ddp_spawn`` runs (which record every rank's state) and one
+``train.py --trainer.strategy ddp`` subprocess that resumes a spawn run's mid-way checkpoint. GPU tests skip
+without CUDA.
 """
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+from datetime import timedelta
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 
 from charrnn import checkpoint, rnn
 from charrnn.callbacks import AtomicCheckpointIO, LastCheckpoint
@@ -59,8 +62,10 @@ class Record(L.Callback):
         torch.save(state, os.path.join(self.out, f"rank{trainer.global_rank}.pt"))
 
 
-def fit(out, batch_size, accelerator="cpu", devices=1, strategy="auto", steps=STEPS):
+def fit(out, batch_size, accelerator="cpu", devices=1, steps=STEPS, val_every=1000, callbacks=()):
+    """Train; with devices > 1 as ddp_spawn ranks, whose collectives time out rather than hang on a mismatch."""
     os.makedirs(out, exist_ok=True)
+    strategy = DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)) if devices > 1 else "auto"
     data, model = data_and_model(write_text(out), batch_size)
     trainer = L.Trainer(
         accelerator=accelerator,
@@ -74,9 +79,9 @@ def fit(out, batch_size, accelerator="cpu", devices=1, strategy="auto", steps=ST
         enable_checkpointing=False,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=None,
-        val_check_interval=1000,
+        val_check_interval=val_every,
         plugins=[AtomicCheckpointIO()],
-        callbacks=[LastCheckpoint(MID), Record(str(out))],
+        callbacks=[LastCheckpoint(MID), Record(str(out)), *callbacks],
         default_root_dir=str(out),
     )
     trainer.fit(model, datamodule=data)
@@ -97,7 +102,7 @@ def single(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    return out, fit(out, STREAMS // 2, devices=2, strategy="ddp_spawn")
+    return out, fit(out, STREAMS // 2, devices=2)
 
 
 def test_two_ranks_train_exactly_as_one_process_with_twice_the_streams(single, two_ranks):
@@ -147,6 +152,28 @@ def test_resumed_ddp_run_continues_exactly(single, two_ranks, tmp_path):
     saved = checkpoint.load(str(tmp_path))
     assert_close(saved["state_dict"], single["params"])
     assert torch.allclose(saved["charrnn"]["hidden_state"], single["h"], rtol=0, atol=TOL)
+
+
+class SignalRank1(L.Callback):
+    """SIGTERM to rank 1 alone, during the validation after step 4; records where each rank stopped and why."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def on_validation_start(self, trainer, module):
+        if trainer.global_rank == 1 and trainer.global_step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_end(self, trainer, module):
+        last = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint))
+        torch.save((trainer.global_step, last.stop_signal), os.path.join(self.out, f"stop{trainer.global_rank}.pt"))
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    fit(tmp_path, STREAMS // 2, devices=2, val_every=4, callbacks=[SignalRank1(str(tmp_path))])
+    assert torch.load(tmp_path / "stop0.pt") == (5, "a signal to another process")
+    assert torch.load(tmp_path / "stop1.pt") == (5, "SIGTERM")
+    assert checkpoint.load(str(tmp_path))["global_step"] == 5
 
 
 def test_two_rank_checkpoint_resumes_on_one_process_with_all_the_streams(single, two_ranks, tmp_path):
@@ -258,6 +285,6 @@ def test_gpu_run_resumes_on_gpu_equals_cpu_and_samples_on_cpu(single, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_two_gpus_train_exactly_as_one_process_with_twice_the_streams(single, tmp_path):
-    rank0, rank1 = fit(tmp_path, STREAMS // 2, accelerator="gpu", devices=2, strategy="ddp_spawn")
+    rank0, rank1 = fit(tmp_path, STREAMS // 2, accelerator="gpu", devices=2)
     assert_close(rank0["params"], single["params"])
     assert_close(rank1["params"], single["params"])
