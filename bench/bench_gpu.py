@@ -178,7 +178,8 @@ def lightning_seconds_per_step(path, H, T, B, dtype, steps, warmup):
 
 def find_text() -> str | None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for path in (os.path.join(root, "..", "shared", "data", "tinyshakespeare.txt"), "/work/shared/data/tinyshakespeare.txt"):
+    for shared in (os.path.join(root, "..", "shared"), "/work/shared"):
+        path = os.path.join(shared, "data", "tinyshakespeare.txt")
         if os.path.isfile(path):
             return path
     return None

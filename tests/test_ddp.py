@@ -23,6 +23,7 @@ from charrnn.callbacks import AtomicCheckpointIO, LastCheckpoint
 from charrnn.cli import main
 from charrnn.data import CharDataModule, _pydoc_text
 from charrnn.module import CharRNN
+from charrnn.sampling import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STREAMS, T, H, STEPS, MID = 4, 8, 16, 24, 12  # 17 windows per epoch: both runs cross an epoch boundary
@@ -50,7 +51,8 @@ class Record(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if trainer.global_step == MID and trainer.is_global_zero:
-            shutil.copy(os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt"), os.path.join(self.out, "mid.ckpt"))
+            last = os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
+            shutil.copy(last, os.path.join(self.out, "mid.ckpt"))
 
     def on_train_end(self, trainer, module):
         state = {
@@ -140,15 +142,16 @@ def test_resumed_ddp_run_continues_exactly(single, two_ranks, tmp_path):
     """``train.py --trainer.strategy ddp`` (which re-executes the command line per rank) resumes at step MID."""
     out, _ = two_ranks
     args = [
-        sys.executable, "train.py", "--data.path", os.path.join(out, "text.txt"), "--data.batch_size", str(STREAMS // 2),
-        "--data.seq_length", str(T), "--data.val_fraction", "0.3", "--model.hidden_size", str(H),
+        sys.executable, "train.py", "--data.path", os.path.join(out, "text.txt"),
+        "--data.batch_size", str(STREAMS // 2), "--data.seq_length", str(T), "--data.val_fraction", "0.3",
+        "--model.hidden_size", str(H),
         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
         "--trainer.precision", "64-true", "--trainer.max_steps", str(STEPS), "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", os.path.join(out, "mid.ckpt"),
     ]  # fmt: skip
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("finished at step 24") == 1  # reported (and written) by rank 0 only
+    assert result.stdout.count(f"finished at step {STEPS}") == 1  # reported (and written) by rank 0 only
     saved = checkpoint.load(str(tmp_path))
     assert_close(saved["state_dict"], single["params"])
     assert torch.allclose(saved["charrnn"]["hidden_state"], single["h"], rtol=0, atol=TOL)
@@ -277,10 +280,9 @@ def test_gpu_run_resumes_on_gpu_equals_cpu_and_samples_on_cpu(single, tmp_path):
     assert all(not v.is_cuda for v in saved["state_dict"].values())
     assert_close(saved["state_dict"], single["params"])
     assert torch.allclose(saved["charrnn"]["hidden_state"], single["h"], rtol=0, atol=TOL)
-    from charrnn.sampling import generate
-
     params = {k: saved["state_dict"][k] for k in rnn.PARAM_NAMES}
-    assert len(list(generate(params, 50, saved["charrnn"]["hidden_state"][0], generator=torch.Generator().manual_seed(0)))) == 50
+    text = generate(params, 50, saved["charrnn"]["hidden_state"][0], generator=torch.Generator().manual_seed(0))
+    assert len(list(text)) == 50
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
