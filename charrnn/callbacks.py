@@ -26,6 +26,9 @@ class LastCheckpoint(L.Callback):
     Written every ``every_n_steps`` optimizer steps and at the step where training stops: ``max_steps``, the last
     batch of ``max_epochs``, or the first Ctrl-C / SIGTERM. A signal only asks to stop, so the checkpoint is taken
     between two steps, the final validation still runs, and the process exits 0; a second signal aborts at once.
+    The request is acted on at the end of a step, never in the middle of a validation or of a checkpoint write,
+    and under DDP all ranks agree on it first, so every rank stops (and checkpoints) after the same step even when
+    the signal reached only some of them.
     """
 
     def __init__(self, every_n_steps: int = 1000):
@@ -40,10 +43,8 @@ class LastCheckpoint(L.Callback):
         if self.stop_signal is not None:
             raise KeyboardInterrupt
         self.stop_signal = signal.Signals(signum).name
-        self._trainer.should_stop = True
 
     def on_train_start(self, trainer, pl_module):
-        self._trainer = trainer
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous_handlers[sig] = signal.signal(sig, self._request_stop)
 
@@ -53,13 +54,19 @@ class LastCheckpoint(L.Callback):
         self._previous_handlers.clear()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        stop = self.stop_signal is not None
+        if trainer.world_size > 1:
+            agreed = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            if agreed and not stop:
+                self.stop_signal = "a signal to another process"
+            stop = agreed
         step = trainer.global_step
         last_epoch_done = (
             trainer.max_epochs not in (None, -1)
             and trainer.current_epoch + 1 >= trainer.max_epochs
             and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         )
-        final = trainer.should_stop or step >= trainer.max_steps > -1 or last_epoch_done
+        final = stop or trainer.should_stop or step >= trainer.max_steps > -1 or last_epoch_done
         if final:
             trainer.should_stop = True  # also makes Lightning run the final validation
         if final or step % self.every_n_steps == 0:

@@ -3,7 +3,8 @@
 Training text is cut into ``batch_size`` contiguous streams; batch t holds window t of every stream, so row b of
 batch t + 1 continues row b of batch t and the hidden state can be carried across batches. Validation text is
 laid out the same way (as parallel streams, for speed) but covers every character, masked where streams are
-padded.
+padded. With N processes the text is cut into N * ``batch_size`` streams and rank r trains streams
+r * B .. r * B + B - 1; the validation streams are split across ranks the same way.
 """
 
 import codecs
@@ -155,13 +156,14 @@ def train_streams(ids: torch.Tensor, streams: int, seq_length: int):
     return ids[: streams * length].view(streams, length), ids[1 : streams * length + 1].view(streams, length)
 
 
-def val_streams(ids: torch.Tensor, streams: int = VAL_STREAMS):
+def val_streams(ids: torch.Tensor, streams: int = VAL_STREAMS, multiple_of: int = 1):
     """Cover every validation character: predict ids[1:] from ids[:-1] in parallel, padded rows masked out.
 
-    Returns inputs, targets (S, L) int64 and a bool mask (S, L) of real predictions.
+    Returns inputs, targets (S, L) int64 and a bool mask (S, L) of real predictions; S is a multiple of
+    ``multiple_of`` so that S rows split evenly over that many ranks (surplus rows are all padding).
     """
     n = len(ids) - 1
-    streams = max(1, min(streams, n))
+    streams = -(-max(1, min(streams, n)) // multiple_of) * multiple_of
     length = -(-n // streams)
     x = torch.zeros(streams * length, dtype=torch.long)
     y = torch.zeros(streams * length, dtype=torch.long)
@@ -177,8 +179,9 @@ class TrainBatches:
     iteration starts at ``step() % len(self)``, which makes a mid-epoch restart exact without replaying data.
     """
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, seq_length: int, step=lambda: 0):
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, seq_length: int, step=lambda: 0, streams=None):
         self.inputs, self.targets, self.seq_length, self.step = inputs, targets, seq_length, step
+        self.streams = inputs.shape[0] if streams is None else streams  # of all ranks together
 
     def __len__(self):
         return self.inputs.shape[1] // self.seq_length
@@ -190,13 +193,13 @@ class TrainBatches:
 
     def state_dict(self):
         """The layout, so a resume on a different text or batch size is refused instead of silently wrong."""
-        return {"streams": self.inputs.shape[0], "stream_length": self.inputs.shape[1], "seq_length": self.seq_length}
+        return {"streams": self.streams, "stream_length": self.inputs.shape[1], "seq_length": self.seq_length}
 
     def load_state_dict(self, state):
         if state != self.state_dict():
             raise UsageError(
                 f"the checkpoint was trained on a different data layout ({state}) than this run's ({self.state_dict()}); "
-                "resume with the same text, --data.batch_size and --data.seq_length"
+                "resume with the same text, --data.seq_length and number of streams (--data.batch_size times processes)"
             )
 
 
@@ -223,7 +226,7 @@ class CharDataModule(L.LightningDataModule):
         path: the text file. When it is the default and does not exist, Python's own reference documentation
             (``pydoc_data.topics``, shipped with every Python) is used, so a fresh clone trains offline.
         seq_length: characters per window (the truncated-BPTT length).
-        batch_size: parallel training streams.
+        batch_size: parallel training streams per process (rank); N processes train N * batch_size streams.
         val_fraction: the last part of the text, contiguous, held out for validation (0 disables validation).
     """
 
@@ -258,11 +261,26 @@ class CharDataModule(L.LightningDataModule):
     def chars(self) -> list[str]:
         return self.vocab.chars
 
+    def _rank_and_world(self):
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
+    def setup(self, stage):
+        # The streams of all ranks (batch_size each); train_dataloader hands each rank its own rows.
+        world = self._rank_and_world()[1]
+        self.train_inputs, self.train_targets = train_streams(self.train_ids, world * self.batch_size, self.seq_length)
+
     def train_dataloader(self):
+        # A plain iterable, not a DataLoader, so Lightning injects no DistributedSampler: each rank takes its own rows.
         step = (lambda: self.trainer.global_step) if self.trainer is not None else (lambda: 0)
-        return TrainBatches(self.train_inputs, self.train_targets, self.seq_length, step)
+        rank = self._rank_and_world()[0]
+        rows = slice(rank * self.batch_size, (rank + 1) * self.batch_size)
+        streams = self.train_inputs.shape[0]
+        return TrainBatches(self.train_inputs[rows], self.train_targets[rows], self.seq_length, step, streams)
 
     def val_dataloader(self):
         if self.val_fraction == 0:
             return []
-        return ValBatches(*val_streams(self.val_ids))
+        rank, world = self._rank_and_world()
+        inputs, targets, mask = val_streams(self.val_ids, multiple_of=world)
+        rows = slice(rank * len(inputs) // world, (rank + 1) * len(inputs) // world)
+        return ValBatches(inputs[rows], targets[rows], mask[rows])

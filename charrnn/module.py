@@ -6,7 +6,7 @@ import time
 import lightning as L
 import torch
 
-from . import rnn
+from . import distributed, rnn
 from .errors import UsageError
 from .optim import Adagrad
 from .sampling import generate
@@ -67,11 +67,16 @@ class CharRNN(L.LightningModule):
         step = self.global_step
         if window == 0 or self.h is None:
             self.h = inputs.new_zeros((B, self.hparams.hidden_size), dtype=self.Whh.dtype)
-        if self.hparams.print_every and step % self.hparams.print_every == 0:
+        printing = self.hparams.print_every and step % self.hparams.print_every == 0 and self.trainer.is_global_zero
+        if printing:
             # As min-char-rnn: a sample from the carried state, seeded with the window's first character.
             print(f"----\n {self.sample(self.h[0], int(inputs[0, 0]))} \n----")
         with torch.no_grad():
             loss, grads, self.h = rnn.loss_and_grads(self.params, inputs, targets, self.h)
+            if self.trainer.world_size > 1:
+                # Average before clipping, so N ranks of B streams step exactly as one process with N * B streams.
+                loss, *averaged = distributed.mean_over_ranks([loss, *grads.values()])
+                grads = dict(zip(grads, averaged))
         for name, grad in grads.items():
             getattr(self, name).grad = grad
         opt = self.optimizers()
@@ -82,7 +87,7 @@ class CharRNN(L.LightningModule):
         self.smooth_loss.mul_(SMOOTHING).add_(per_char, alpha=1 - SMOOTHING)
         self.log_dict({"train/loss": per_char, "train/smooth_loss": self.smooth_loss})
         self._log_rate(B * T)
-        if self.hparams.print_every and step % self.hparams.print_every == 0:
+        if printing:
             # min-char-rnn prints the smoothed loss summed over a window; nats/char follows in parentheses.
             print(f"iter {step}, loss: {float(self.smooth_loss) * T:f} ({float(self.smooth_loss):.4f} nats/char)")
 
@@ -93,7 +98,8 @@ class CharRNN(L.LightningModule):
         now = time.perf_counter()
         if self._time_at_rate is not None and self.global_step > self._step_at_rate:
             rate = (self.global_step - self._step_at_rate) * chars_per_step / (now - self._time_at_rate)
-            self.log("train/chars_per_sec", rate, prog_bar=True)
+            # A CPU tensor: the progress bar reads this value back after every step, a device sync if it lived on a GPU.
+            self.log("train/chars_per_sec", torch.tensor(rate), prog_bar=True)
         self._step_at_rate, self._time_at_rate = self.global_step, now
 
     def sample(self, h=None, first_id=None, length=None, seed=None) -> str:
@@ -115,14 +121,15 @@ class CharRNN(L.LightningModule):
         self._val_h = hs[-1]
         log_probs = torch.log_softmax(rnn.logits_of(self.params, hs[1:].transpose(0, 1)), dim=-1)
         nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        self._val_sum += nll[mask].sum(dtype=torch.float64)
+        self._val_sum += torch.where(mask, nll, 0).sum(dtype=torch.float64)  # not nll[mask]: that syncs on GPU
         self._val_count += mask.sum()
 
     def on_validation_epoch_end(self):
         total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
         count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
         val_loss = (total / count).float()
-        self.log_dict({"val/loss": val_loss, "val/bpc": val_loss / math.log(2)}, prog_bar=True, sync_dist=False)
+        # Already reduced and equal on every rank; sync_dist only spares Lightning's warning that it is not.
+        self.log_dict({"val/loss": val_loss, "val/bpc": val_loss / math.log(2)}, prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking and self.trainer.is_global_zero:
             text = self.sample()
             for logger in self.loggers:
@@ -130,13 +137,25 @@ class CharRNN(L.LightningModule):
                     logger.experiment.add_text("sample", "    " + text.replace("\n", "\n    "), self.global_step)
 
     def on_save_checkpoint(self, checkpoint):
+        # Every rank's streams, in stream order: (N * B, H), so a resume on any number of ranks gets its own rows back.
+        h = None if self.h is None else distributed.gather_rows(self.h).cpu()
         checkpoint["charrnn"] = {
             "format": 1,
             "vocab": self.vocab,
             "hidden_size": self.hparams.hidden_size,
-            "hidden_state": None if self.h is None else self.h.cpu(),
+            "hidden_state": h,
         }
+
+    def configure_model(self):
+        # Take the run's dtype before a checkpoint is restored into the module: float64 weights restored into
+        # float32 parameters (converted only later, by the strategy) would be rounded and a resume no longer exact.
+        self.trainer.precision_plugin.convert_module(self)
 
     def on_load_checkpoint(self, checkpoint):
         h = checkpoint["charrnn"]["hidden_state"]
-        self.h = None if h is None else h.to(self.device)
+        self.h = None if h is None else distributed.rows_of_rank(h)
+
+    def on_train_start(self):
+        # A checkpoint is restored before the strategy moves the module to its device and precision.
+        if self.h is not None:
+            self.h = self.h.to(device=self.device, dtype=self.Whh.dtype)
