@@ -48,12 +48,20 @@ def _version_number(path: str) -> int:
     return int(match.group(1)) if match else -1
 
 
+# Where a run keeps last.ckpt, relative to the directory a user names: the run's root (train.py's
+# --trainer.default_root_dir), its lightning_logs, one version_N, or the checkpoints folder itself.
+_LAYOUTS = (
+    LAST,
+    os.path.join("checkpoints", LAST),
+    os.path.join("version_*", "checkpoints", LAST),
+    os.path.join("lightning_logs", "version_*", "checkpoints", LAST),
+)
+
+
 def newest_last_checkpoint(directory: str) -> str | None:
-    """The ``last.ckpt`` of the highest ``lightning_logs/version_N`` below ``directory`` (or in it), if any."""
-    direct = os.path.join(directory, LAST)
-    if os.path.isfile(direct):
-        return direct
-    found = glob.glob(os.path.join(directory, "**", LAST), recursive=True)
+    """The ``last.ckpt`` of the highest ``version_N`` of a run directory, if any (no deep search: naming
+    a large unrelated folder must neither be slow nor pick up someone else's run)."""
+    found = [p for layout in _LAYOUTS for p in glob.glob(os.path.join(glob.escape(directory), layout))]
     return max(found, key=lambda p: (_version_number(p), os.path.getmtime(p))) if found else None
 
 
