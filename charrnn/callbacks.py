@@ -24,13 +24,16 @@ class LastCheckpoint(L.Callback):
     """Keeps ``<log_dir>/checkpoints/last.ckpt`` current.
 
     Written every ``every_n_steps`` optimizer steps and at the step where training stops: ``max_steps``, the last
-    batch of ``max_epochs``, or the first Ctrl-C / SIGTERM. A signal only asks to stop, so the checkpoint is taken
-    between two steps, the final validation still runs, and the process exits 0; a second signal aborts at once.
+    batch of ``max_epochs``, or the first Ctrl-C / SIGTERM. A signal only sets a flag; the next training step
+    ends with the checkpoint (wherever the signal landed: in a step, a validation or a save), the final validation
+    still runs, and the process exits 0. A second signal aborts at once. Before each write the parameters are
+    checked to be finite (``CharRNN.check_finite``), so a diverged run never replaces a good checkpoint.
     """
 
     def __init__(self, every_n_steps: int = 1000):
         self.every_n_steps = every_n_steps
         self.stop_signal = None
+        self.saved_step = None  # the step of the checkpoint this run wrote last
         self._previous_handlers = {}
 
     def path(self, trainer) -> str:
@@ -40,10 +43,9 @@ class LastCheckpoint(L.Callback):
         if self.stop_signal is not None:
             raise KeyboardInterrupt
         self.stop_signal = signal.Signals(signum).name
-        self._trainer.should_stop = True
 
     def on_train_start(self, trainer, pl_module):
-        self._trainer = trainer
+        checkpoint.remove_temporaries(self.path(trainer))
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous_handlers[sig] = signal.signal(sig, self._request_stop)
 
@@ -52,6 +54,9 @@ class LastCheckpoint(L.Callback):
             signal.signal(sig, handler)
         self._previous_handlers.clear()
 
+    def on_exception(self, trainer, pl_module, exception):
+        self.on_train_end(trainer, pl_module)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         last_epoch_done = (
@@ -59,8 +64,10 @@ class LastCheckpoint(L.Callback):
             and trainer.current_epoch + 1 >= trainer.max_epochs
             and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         )
-        final = trainer.should_stop or step >= trainer.max_steps > -1 or last_epoch_done
+        final = self.stop_signal is not None or trainer.should_stop or step >= trainer.max_steps > -1 or last_epoch_done
         if final:
             trainer.should_stop = True  # also makes Lightning run the final validation
         if final or step % self.every_n_steps == 0:
-            trainer.save_checkpoint(self.path(trainer))
+            pl_module.check_finite()
+            trainer.save_checkpoint(self.path(trainer), weights_only=False)
+            self.saved_step = step

@@ -9,8 +9,10 @@ This module imports torch only (not Lightning), so ``sample.py`` starts fast.
 
 import glob
 import os
+import pickle
 import re
 import tempfile
+import zipfile
 
 import torch
 
@@ -19,10 +21,15 @@ from .errors import UsageError
 LAST = "last.ckpt"
 
 
+def _temporary_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}.tmp-"
+
+
 def save_atomic(obj, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".ckpt")
+    # Hidden and not ending in .ckpt, so nothing mistakes a half-written file for a checkpoint.
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temporary_prefix(path))
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -38,6 +45,15 @@ def save_atomic(obj, path: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_temporaries(path: str) -> None:
+    """Delete what a killed ``save_atomic(..., path)`` left behind: a checkpoint-sized file per kill."""
+    for tmp in glob.glob(os.path.join(glob.escape(os.path.dirname(os.path.abspath(path))), glob.escape(_temporary_prefix(path)) + "*")):
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 def _version_number(path: str) -> int:
@@ -69,8 +85,17 @@ def resolve(path: str) -> str:
 def load(path: str, map_location="cpu") -> dict:
     """Load a charrnn checkpoint safely; anything else (corrupt, truncated, foreign, malicious) is a UsageError."""
     path = resolve(path)
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"{path} is not a checkpoint file, or it is truncated; pass a last.ckpt written by train.py")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        refs = f" (it references {found.group(1)})" if found else ""
+        raise UsageError(
+            f"refused to load {path}: it holds objects other than tensors and plain data{refs}, and loading them "
+            "could run code; pass a checkpoint written by train.py"
+        ) from None
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"{path} is not a readable charrnn checkpoint ({reason[:200]})") from None

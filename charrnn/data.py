@@ -8,6 +8,7 @@ padded.
 
 import codecs
 import os
+import zlib
 
 import lightning as L
 import numpy as np
@@ -249,6 +250,15 @@ class CharDataModule(L.LightningDataModule):
                 f"{path} is too short for a validation split ({len(ids)} characters); use a longer text or --data.val_fraction 0"
             )
         self.train_inputs, self.train_targets = train_streams(self.train_ids, batch_size, seq_length)
+        self.train_crc32 = zlib.crc32(self.train_ids.numpy())
+
+    def state_dict(self):
+        """A checksum of the training text: a resume on another text is refused even when its layout matches."""
+        return {"train_crc32": self.train_crc32}
+
+    def load_state_dict(self, state):
+        if state != self.state_dict():
+            raise UsageError("the checkpoint was trained on a different text; resume with the same --data.path")
 
     @property
     def vocab_size(self) -> int:

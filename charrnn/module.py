@@ -7,7 +7,7 @@ import lightning as L
 import torch
 
 from . import rnn
-from .errors import UsageError
+from .errors import Diverged, UsageError
 from .optim import Adagrad
 from .sampling import generate
 
@@ -45,6 +45,10 @@ class CharRNN(L.LightningModule):
             raise UsageError(f"--model.learning_rate must be a positive number, got {learning_rate}")
         if not clip > 0:
             raise UsageError(f"--model.clip must be positive, got {clip}")
+        if sample_length < 1:
+            raise UsageError(f"--model.sample_length must be a positive integer, got {sample_length}")
+        if print_every < 0:
+            raise UsageError(f"--model.print_every must be 0 (off) or a positive integer, got {print_every}")
         self.save_hyperparameters(ignore=["vocab"])
         self.automatic_optimization = False
         self.vocab = list(vocab) if vocab is not None else None
@@ -52,6 +56,9 @@ class CharRNN(L.LightningModule):
             self.register_parameter(name, torch.nn.Parameter(value))
         self.h = None  # hidden state of every stream, carried (detached) from one window to the next
         self.register_buffer("smooth_loss", torch.tensor(-math.log(1.0 / vocab_size)))
+        # The first step whose loss or gradient was not finite (-1: none). Kept on the device and read only at
+        # log intervals and before checkpoints and samples, so checking costs no host sync per step.
+        self.register_buffer("first_bad_step", torch.tensor(-1), persistent=False)
         self._step_at_rate, self._time_at_rate = 0, None
 
     @property
@@ -65,6 +72,8 @@ class CharRNN(L.LightningModule):
         inputs, targets, window = batch
         B, T = inputs.shape
         step = self.global_step
+        if step % self.trainer.log_every_n_steps == 0 or (self.hparams.print_every and step % self.hparams.print_every == 0):
+            self.check_finite()
         if window == 0 or self.h is None:
             self.h = inputs.new_zeros((B, self.hparams.hidden_size), dtype=self.Whh.dtype)
         if self.hparams.print_every and step % self.hparams.print_every == 0:
@@ -72,6 +81,8 @@ class CharRNN(L.LightningModule):
             print(f"----\n {self.sample(self.h[0], int(inputs[0, 0]))} \n----")
         with torch.no_grad():
             loss, grads, self.h = rnn.loss_and_grads(self.params, inputs, targets, self.h)
+        finite = torch.stack([loss.isfinite(), *(g.isfinite().all() for g in grads.values())]).all()
+        self.first_bad_step.copy_(torch.where(finite | (self.first_bad_step >= 0), self.first_bad_step, step + 1))
         for name, grad in grads.items():
             getattr(self, name).grad = grad
         opt = self.optimizers()
@@ -85,6 +96,13 @@ class CharRNN(L.LightningModule):
         if self.hparams.print_every and step % self.hparams.print_every == 0:
             # min-char-rnn prints the smoothed loss summed over a window; nats/char follows in parentheses.
             print(f"iter {step}, loss: {float(self.smooth_loss) * T:f} ({float(self.smooth_loss):.4f} nats/char)")
+
+    def check_finite(self):
+        """Raise Diverged if a step so far had a non-finite loss or gradient (its update made the parameters
+        useless); called before anything is saved or sampled, so no NaN reaches a checkpoint."""
+        bad = int(self.first_bad_step)
+        if bad >= 0:
+            raise Diverged(bad)
 
     def _log_rate(self, chars_per_step):
         """Characters per second, measured over each logging interval (no host sync per step)."""
@@ -104,6 +122,7 @@ class CharRNN(L.LightningModule):
         return "".join(self.vocab[i] for i in ids) if self.vocab else " ".join(map(str, ids))
 
     def on_validation_epoch_start(self):
+        self.check_finite()
         self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._val_count = torch.zeros((), dtype=torch.float64, device=self.device)
 
@@ -140,3 +159,8 @@ class CharRNN(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         h = checkpoint["charrnn"]["hidden_state"]
         self.h = None if h is None else h.to(self.device)
+        # The learning rate is this run's --model.learning_rate, not the checkpoint's, so a run that diverged can
+        # go on from its last good checkpoint with a lower one. (Same rate: the resume stays exact.)
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state["param_groups"]:
+                group["lr"] = self.hparams.learning_rate
