@@ -64,7 +64,8 @@ class LastCheckpoint(L.Callback):
             and trainer.current_epoch + 1 >= trainer.max_epochs
             and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         )
-        final = self.stop_signal is not None or trainer.should_stop or step >= trainer.max_steps > -1 or last_epoch_done
+        stop = self.stop_signal is not None or trainer.should_stop
+        final = stop or step >= trainer.max_steps > -1 or last_epoch_done
         if final:
             trainer.should_stop = True  # also makes Lightning run the final validation
         if final or step % self.every_n_steps == 0:

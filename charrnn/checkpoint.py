@@ -49,7 +49,8 @@ def save_atomic(obj, path: str) -> None:
 
 def remove_temporaries(path: str) -> None:
     """Delete what a killed ``save_atomic(..., path)`` left behind: a checkpoint-sized file per kill."""
-    for tmp in glob.glob(os.path.join(glob.escape(os.path.dirname(os.path.abspath(path))), glob.escape(_temporary_prefix(path)) + "*")):
+    directory = glob.escape(os.path.dirname(os.path.abspath(path)))
+    for tmp in glob.glob(os.path.join(directory, glob.escape(_temporary_prefix(path)) + "*")):
         try:
             os.unlink(tmp)
         except FileNotFoundError:

@@ -87,7 +87,9 @@ def _check_writable(directory: str) -> None:
 def _resolve_ckpt_path(ckpt_path: str | None, root: str) -> str | None:
     if ckpt_path != "last":
         return None if ckpt_path is None else checkpoint.resolve(ckpt_path)
-    found = checkpoint.newest_last_checkpoint(root) if os.path.isdir(root) else None
+    # Where LastCheckpoint writes: a logger version directory, or root/checkpoints when there is no logger.
+    logs, no_logger = os.path.join(root, "lightning_logs"), os.path.join(root, "checkpoints")
+    found = checkpoint.newest_last_checkpoint(logs) or checkpoint.newest_last_checkpoint(no_logger)
     if found is None:
         print(f"--ckpt_path last: no checkpoint under {root} yet, starting a new run")
     return found
@@ -138,7 +140,7 @@ def run(args=None) -> None:
         trainer_defaults={"enable_checkpointing": False, "check_val_every_n_epoch": None},
     )
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # set here: a plugin instance in the defaults cannot be dumped
+    trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # not a trainer default: jsonargparse cannot dump it
     last = LastCheckpoint(cli.config["checkpoint_every"])
     trainer.callbacks.append(last)
     root = trainer.default_root_dir

@@ -258,7 +258,10 @@ class CharDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state):
         if state != self.state_dict():
-            raise UsageError("the checkpoint was trained on a different text; resume with the same --data.path")
+            raise UsageError(
+                "the checkpoint was trained on another text (or --data.val_fraction); "
+                "resume with the same --data.path and --data.val_fraction"
+            )
 
     @property
     def vocab_size(self) -> int:

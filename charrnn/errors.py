@@ -10,8 +10,7 @@ class UsageError(Exception):
 
 
 class Diverged(UsageError):
-    """Training produced a non-finite loss or gradient: the learning rate (or clip) is too high for this model."""
+    """Training produced a non-finite loss or parameters: the learning rate (or clip) is too high for this model."""
 
     def __init__(self, step: int):
-        super().__init__(f"training diverged at step {step}: the loss or a gradient is not finite")
-        self.step = step
+        super().__init__(f"training diverged at step {step}: the loss or the parameters are not finite")

@@ -12,6 +12,7 @@ from .optim import Adagrad
 from .sampling import generate
 
 SMOOTHING = 0.999  # min-char-rnn's smoothed loss: smooth = 0.999 * smooth + 0.001 * loss
+NO_STEP = 2**62  # first_bad_step while every loss has been finite
 
 
 class CharRNN(L.LightningModule):
@@ -56,9 +57,9 @@ class CharRNN(L.LightningModule):
             self.register_parameter(name, torch.nn.Parameter(value))
         self.h = None  # hidden state of every stream, carried (detached) from one window to the next
         self.register_buffer("smooth_loss", torch.tensor(-math.log(1.0 / vocab_size)))
-        # The first step whose loss or gradient was not finite (-1: none). Kept on the device and read only at
-        # log intervals and before checkpoints and samples, so checking costs no host sync per step.
-        self.register_buffer("first_bad_step", torch.tensor(-1), persistent=False)
+        # The first step whose loss was not finite. Kept on the device and read only by check_finite, so watching
+        # for divergence costs no host sync per step.
+        self.register_buffer("first_bad_step", torch.tensor(NO_STEP), persistent=False)
         self._step_at_rate, self._time_at_rate = 0, None
 
     @property
@@ -72,17 +73,17 @@ class CharRNN(L.LightningModule):
         inputs, targets, window = batch
         B, T = inputs.shape
         step = self.global_step
-        if step % self.trainer.log_every_n_steps == 0 or (self.hparams.print_every and step % self.hparams.print_every == 0):
-            self.check_finite()
+        printing = self.hparams.print_every and step % self.hparams.print_every == 0
+        if printing or step % self.trainer.log_every_n_steps == 0:
+            self.check_finite()  # a host sync once per interval; also keeps NaN out of the printed sample
         if window == 0 or self.h is None:
             self.h = inputs.new_zeros((B, self.hparams.hidden_size), dtype=self.Whh.dtype)
-        if self.hparams.print_every and step % self.hparams.print_every == 0:
+        if printing:
             # As min-char-rnn: a sample from the carried state, seeded with the window's first character.
             print(f"----\n {self.sample(self.h[0], int(inputs[0, 0]))} \n----")
         with torch.no_grad():
             loss, grads, self.h = rnn.loss_and_grads(self.params, inputs, targets, self.h)
-        finite = torch.stack([loss.isfinite(), *(g.isfinite().all() for g in grads.values())]).all()
-        self.first_bad_step.copy_(torch.where(finite | (self.first_bad_step >= 0), self.first_bad_step, step + 1))
+        torch.minimum(self.first_bad_step, torch.where(loss.isfinite(), NO_STEP, step + 1), out=self.first_bad_step)
         for name, grad in grads.items():
             getattr(self, name).grad = grad
         opt = self.optimizers()
@@ -93,16 +94,17 @@ class CharRNN(L.LightningModule):
         self.smooth_loss.mul_(SMOOTHING).add_(per_char, alpha=1 - SMOOTHING)
         self.log_dict({"train/loss": per_char, "train/smooth_loss": self.smooth_loss})
         self._log_rate(B * T)
-        if self.hparams.print_every and step % self.hparams.print_every == 0:
+        if printing:
             # min-char-rnn prints the smoothed loss summed over a window; nats/char follows in parentheses.
             print(f"iter {step}, loss: {float(self.smooth_loss) * T:f} ({float(self.smooth_loss):.4f} nats/char)")
 
     def check_finite(self):
-        """Raise Diverged if a step so far had a non-finite loss or gradient (its update made the parameters
-        useless); called before anything is saved or sampled, so no NaN reaches a checkpoint."""
-        bad = int(self.first_bad_step)
-        if bad >= 0:
-            raise Diverged(bad)
+        """Raise Diverged if a loss so far was not finite, or the parameters no longer are (a NaN gradient: the
+        clip keeps NaN, while it turns an infinite gradient into a finite one). One host sync; called at log
+        intervals and before anything is saved or sampled, so no NaN reaches a checkpoint or a printed sample."""
+        fine = torch.stack([self.first_bad_step == NO_STEP, *(p.isfinite().all() for p in self.parameters())])
+        if not fine.all():
+            raise Diverged(self.global_step if fine[0] else int(self.first_bad_step))
 
     def _log_rate(self, chars_per_step):
         """Characters per second, measured over each logging interval (no host sync per step)."""

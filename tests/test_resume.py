@@ -73,7 +73,8 @@ def test_resume_from_another_directory_never_writes_into_a_stranger_run(text, tm
     assert train(tiny_args(text, tmp_path / "b", "--ckpt_path", ckpt_a, steps=12)) == 0
     after = snapshot(tmp_path / "b")
     assert {k: v for k, v in after.items() if k in before} == before
-    assert torch.load(tmp_path / "b/lightning_logs/version_1/checkpoints/last.ckpt", weights_only=True)["global_step"] == 12
+    continued = tmp_path / "b/lightning_logs/version_1/checkpoints/last.ckpt"
+    assert torch.load(continued, weights_only=True)["global_step"] == 12
 
 
 def test_without_a_logger_a_new_run_refuses_to_overwrite_and_last_resumes(text, tmp_path, capsys):

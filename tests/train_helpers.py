@@ -3,6 +3,7 @@
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,11 +38,17 @@ def train(args) -> int:
     return cli.main([str(a) for a in args])
 
 
-def train_script(args, **kwargs) -> subprocess.CompletedProcess:
-    """``python train.py ARGS`` as a real process, output captured."""
-    return subprocess.run(
-        [sys.executable, "train.py", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300, **kwargs
-    )
+def start_train_py(args) -> subprocess.Popen:
+    """``python train.py ARGS`` as a real process (fresh imports, real signals), stdout and stderr piped."""
+    command = [sys.executable, "train.py", *map(str, args)]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_train_py(args) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of ``python train.py ARGS``."""
+    proc = start_train_py(args)
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
 
 
 def assert_one_line_error(stderr: str, *fragments: str) -> str:
@@ -92,13 +99,11 @@ def run_main_quietly(args) -> None:
 class SendSignal(L.Callback):
     """Sends a signal to this process from inside a Lightning hook at a given step (e.g. mid-validation)."""
 
-    def __init__(self, hook: str = "on_validation_start", at_step: int = 20, signal: str = "SIGINT"):
-        self.at_step, self.signal = at_step, signal
+    def __init__(self, hook: str = "on_validation_start", at_step: int = 20, name: str = "SIGINT"):
+        self.at_step, self.signum = at_step, signal.Signals[name]
         setattr(self, hook, self._send)
 
     def _send(self, trainer, *args):
         if trainer.global_step == self.at_step and not trainer.sanity_checking:
-            import signal
-
-            os.kill(os.getpid(), getattr(signal, self.signal))
+            os.kill(os.getpid(), self.signum)
             self.at_step = None
