@@ -8,13 +8,20 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from . import checkpoint
+from .errors import UsageError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO with atomic writes and code-free (``weights_only``) reads."""
 
     def save_checkpoint(self, checkpoint_dict, path, storage_options=None):
-        checkpoint.save_atomic(checkpoint_dict, str(path))
+        try:
+            checkpoint.save_atomic(checkpoint_dict, str(path))
+        except OSError as e:  # a full disk, a directory removed or made read-only mid-run
+            raise UsageError(
+                f"cannot write {path} ({e.strerror}); the checkpoint before it is intact: "
+                "fix that, then continue with --ckpt_path last"
+            ) from None
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)

@@ -2,9 +2,14 @@
 
 ``python train.py [--config configs/X.yaml] [--data.*] [--model.*] [--trainer.*] [--ckpt_path last|PATH]
 [--seed_everything N]``. Values come from ``configs/default.yaml`` unless a config file or flag overrides them.
+
+Exit codes: 0 when training finished, or stopped by Ctrl-C / SIGTERM with ``last.ckpt`` saved; 2 with one line
+``error: ...`` on stderr for a bad input or a diverged run (nothing on disk overwritten); 130 for Ctrl-C before
+training started. Resuming takes the learning rate from the flags, everything else from the checkpoint.
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -64,13 +69,23 @@ def _check_flags(config) -> None:
             raise UsageError(f"--trainer.{name} must be positive, got {trainer[name]}")
 
 
-def _log_info_to_stdout() -> None:
+@contextlib.contextmanager
+def _lightning_notes_on_stdout():
     """Lightning logs its progress notes ("Seed set to", "GPU available") on stderr; train.py keeps stderr for
     warnings and errors, so a failed start shows exactly one line there."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        for handler in logging.getLogger(name).handlers:
-            if type(handler) is logging.StreamHandler:
-                handler.setStream(sys.stdout)
+    handlers = [
+        handler
+        for name in ("lightning.pytorch", "lightning.fabric")
+        for handler in logging.getLogger(name).handlers
+        if type(handler) is logging.StreamHandler
+    ]
+    previous = [handler.setStream(sys.stdout) for handler in handlers]
+    try:
+        yield
+    finally:
+        for handler, stream in zip(handlers, previous):
+            if stream is not None:
+                handler.setStream(stream)
 
 
 def _check_writable(directory: str) -> None:
@@ -127,7 +142,6 @@ def _log_version(path: str, root: str) -> int | None:
 def run(args=None) -> None:
     """Parse, build and check everything, then train. Every check runs before Lightning writes into the run
     directory, so a refused start leaves what is on disk as it was."""
-    _log_info_to_stdout()
     config_args = ["--config", DEFAULT_CONFIG] if os.path.exists(DEFAULT_CONFIG) else []
     argv = sys.argv[1:] if args is None else list(args)
     cli = CharRNNCLI(
@@ -177,7 +191,8 @@ def run(args=None) -> None:
 
 def main(args=None) -> int:
     try:
-        run(args)
+        with _lightning_notes_on_stdout():
+            run(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

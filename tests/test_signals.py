@@ -1,6 +1,7 @@
 """Interruption: Ctrl-C and SIGTERM stop with a fresh last.ckpt and exit 0; SIGKILL at any moment leaves a newest
 checkpoint that loads and resumes exactly."""
 
+import errno
 import glob
 import multiprocessing
 import os
@@ -9,10 +10,11 @@ import signal
 import time
 
 import pytest
+import torch
 
 from charrnn import checkpoint
-from tests.train_helpers import assert_same_training_state, corpus, newest, run_main_quietly, start_train_py, tiny_args
-from tests.train_helpers import train
+from tests.train_helpers import assert_one_line_error, assert_same_training_state, corpus, newest, run_main_quietly
+from tests.train_helpers import start_train_py, tiny_args, train
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,22 @@ def test_signal_anywhere_stops_after_the_next_step_with_its_checkpoint(
     assert newest(tmp_path)["global_step"] == at_step + 1
     assert train(tiny_args(text, tmp_path, "--ckpt_path", "last", steps=30)) == 0
     assert_same_training_state(newest(tmp_path), straight_to_30)
+
+
+def test_a_full_disk_mid_write_keeps_the_previous_checkpoint(text, tmp_path, capsys, monkeypatch):
+    real_save = torch.save
+
+    def save_until_the_disk_fills(obj, f):
+        if obj["global_step"] >= 10:
+            f.write(b"the first bytes of a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    assert train(tiny_args(text, tmp_path, "--checkpoint_every", 5, steps=30)) == 2
+    assert_one_line_error(capsys.readouterr().err, "No space left on device", "the checkpoint before it is intact")
+    assert newest(tmp_path)["global_step"] == 5
+    assert not _debris(str(tmp_path))
 
 
 @pytest.mark.slow
