@@ -36,9 +36,10 @@ def _decoded_chunks(path: str):
             try:
                 text = carry + decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
+                source = "utf-16" if offset + e.start == 0 and raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"
                 raise UsageError(
                     f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {offset + e.start}); "
-                    f"convert it first, e.g. iconv -f latin1 -t utf-8"
+                    f"convert it first, e.g. iconv -f {source} -t utf-8"
                 ) from None
             offset += len(raw)
             # Hold back a trailing CR: its LF may start the next chunk.

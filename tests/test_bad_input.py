@@ -58,7 +58,7 @@ CASES = {
     "empty file": (["--data.path", "{d}/empty.txt"], "is empty"),
     "shorter than one window per stream": (["--data.path", "{d}/short.txt", "--data.val_fraction", 0], "too few for 2"),
     "not UTF-8 (latin-1)": (["--data.path", "{d}/latin1.txt"], "not UTF-8 text (byte 0xe9 at offset 3)"),
-    "not UTF-8 (UTF-16)": (["--data.path", "{d}/utf16.txt"], "not UTF-8 text"),
+    "not UTF-8 (UTF-16)": (["--data.path", "{d}/utf16.txt"], "not UTF-8 text", "iconv -f utf-16 -t utf-8"),
     # sizes, lengths, rates
     "batch_size 0": (["--data.batch_size", 0], "--data.batch_size must be a positive integer"),
     "batch_size -2": (["--data.batch_size", -2], "--data.batch_size must be a positive integer"),
