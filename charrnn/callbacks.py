@@ -8,13 +8,20 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from . import checkpoint
+from .errors import UsageError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO with atomic writes and code-free (``weights_only``) reads."""
 
     def save_checkpoint(self, checkpoint_dict, path, storage_options=None):
-        checkpoint.save_atomic(checkpoint_dict, str(path))
+        try:
+            checkpoint.save_atomic(checkpoint_dict, str(path))
+        except OSError as e:  # a full disk, a directory removed or made read-only mid-run
+            raise UsageError(
+                f"cannot write {path} ({e.strerror}); the checkpoint before it is intact: "
+                "fix that, then continue with --ckpt_path last"
+            ) from None
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
@@ -24,16 +31,18 @@ class LastCheckpoint(L.Callback):
     """Keeps ``<log_dir>/checkpoints/last.ckpt`` current.
 
     Written every ``every_n_steps`` optimizer steps and at the step where training stops: ``max_steps``, the last
-    batch of ``max_epochs``, or the first Ctrl-C / SIGTERM. A signal only asks to stop, so the checkpoint is taken
-    between two steps, the final validation still runs, and the process exits 0; a second signal aborts at once.
-    The request is acted on at the end of a step, never in the middle of a validation or of a checkpoint write,
-    and under DDP all ranks agree on it first, so every rank stops (and checkpoints) after the same step even when
-    the signal reached only some of them.
+    batch of ``max_epochs``, or the first Ctrl-C / SIGTERM. A signal only sets a flag; the next training step
+    ends with the checkpoint (wherever the signal landed: in a step, a validation or a save), the final validation
+    still runs, and the process exits 0. A second signal aborts at once. Under DDP all ranks agree on the request
+    first, so every rank stops (and checkpoints) after the same step even when the signal reached only some of
+    them. Before each write the parameters are checked to be finite (``CharRNN.check_finite``), so a diverged run
+    never replaces a good checkpoint.
     """
 
     def __init__(self, every_n_steps: int = 1000):
         self.every_n_steps = every_n_steps
         self.stop_signal = None
+        self.saved_step = None  # the step of the checkpoint this run wrote last
         self._previous_handlers = {}
 
     def path(self, trainer) -> str:
@@ -45,6 +54,7 @@ class LastCheckpoint(L.Callback):
         self.stop_signal = signal.Signals(signum).name
 
     def on_train_start(self, trainer, pl_module):
+        checkpoint.remove_temporaries(self.path(trainer))
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous_handlers[sig] = signal.signal(sig, self._request_stop)
 
@@ -52,6 +62,9 @@ class LastCheckpoint(L.Callback):
         for sig, handler in self._previous_handlers.items():
             signal.signal(sig, handler)
         self._previous_handlers.clear()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.on_train_end(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         stop = self.stop_signal is not None
@@ -70,4 +83,6 @@ class LastCheckpoint(L.Callback):
         if final:
             trainer.should_stop = True  # also makes Lightning run the final validation
         if final or step % self.every_n_steps == 0:
+            pl_module.check_finite()
             trainer.save_checkpoint(self.path(trainer), weights_only=False)  # full state, for exact resume
+            self.saved_step = step

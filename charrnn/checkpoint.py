@@ -13,6 +13,7 @@ import pickle
 import re
 import tempfile
 import warnings
+import zipfile
 
 import torch
 
@@ -22,10 +23,15 @@ from .errors import UsageError
 LAST = "last.ckpt"
 
 
+def _temporary_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}.tmp-"
+
+
 def save_atomic(obj, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".ckpt")
+    # Hidden and not ending in .ckpt, so nothing mistakes a half-written file for a checkpoint.
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temporary_prefix(path))
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -41,6 +47,16 @@ def save_atomic(obj, path: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_temporaries(path: str) -> None:
+    """Delete what a killed ``save_atomic(..., path)`` left behind: a checkpoint-sized file per kill."""
+    directory = glob.escape(os.path.dirname(os.path.abspath(path)))
+    for tmp in glob.glob(os.path.join(directory, glob.escape(_temporary_prefix(path)) + "*")):
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 def _version_number(path: str) -> int:
@@ -77,28 +93,26 @@ def resolve(path: str) -> str:
     return path
 
 
-def _load_failure(path: str, e: Exception) -> str:
-    """One line on why ``torch.load`` failed. For a ``weights_only`` refusal that is torch's innermost reason
-    (e.g. ``Trying to load unsupported GLOBAL posix.system``), without its advice to retry with
-    ``weights_only=False``, which is the one thing not to do with a file of unknown origin."""
-    text = str(e).strip()
-    if isinstance(e, pickle.UnpicklingError) and "weights_only" in text:
-        paragraphs = [p.strip() for p in text.split("\n\n") if p.strip() and not p.strip().startswith("Check the")]
-        inner = re.split(r"(?<=\.) ", paragraphs[-1].split("WeightsUnpickler error: ")[-1].strip())[0]
-        return f"{path} is not a charrnn checkpoint: the safe loader (weights_only) refused it ({inner[:200]})"
-    reason = text.splitlines()[0][:200] if text else type(e).__name__
-    return f"{path} is damaged, truncated or not a checkpoint ({reason})"
-
-
 def load(path: str, map_location="cpu") -> dict:
     """Load a charrnn checkpoint safely; anything else (corrupt, truncated, foreign, malicious) is a UsageError."""
     path = resolve(path)
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"{path} is not a checkpoint file, or it is truncated; pass a last.ckpt written by train.py")
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise before the one-line error
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message ends with advice to retry with weights_only=False: the one thing not to do here.
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        refs = f" (it references {found.group(1)})" if found else ""
+        raise UsageError(
+            f"refused to load {path}: it holds objects other than tensors and plain data{refs}, and loading them "
+            "could run code; pass a checkpoint written by train.py"
+        ) from None
     except Exception as e:
-        raise UsageError(_load_failure(path, e)) from None
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path} is damaged, truncated or not a checkpoint ({reason})") from None
     if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("charrnn"), dict) and "state_dict" in checkpoint):
         raise UsageError(f"{path} is not a charrnn checkpoint (written by train.py)")
     return checkpoint

@@ -2,24 +2,36 @@
 
 ``python train.py [--config configs/X.yaml] [--data.*] [--model.*] [--trainer.*] [--ckpt_path last|PATH]
 [--seed_everything N]``. Values come from ``configs/default.yaml`` unless a config file or flag overrides them.
+
+Exit codes: 0 when training finished, or stopped by Ctrl-C / SIGTERM with ``last.ckpt`` saved; 2 with one line
+``error: ...`` on stderr for a bad input or a diverged run (nothing on disk overwritten); 130 for Ctrl-C before
+training started. Resuming takes the learning rate from the flags, everything else from the checkpoint.
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import warnings
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from . import checkpoint
 from .callbacks import AtomicCheckpointIO, LastCheckpoint
 from .data import CharDataModule
-from .errors import UsageError
+from .errors import Diverged, UsageError
 from .module import CharRNN
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.yaml")
 SUPPORTED_PRECISION = ("32-true", "32", "64-true", "64")
+
+# main(args) is also called in-process (tests), where sys.argv holds the caller's own arguments.
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+# Lightning 2.6 calls a torch pytree API that torch deprecated; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 class CharRNNCLI(LightningCLI):
@@ -33,6 +45,50 @@ class CharRNNCLI(LightningCLI):
             help="resume from this checkpoint; 'last' means the newest last.ckpt under --trainer.default_root_dir",
         )
         parser.add_argument("--checkpoint_every", type=int, default=1000, help="steps between last.ckpt writes")
+
+    def before_instantiate_classes(self):
+        _check_flags(self.config)
+
+
+def _check_flags(config) -> None:
+    """Flag values Lightning would accept and then crash on, refused before the text is read."""
+    if config["checkpoint_every"] < 1:
+        raise UsageError(f"--checkpoint_every must be a positive integer, got {config['checkpoint_every']}")
+    trainer = config["trainer"]
+    precision = str(trainer["precision"] or "32-true")
+    if precision not in SUPPORTED_PRECISION:
+        # Measured: bf16-true runs but the smoothed loss and Adagrad's sums of squares stop growing in 16 bits
+        # (tinyshakespeare, H=100, B=32, 600 steps: val loss 2.57 against 2.38 in float32).
+        raise UsageError(
+            f"--trainer.precision {precision} is not supported: the hand-written BPTT computes in the parameters' "
+            "dtype and is not written for autocast, and in 16 bits Adagrad's accumulators and the smoothed loss "
+            "stall; use 32-true or 64-true"
+        )
+    for name in ("max_steps", "max_epochs"):
+        if trainer[name] is not None and trainer[name] != -1 and trainer[name] < 1:
+            raise UsageError(f"--trainer.{name} must be a positive integer, or -1 for no limit, got {trainer[name]}")
+    for name in ("log_every_n_steps", "val_check_interval"):
+        if trainer[name] is not None and not trainer[name] > 0:
+            raise UsageError(f"--trainer.{name} must be positive, got {trainer[name]}")
+
+
+@contextlib.contextmanager
+def _lightning_notes_on_stdout():
+    """Lightning logs its progress notes ("Seed set to", "GPU available") on stderr; train.py keeps stderr for
+    warnings and errors, so a failed start shows exactly one line there."""
+    handlers = [
+        handler
+        for name in ("lightning.pytorch", "lightning.fabric")
+        for handler in logging.getLogger(name).handlers
+        if type(handler) is logging.StreamHandler
+    ]
+    previous = [handler.setStream(sys.stdout) for handler in handlers]
+    try:
+        yield
+    finally:
+        for handler, stream in zip(handlers, previous):
+            if stream is not None:
+                handler.setStream(stream)
 
 
 def _check_writable(directory: str) -> None:
@@ -49,13 +105,16 @@ def _check_writable(directory: str) -> None:
 def _resolve_ckpt_path(ckpt_path: str | None, root: str) -> str | None:
     if ckpt_path != "last":
         return None if ckpt_path is None else checkpoint.resolve(ckpt_path)
-    found = checkpoint.newest_last_checkpoint(os.path.join(root, "lightning_logs"))
+    # Where LastCheckpoint writes: a logger version directory, or root/checkpoints when there is no logger.
+    logs, no_logger = os.path.join(root, "lightning_logs"), os.path.join(root, "checkpoints")
+    found = checkpoint.newest_last_checkpoint(logs) or checkpoint.newest_last_checkpoint(no_logger)
     if found is None:
         print(f"--ckpt_path last: no checkpoint under {root} yet, starting a new run")
     return found
 
 
-def _check_resumable(ckpt: dict, path: str, model: CharRNN) -> None:
+def _check_resumable(ckpt: dict, path: str, model: CharRNN, data: CharDataModule, trainer) -> None:
+    """Everything Lightning would otherwise find wrong only after it has started writing into the run directory."""
     saved = ckpt["charrnn"]
     if saved["vocab"] != model.vocab:
         raise UsageError(f"{path} was trained on a text with a different vocabulary; resume with the same --data.path")
@@ -64,18 +123,30 @@ def _check_resumable(ckpt: dict, path: str, model: CharRNN) -> None:
             f"{path} has hidden size {saved['hidden_size']}, not {model.hparams.hidden_size}; "
             f"resume with --model.hidden_size {saved['hidden_size']}"
         )
+    layouts = ckpt.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
+    if not (layouts and ckpt.get("optimizer_states") and type(data).__qualname__ in ckpt):
+        raise UsageError(f"{path} holds weights but no training state, so it cannot be resumed; sample from it instead")
+    data.load_state_dict(ckpt[type(data).__qualname__])
+    data.trainer = trainer  # the stream layout depends on the number of processes
+    data.setup("fit")
+    data.train_dataloader().load_state_dict(layouts[0])
 
 
-def _log_version(path: str) -> int | None:
-    """``lightning_logs/version_N/checkpoints/last.ckpt`` -> N, so a resumed run keeps writing the same curves."""
-    parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
-    if len(parts) >= 3 and parts[-2] == "checkpoints" and parts[-3].startswith("version_"):
-        return int(parts[-3][len("version_") :]) if parts[-3][len("version_") :].isdigit() else None
-    return None
+def _log_version(path: str, root: str) -> int | None:
+    """``<root>/lightning_logs/version_N/checkpoints/last.ckpt`` -> N, so a resumed run keeps writing the same
+    curves. A checkpoint from anywhere else starts a new version: its N may belong to another run under root."""
+    version_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    name = os.path.basename(version_dir)
+    if not (name.startswith("version_") and name[len("version_") :].isdigit()):
+        return None
+    logs = os.path.join(root, "lightning_logs")
+    same_root = os.path.isdir(logs) and os.path.samefile(os.path.dirname(version_dir), logs)
+    return int(name[len("version_") :]) if same_root else None
 
 
 def run(args=None) -> None:
-    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # keep errors one line
+    """Parse, build and check everything, then train. Every check runs before Lightning writes into the run
+    directory, so a refused start leaves what is on disk as it was."""
     cli = CharRNNCLI(
         CharRNN,
         CharDataModule,
@@ -86,31 +157,35 @@ def run(args=None) -> None:
         trainer_defaults={"enable_checkpointing": False, "check_val_every_n_epoch": None},
     )
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-    every = cli.config["checkpoint_every"]
-    if every < 1:
-        raise UsageError(f"--checkpoint_every must be a positive integer, got {every}")
-    precision = str(cli.config["trainer"]["precision"] or "32-true")
-    if precision not in SUPPORTED_PRECISION:
-        # Measured: bf16-true runs but the smoothed loss and Adagrad's sums of squares stop growing in 16 bits
-        # (tinyshakespeare, H=100, B=32, 600 steps: val loss 2.57 against 2.38 in float32).
-        raise UsageError(
-            f"--trainer.precision {precision} is not supported: the hand-written BPTT computes in the parameters' "
-            "dtype and is not written for autocast, and in 16 bits Adagrad's accumulators and the smoothed loss "
-            "stall; use 32-true or 64-true"
-        )
-    last = LastCheckpoint(every)
+    trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # not a trainer default: jsonargparse cannot dump it
+    last = LastCheckpoint(cli.config["checkpoint_every"])
     trainer.callbacks.append(last)
     root = trainer.default_root_dir
-    _check_writable(root)
     ckpt_path = _resolve_ckpt_path(cli.config["ckpt_path"], root)
     if ckpt_path is not None:
-        _check_resumable(checkpoint.load(ckpt_path), ckpt_path, model)
-        version = _log_version(ckpt_path)
+        ckpt = checkpoint.load(ckpt_path)
+        _check_resumable(ckpt, ckpt_path, model, data, trainer)
+        if ckpt["global_step"] >= trainer.max_steps > -1:
+            print(f"{ckpt_path} is at step {ckpt['global_step']}, already --trainer.max_steps; nothing to do")
+            return
+        version = _log_version(ckpt_path, root)
         if version is not None and isinstance(trainer.logger, TensorBoardLogger):
             trainer.loggers = [TensorBoardLogger(root, name="lightning_logs", version=version, default_hp_metric=False)]
-    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
-    where = last.path(trainer)
+    elif os.path.exists(last.path(trainer)):  # no versioned logger: a new run would overwrite the old one
+        raise UsageError(
+            f"{last.path(trainer)} exists from an earlier run; continue it with --ckpt_path last "
+            "or pass another --trainer.default_root_dir"
+        )
+    _check_writable(root)
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    except Diverged as e:
+        if last.saved_step is not None:
+            kept = f"{last.path(trainer)} (step {last.saved_step}) is the last good checkpoint"
+        else:
+            kept = f"{ckpt_path} is unchanged" if ckpt_path else "no checkpoint was written"
+        raise UsageError(f"{e}; {kept}; lower --model.learning_rate (or --model.clip) and train again") from None
+    where = last.path(trainer)  # every rank asks: under DDP, log_dir is a broadcast
     if not trainer.is_global_zero:
         return
     if last.stop_signal:
@@ -121,11 +196,12 @@ def run(args=None) -> None:
 
 def main(args=None) -> int:
     try:
-        run(args)
+        with _lightning_notes_on_stdout():
+            run(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except argparse.ArgumentError as e:
+    except (argparse.ArgumentError, MisconfigurationException) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

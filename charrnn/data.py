@@ -9,6 +9,7 @@ r * B .. r * B + B - 1; the validation streams are split across ranks the same w
 
 import codecs
 import os
+import zlib
 
 import lightning as L
 import numpy as np
@@ -36,9 +37,10 @@ def _decoded_chunks(path: str):
             try:
                 text = carry + decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
+                source = "utf-16" if offset + e.start == 0 and raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"
                 raise UsageError(
                     f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {offset + e.start}); "
-                    f"convert it first, e.g. iconv -f latin1 -t utf-8"
+                    f"convert it first, e.g. iconv -f {source} -t utf-8"
                 ) from None
             offset += len(raw)
             # Hold back a trailing CR: its LF may start the next chunk.
@@ -252,6 +254,18 @@ class CharDataModule(L.LightningDataModule):
                 f"{path} is too short for a validation split ({len(ids)} characters); use a longer text or --data.val_fraction 0"
             )
         self.train_inputs, self.train_targets = train_streams(self.train_ids, batch_size, seq_length)
+        self.train_crc32 = zlib.crc32(self.train_ids.numpy())
+
+    def state_dict(self):
+        """A checksum of the training text: a resume on another text is refused even when its layout matches."""
+        return {"train_crc32": self.train_crc32}
+
+    def load_state_dict(self, state):
+        if state != self.state_dict():
+            raise UsageError(
+                "the checkpoint was trained on another text (or --data.val_fraction); "
+                "resume with the same --data.path and --data.val_fraction"
+            )
 
     @property
     def vocab_size(self) -> int:

@@ -1,9 +1,16 @@
-"""The one exception type for problems a user can fix (bad file, bad flag, wrong checkpoint).
+"""The exception types for problems a user can fix (bad file, bad flag, wrong checkpoint, a diverged run).
 
-Entry points print its message as a single line and exit with code 2; anything else is a bug and keeps its
-traceback.
+Entry points print the message as a single line ``error: ...`` on stderr and exit with code 2; anything else is
+a bug and keeps its traceback.
 """
 
 
 class UsageError(Exception):
     """A problem with the user's input, reported as one line: what is wrong and what to do."""
+
+
+class Diverged(UsageError):
+    """Training produced a non-finite loss or parameters: the learning rate (or clip) is too high for this model."""
+
+    def __init__(self, step: int):
+        super().__init__(f"training diverged at step {step}: the loss or the parameters are not finite")

@@ -7,11 +7,12 @@ import lightning as L
 import torch
 
 from . import distributed, rnn
-from .errors import UsageError
+from .errors import Diverged, UsageError
 from .optim import Adagrad
 from .sampling import generate
 
 SMOOTHING = 0.999  # min-char-rnn's smoothed loss: smooth = 0.999 * smooth + 0.001 * loss
+NO_STEP = 2**62  # first_bad_step while every loss has been finite
 
 
 class CharRNN(L.LightningModule):
@@ -45,6 +46,10 @@ class CharRNN(L.LightningModule):
             raise UsageError(f"--model.learning_rate must be a positive number, got {learning_rate}")
         if not clip > 0:
             raise UsageError(f"--model.clip must be positive, got {clip}")
+        if sample_length < 1:
+            raise UsageError(f"--model.sample_length must be a positive integer, got {sample_length}")
+        if print_every < 0:
+            raise UsageError(f"--model.print_every must be 0 (off) or a positive integer, got {print_every}")
         self.save_hyperparameters(ignore=["vocab"])
         self.automatic_optimization = False
         self.vocab = list(vocab) if vocab is not None else None
@@ -52,6 +57,9 @@ class CharRNN(L.LightningModule):
             self.register_parameter(name, torch.nn.Parameter(value))
         self.h = None  # hidden state of every stream, carried (detached) from one window to the next
         self.register_buffer("smooth_loss", torch.tensor(-math.log(1.0 / vocab_size), dtype=torch.float64))
+        # The first step whose loss was not finite. Kept on the device and read only by check_finite, so watching
+        # for divergence costs no host sync per step.
+        self.register_buffer("first_bad_step", torch.tensor(NO_STEP), persistent=False)
         self._step_at_rate, self._time_at_rate = 0, None
 
     @property
@@ -65,9 +73,11 @@ class CharRNN(L.LightningModule):
         inputs, targets, window = batch
         B, T = inputs.shape
         step = self.global_step
+        printing = self.hparams.print_every and step % self.hparams.print_every == 0 and self.trainer.is_global_zero
+        if printing or step % self.trainer.log_every_n_steps == 0:
+            self.check_finite()  # a host sync once per interval; also keeps NaN out of the printed sample
         if window == 0 or self.h is None:
             self.h = inputs.new_zeros((B, self.hparams.hidden_size), dtype=self.Whh.dtype)
-        printing = self.hparams.print_every and step % self.hparams.print_every == 0 and self.trainer.is_global_zero
         if printing:
             # As min-char-rnn: a sample from the carried state, seeded with the window's first character.
             print(f"----\n {self.sample(self.h[0], int(inputs[0, 0]))} \n----")
@@ -77,6 +87,7 @@ class CharRNN(L.LightningModule):
                 # Average before clipping, so N ranks of B streams step exactly as one process with N * B streams.
                 loss, *averaged = distributed.mean_over_ranks([loss, *grads.values()])
                 grads = dict(zip(grads, averaged))
+        torch.minimum(self.first_bad_step, torch.where(loss.isfinite(), NO_STEP, step + 1), out=self.first_bad_step)
         for name, grad in grads.items():
             getattr(self, name).grad = grad
         opt = self.optimizers()
@@ -90,6 +101,14 @@ class CharRNN(L.LightningModule):
         if printing:
             # min-char-rnn prints the smoothed loss summed over a window; nats/char follows in parentheses.
             print(f"iter {step}, loss: {float(self.smooth_loss) * T:f} ({float(self.smooth_loss):.4f} nats/char)")
+
+    def check_finite(self):
+        """Raise Diverged if a loss so far was not finite, or the parameters no longer are (a NaN gradient: the
+        clip keeps NaN, while it turns an infinite gradient into a finite one). One host sync; called at log
+        intervals and before anything is saved or sampled, so no NaN reaches a checkpoint or a printed sample."""
+        fine = torch.stack([self.first_bad_step == NO_STEP, *(p.isfinite().all() for p in self.parameters())])
+        if not fine.all():
+            raise Diverged(self.global_step if fine[0] else int(self.first_bad_step))
 
     def _log_rate(self, chars_per_step):
         """Characters per second, measured over each logging interval (no host sync per step)."""
@@ -110,6 +129,7 @@ class CharRNN(L.LightningModule):
         return "".join(self.vocab[i] for i in ids) if self.vocab else " ".join(map(str, ids))
 
     def on_validation_epoch_start(self):
+        self.check_finite()
         self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._val_count = torch.zeros((), dtype=torch.float64, device=self.device)
 
@@ -154,6 +174,11 @@ class CharRNN(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         h = checkpoint["charrnn"]["hidden_state"]
         self.h = None if h is None else distributed.rows_of_rank(h)
+        # The learning rate is this run's --model.learning_rate, not the checkpoint's, so a run that diverged can
+        # go on from its last good checkpoint with a lower one. (Same rate: the resume stays exact.)
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state["param_groups"]:
+                group["lr"] = self.hparams.learning_rate
 
     def on_train_start(self):
         # A checkpoint is restored before the strategy moves the module to its device and precision.

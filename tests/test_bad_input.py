@@ -1,0 +1,180 @@
+"""Every bad input to train.py: one line ``error: ...`` on stderr, exit code 2, no traceback, and nothing on disk
+added, changed or lost. Also the awkward inputs that must work: a BOM, CRLF line ends, thousands of characters."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from charrnn import data
+from tests.train_helpers import assert_one_line_error, corpus, newest, snapshot, start_train_py, tiny_args, train
+
+
+class Evil:
+    """Unpickling this runs ``touch <marker>``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A finished 10-step run under ``root`` plus every kind of bad file next to its text."""
+    d = tmp_path_factory.mktemp("inputs")
+    text = corpus()
+    (d / "input.txt").write_text(text)
+    root = d / "runs"
+    assert train(tiny_args(d / "input.txt", root, steps=10)) == 0
+    ckpt_path = d / "runs/lightning_logs/version_0/checkpoints/last.ckpt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+
+    (d / "empty.txt").write_bytes(b"")
+    (d / "short.txt").write_text(text[:12])
+    (d / "latin1.txt").write_bytes("caf\u00e9 cr\u00e8me\n".encode("latin-1") * 10)
+    (d / "utf16.txt").write_text(text, encoding="utf-16")
+    (d / "other.txt").write_text(text.upper())
+    shuffled = list(text)
+    random.Random(0).shuffle(shuffled)
+    (d / "same-chars.txt").write_text("".join(shuffled))  # same vocabulary and length, another text
+    (d / "a-file").write_text("not a directory")
+    (d / "no-checkpoints").mkdir()
+    (d / "junk.ckpt").write_text("not a checkpoint\n")
+    (d / "truncated.ckpt").write_bytes(ckpt_path.read_bytes()[: ckpt_path.stat().st_size // 2])
+    torch.save({"weights": torch.zeros(3)}, d / "foreign.ckpt")
+    torch.save({k: ckpt[k] for k in ("state_dict", "charrnn", "global_step")}, d / "weights-only.ckpt")
+    torch.save({**ckpt, "payload": Evil(d / "marker")}, d / "evil.ckpt")
+    return d, root
+
+
+CASES = {
+    # data file
+    "missing file": (["--data.path", "{d}/missing.txt"], "does not exist"),
+    "directory": (["--data.path", "{d}/no-checkpoints"], "is a directory"),
+    "empty file": (["--data.path", "{d}/empty.txt"], "is empty"),
+    "shorter than one window per stream": (["--data.path", "{d}/short.txt", "--data.val_fraction", 0], "too few for 2"),
+    "not UTF-8 (latin-1)": (["--data.path", "{d}/latin1.txt"], "not UTF-8 text (byte 0xe9 at offset 3)"),
+    "not UTF-8 (UTF-16)": (["--data.path", "{d}/utf16.txt"], "not UTF-8 text", "iconv -f utf-16 -t utf-8"),
+    # sizes, lengths, rates
+    "batch_size 0": (["--data.batch_size", 0], "--data.batch_size must be a positive integer"),
+    "batch_size -2": (["--data.batch_size", -2], "--data.batch_size must be a positive integer"),
+    "batch larger than the text allows": (["--data.batch_size", 1000], "too few for 1000 streams"),
+    "seq_length 0": (["--data.seq_length", 0], "--data.seq_length must be a positive integer"),
+    "hidden_size -4": (["--model.hidden_size", -4], "--model.hidden_size must be a positive integer"),
+    "learning_rate 0": (["--model.learning_rate", 0], "--model.learning_rate must be a positive number"),
+    "learning_rate -1": (["--model.learning_rate", -1], "--model.learning_rate must be a positive number"),
+    "learning_rate nan": (["--model.learning_rate", "nan"], "model.learning_rate"),
+    "clip 0": (["--model.clip", 0], "--model.clip must be positive"),
+    "val_fraction 1": (["--data.val_fraction", 1], "--data.val_fraction must be in [0, 1)"),
+    "val_fraction -0.5": (["--data.val_fraction", -0.5], "--data.val_fraction must be in [0, 1)"),
+    "max_steps 0": (["--trainer.max_steps", 0], "--trainer.max_steps must be a positive integer, or -1"),
+    "max_steps -7": (["--trainer.max_steps", -7], "--trainer.max_steps must be a positive integer, or -1"),
+    "max_epochs 0": (["--trainer.max_epochs", 0], "--trainer.max_epochs must be a positive integer, or -1"),
+    "log_every_n_steps 0": (["--trainer.log_every_n_steps", 0], "--trainer.log_every_n_steps must be positive"),
+    "val_check_interval 0": (["--trainer.val_check_interval", 0], "--trainer.val_check_interval must be positive"),
+    "checkpoint_every 0": (["--checkpoint_every", 0], "--checkpoint_every must be a positive integer"),
+    "sample_length 0": (["--model.sample_length", 0], "--model.sample_length must be a positive integer"),
+    "print_every -1": (["--model.print_every", -1], "--model.print_every must be 0 (off) or a positive integer"),
+    "precision 16-mixed": (["--trainer.precision", "16-mixed"], "is not supported"),
+    # flags that do not parse
+    "unknown flag": (["--bogus", 3], "unrecognized arguments: --bogus 3"),
+    "text for an integer": (["--data.batch_size", "abc"], 'Parser key "data.batch_size"'),
+    "fraction for an integer": (["--model.hidden_size", 1.5], 'Parser key "model.hidden_size"'),
+    "missing config file": (["--config", "{d}/missing.yaml"], "does not exist"),
+    # resuming something that does not fit
+    "resume: other vocabulary": (["--data.path", "{d}/other.txt", "--ckpt_path", "last"], "different vocabulary"),
+    "resume: same characters, other text": (["--data.path", "{d}/same-chars.txt", "--ckpt_path", "last"], "other text"),
+    "resume: other hidden size": (["--model.hidden_size", 32, "--ckpt_path", "last"], "with --model.hidden_size 16"),
+    "resume: other batch size": (["--data.batch_size", 3, "--ckpt_path", "last"], "different data layout"),
+    # checkpoint paths
+    "ckpt_path does not exist": (["--ckpt_path", "{d}/missing.ckpt"], "does not exist"),
+    "ckpt_path truncated": (["--ckpt_path", "{d}/truncated.ckpt"], "not a checkpoint file, or it is truncated"),
+    "ckpt_path a text file": (["--ckpt_path", "{d}/junk.ckpt"], "not a checkpoint file, or it is truncated"),
+    "ckpt_path a foreign torch file": (["--ckpt_path", "{d}/foreign.ckpt"], "not a charrnn checkpoint"),
+    "ckpt_path weights only": (["--ckpt_path", "{d}/weights-only.ckpt"], "no training state"),
+    "ckpt_path a directory without one": (["--ckpt_path", "{d}/no-checkpoints"], "no last.ckpt found"),
+    "ckpt_path malicious": (["--ckpt_path", "{d}/evil.ckpt"], "refused to load", "posix.system"),
+    # output
+    "output directory under a file": (["--trainer.default_root_dir", "{d}/a-file/runs"], "cannot write to output"),
+}  # fmt: skip
+
+
+def _args(world, flags):
+    d, root = world
+    return tiny_args(d / "input.txt", root, *(str(f).format(d=d) for f in flags), steps=20)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_exit_2_and_nothing_on_disk_changes(world, capsys, case):
+    flags, *fragments = CASES[case]
+    before = snapshot(world[0])
+    assert train(_args(world, flags)) == 2
+    assert_one_line_error(capsys.readouterr().err, *fragments)
+    assert snapshot(world[0]) == before
+    assert not (world[0] / "marker").exists()
+
+
+def test_the_malicious_checkpoint_really_runs_code_when_trusted(world, tmp_path):
+    """Proves the case above can fail: loading evil.ckpt the unsafe way does create the marker."""
+    d, _ = world
+    marker = tmp_path / "marker"
+    torch.save({"payload": Evil(marker)}, tmp_path / "evil.ckpt")
+    torch.load(tmp_path / "evil.ckpt", weights_only=False)
+    assert marker.exists()
+
+
+def test_train_py_prints_exactly_one_line(world):
+    """What a user sees: real processes (so warnings and log lines would show), started side by side, failing
+    at each stage: parsing, reading the text, checking the resume once the Trainer exists."""
+    d, root = world
+    picked = ["unknown flag", "missing file", "resume: other hidden size", "ckpt_path malicious"]
+    jobs = {case: start_train_py(_args(world, CASES[case][0])) for case in picked}
+    before = snapshot(d)
+    for case, job in jobs.items():
+        _, err = job.communicate(timeout=300)
+        assert job.returncode == 2, (case, err)
+        assert_one_line_error(err, *CASES[case][1:])
+    assert snapshot(d) == before
+    assert not (d / "marker").exists()
+
+
+# Awkward inputs that must work.
+
+
+def test_bom_is_dropped_and_crlf_or_cr_becomes_lf(tmp_path):
+    text = corpus(300)
+    (tmp_path / "lf.txt").write_text(text, newline="\n")
+    (tmp_path / "bom-crlf.txt").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    (tmp_path / "cr.txt").write_bytes(text.replace("\n", "\r").encode())
+    vocab, ids = data.read_corpus(str(tmp_path / "lf.txt"))
+    for name in ("bom-crlf.txt", "cr.txt"):
+        other_vocab, other_ids = data.read_corpus(str(tmp_path / name))
+        assert other_vocab.chars == vocab.chars and np.array_equal(other_ids, ids)
+    assert "\r" not in vocab.chars and "\ufeff" not in vocab.chars
+
+
+def test_decoding_across_chunk_boundaries(tmp_path, monkeypatch):
+    """CRLF pairs and multi-byte characters split between two read chunks decode as if read whole."""
+    text = "\ufeffa\r\nb\u00e9\r\n\u4e2d\u6587\r\r\n\U0001f600x\r" * 7
+    (tmp_path / "t.txt").write_bytes(text.encode())
+    expected = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    for size in range(1, 12):
+        monkeypatch.setattr(data, "_CHUNK_BYTES", size)
+        assert "".join(data._decoded_chunks(str(tmp_path / "t.txt"))) == expected, size
+
+
+def test_thousands_of_cjk_characters_train(tmp_path):
+    rng = random.Random(0)
+    chars = [chr(0x4E00 + i) for i in range(3000)]
+    text = "".join(chars) + "".join(rng.choice(chars[:300]) for _ in range(3000))
+    (tmp_path / "cjk.txt").write_text(text)
+    vocab, ids = data.read_corpus(str(tmp_path / "cjk.txt"))
+    assert len(vocab) == 3000 and ids.dtype == np.int16
+    assert train(tiny_args(tmp_path / "cjk.txt", tmp_path / "runs", "--model.sample_length", 20, steps=12)) == 0
+    ckpt = newest(tmp_path / "runs")
+    assert len(ckpt["charrnn"]["vocab"]) == 3000 and ckpt["state_dict"]["Wxh"].shape == (16, 3000)
+    assert all(torch.isfinite(p).all() for p in ckpt["state_dict"].values())

@@ -1,0 +1,89 @@
+"""Exact resume: a run stopped at step k and resumed to N ends bitwise where an uninterrupted run to N ends."""
+
+import os
+import re
+
+import pytest
+import torch
+
+from charrnn import checkpoint
+from tests.train_helpers import EPOCH, assert_one_line_error, assert_same_training_state, corpus, newest, snapshot
+from tests.train_helpers import tiny_args, train
+
+N = 60
+PRINT_EVERY = 4  # samples and smoothed losses printed during training, compared line by line too
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "input.txt"
+    path.write_text(corpus())
+    return path
+
+
+def _printed_from(stdout: str, step: int) -> str:
+    """min-char-rnn style output (``----`` sample ``----``, then ``iter N, loss``) from iteration ``step`` on."""
+    end = stdout.index(f"\niter {step}, loss")
+    start = stdout.rindex("----", 0, stdout.rindex("----", 0, end))
+    return "\n".join(line for line in stdout[start:].splitlines() if not line.startswith(("finished", "stopped")))
+
+
+@pytest.mark.parametrize("k", [17, EPOCH], ids=["mid-epoch", "epoch-boundary"])
+def test_stop_and_resume_is_bitwise_exact(text, tmp_path, capsys, k):
+    extra = ("--model.print_every", PRINT_EVERY)
+    assert train(tiny_args(text, tmp_path / "straight", *extra, steps=N)) == 0
+    straight_out = capsys.readouterr().out
+
+    assert train(tiny_args(text, tmp_path / "resumed", *extra, steps=k)) == 0
+    assert newest(tmp_path / "resumed")["global_step"] == k
+    capsys.readouterr()
+    assert train(tiny_args(text, tmp_path / "resumed", *extra, "--ckpt_path", "last", steps=N)) == 0
+    resumed_out = capsys.readouterr().out
+
+    assert_same_training_state(newest(tmp_path / "straight"), newest(tmp_path / "resumed"))
+    # The same samples (seeded from the step, drawn from the carried state) and smoothed losses after the resume.
+    first = -(-k // PRINT_EVERY) * PRINT_EVERY
+    assert _printed_from(resumed_out, first) == _printed_from(straight_out, first)
+    # One run directory, continued: the resume wrote into version_0 rather than a new version.
+    assert os.listdir(tmp_path / "resumed" / "lightning_logs") == ["version_0"]
+
+
+def test_resume_uses_the_new_learning_rate(text, tmp_path):
+    """After a divergence the way forward is the last good checkpoint with a lower rate: the rate must apply."""
+    assert train(tiny_args(text, tmp_path, steps=10)) == 0
+    assert train(tiny_args(text, tmp_path, "--ckpt_path", "last", "--model.learning_rate", 0.01, steps=12)) == 0
+    ckpt = newest(tmp_path)
+    assert ckpt["global_step"] == 12 and ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == 0.01
+
+
+def test_resuming_a_finished_run_changes_nothing(text, tmp_path, capsys):
+    assert train(tiny_args(text, tmp_path, steps=10)) == 0
+    before = snapshot(tmp_path)
+    assert train(tiny_args(text, tmp_path, "--ckpt_path", "last", steps=10)) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert snapshot(tmp_path) == before
+
+
+def test_resume_from_another_directory_never_writes_into_a_stranger_run(text, tmp_path):
+    """A checkpoint from elsewhere/version_0 resumed under a root that has its own version_0 starts version_1."""
+    assert train(tiny_args(text, tmp_path / "a", steps=8)) == 0
+    assert train(tiny_args(text, tmp_path / "b", steps=4)) == 0
+    before = snapshot(tmp_path / "b")
+    ckpt_a = checkpoint.newest_last_checkpoint(str(tmp_path / "a"))
+    assert train(tiny_args(text, tmp_path / "b", "--ckpt_path", ckpt_a, steps=12)) == 0
+    after = snapshot(tmp_path / "b")
+    assert {k: v for k, v in after.items() if k in before} == before
+    continued = tmp_path / "b/lightning_logs/version_1/checkpoints/last.ckpt"
+    assert torch.load(continued, weights_only=True)["global_step"] == 12
+
+
+def test_without_a_logger_a_new_run_refuses_to_overwrite_and_last_resumes(text, tmp_path, capsys):
+    no_logger = ("--trainer.logger", "false")
+    assert train(tiny_args(text, tmp_path, *no_logger, steps=6)) == 0
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert train(tiny_args(text, tmp_path, *no_logger, steps=6)) == 2
+    assert_one_line_error(capsys.readouterr().err, "exists from an earlier run", "--ckpt_path last")
+    assert snapshot(tmp_path) == before
+    assert train(tiny_args(text, tmp_path, *no_logger, "--ckpt_path", "last", steps=9)) == 0
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 9
