@@ -1,0 +1,146 @@
+"""Shared pieces of the benchmarks: data location, thread control, timing callbacks, memory probes, tables.
+
+The timing callbacks are passed to ``train.py`` on its command line (``--trainer.callbacks+=bench.common.X``), so
+charrnn is measured exactly as users run it; they report through a JSON file.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import lightning as L
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+SEQ_LENGTH = 25
+
+
+def shakespeare_path() -> str:
+    """tiny-shakespeare from ``shared/data`` beside the repository (or /work/shared); exit cleanly if absent."""
+    for base in (os.path.join(ROOT, "..", "shared"), "/work/shared"):
+        path = os.path.join(base, "data", "tinyshakespeare.txt")
+        if os.path.exists(path):
+            return os.path.abspath(path)
+    sys.exit("error: tinyshakespeare.txt not found under ../shared/data or /work/shared/data")
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` intra-op threads here and in every child process (train.py reads OMP_NUM_THREADS at start)."""
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
+
+
+def run_train(args: list[str], log_path: str) -> None:
+    """``python train.py ARGS`` from the repository root, its console output kept in ``log_path``."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(log_path, "w") as log:
+        done = subprocess.run([PYTHON, "train.py", *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        with open(log_path) as log:
+            sys.exit(f"train.py {' '.join(args)} failed (exit {done.returncode}):\n{log.read()[-3000:]}")
+
+
+class Stopwatch(L.Callback):
+    """Steady-state training speed: optimizer steps per second after a warm-up, then stops the run.
+
+    Timed from one ``on_train_batch_end`` to a later one, so every per-step cost (hooks, logging, progress bar,
+    data, checkpoints when due) is inside the measurement and start-up and the final validation are not.
+    """
+
+    def __init__(self, seconds: float = 3.0, warmup_seconds: float = 0.5, out: str | None = None):
+        self.seconds, self.warmup_seconds, self.out = seconds, warmup_seconds, out
+        self.started = self.t0 = self.step0 = None
+        self.result = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        if self.started is None:
+            self.started = now
+        elif self.t0 is None and now - self.started >= self.warmup_seconds:
+            self.t0, self.step0 = now, trainer.global_step
+        elif self.t0 is not None and now - self.t0 >= self.seconds and self.result is None:
+            self.result = {"steps": trainer.global_step - self.step0, "seconds": now - self.t0}
+            trainer.should_stop = True
+            if self.out:
+                with open(self.out, "w") as f:
+                    json.dump(self.result, f)
+
+
+class QualityClock(L.Callback):
+    """Training wall time at each validation, with the clock paused while validating; stops at ``stop_at``.
+
+    Writes ``[{"seconds", "step", "val_loss"}, ...]`` to ``out`` after every validation.
+    """
+
+    def __init__(self, out: str, stop_at: float = 0.0, max_seconds: float = float("inf")):
+        self.out, self.stop_at, self.max_seconds = out, stop_at, max_seconds
+        self.elapsed, self.since, self.curve = 0.0, None, []
+
+    def on_train_start(self, trainer, pl_module):
+        self.since = time.perf_counter()
+
+    def on_validation_start(self, trainer, pl_module):
+        if self.since is not None:
+            self.elapsed += time.perf_counter() - self.since
+            self.since = None
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        loss = float(trainer.callback_metrics["val/loss"])
+        self.curve.append({"seconds": round(self.elapsed, 3), "step": trainer.global_step, "val_loss": loss})
+        with open(self.out, "w") as f:
+            json.dump(self.curve, f)
+        if loss <= self.stop_at or self.elapsed >= self.max_seconds:
+            trainer.should_stop = True
+        self.since = time.perf_counter()
+
+
+def first_reaching(curve: list[dict], target: float):
+    """Seconds of training at the first validation with ``val_loss <= target`` (None if never)."""
+    return next((point["seconds"] for point in curve if point["val_loss"] <= target), None)
+
+
+def rss_bytes() -> int:
+    return _status_kib("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    return _status_kib("VmHWM") * 1024
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS counter (VmHWM) at the current RSS."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def machine_line() -> str:
+    load = os.getloadavg()
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  torch threads={torch.get_num_threads()}  "
+        f"torch {torch.__version__}  lightning {L.__version__}  load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    """A Markdown table, so the output pastes straight into BENCHMARKS.md."""
+    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    line = lambda row: "| " + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |"
+    print(line(cells[0]))
+    print("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
+    for row in cells[1:]:
+        print(line(row))
+    sys.stdout.flush()
