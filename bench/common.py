@@ -43,30 +43,51 @@ def run_train(args: list[str], log_path: str) -> None:
             sys.exit(f"train.py {' '.join(args)} failed (exit {done.returncode}):\n{log.read()[-3000:]}")
 
 
-class Stopwatch(L.Callback):
-    """Steady-state training speed: optimizer steps per second after a warm-up, then stops the run.
+class RateMeter:
+    """Steps per second, robust to a shared machine: after a warm-up, the best of ``windows`` consecutive windows.
 
-    Timed from one ``on_train_batch_end`` to a later one, so every per-step cost (hooks, logging, progress bar,
-    data, checkpoints when due) is inside the measurement and start-up and the final validation are not.
+    Call ``tick()`` once per step; it returns True when the measurement is complete (then read ``best``).
     """
 
-    def __init__(self, seconds: float = 3.0, warmup_seconds: float = 0.5, out: str | None = None):
-        self.seconds, self.warmup_seconds, self.out = seconds, warmup_seconds, out
-        self.started = self.t0 = self.step0 = None
-        self.result = None
+    def __init__(self, seconds: float = 3.0, windows: int = 3, warmup_seconds: float = 0.5):
+        self.window, self.windows, self.warmup_seconds = seconds / windows, windows, warmup_seconds
+        self.started, self.t0, self.steps, self.rates = None, None, 0, []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def tick(self) -> bool:
         now = time.perf_counter()
         if self.started is None:
             self.started = now
-        elif self.t0 is None and now - self.started >= self.warmup_seconds:
-            self.t0, self.step0 = now, trainer.global_step
-        elif self.t0 is not None and now - self.t0 >= self.seconds and self.result is None:
-            self.result = {"steps": trainer.global_step - self.step0, "seconds": now - self.t0}
+        elif self.t0 is None:
+            if now - self.started >= self.warmup_seconds:
+                self.t0 = now
+        else:
+            self.steps += 1
+            if now - self.t0 >= self.window:
+                self.rates.append(self.steps / (now - self.t0))
+                self.t0, self.steps = now, 0
+        return len(self.rates) >= self.windows
+
+    @property
+    def best(self) -> float:
+        return max(self.rates)
+
+
+class Stopwatch(L.Callback):
+    """Training steps per second (a RateMeter) measured inside a Lightning run, which it then stops.
+
+    Timed from one ``on_train_batch_end`` to a later one, so every per-step cost (hooks, logging, progress bar,
+    data, checkpoints when due) is inside the measurement, and start-up and the final validation are not.
+    """
+
+    def __init__(self, seconds: float = 3.0, windows: int = 3, out: str | None = None):
+        self.meter, self.out = RateMeter(seconds, windows), out
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not trainer.should_stop and self.meter.tick():
             trainer.should_stop = True
             if self.out:
                 with open(self.out, "w") as f:
-                    json.dump(self.result, f)
+                    json.dump({"steps_per_second": self.meter.best, "windows": self.meter.rates}, f)
 
 
 class QualityClock(L.Callback):

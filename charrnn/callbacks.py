@@ -2,9 +2,11 @@
 
 import os
 import signal
+import time
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from . import checkpoint
@@ -44,6 +46,7 @@ class LastCheckpoint(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self._trainer = trainer
+        self._step = trainer.global_step
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous_handlers[sig] = signal.signal(sig, self._request_stop)
 
@@ -62,5 +65,33 @@ class LastCheckpoint(L.Callback):
         final = trainer.should_stop or step >= trainer.max_steps > -1 or last_epoch_done
         if final:
             trainer.should_stop = True  # also makes Lightning run the final validation
-        if final or step % self.every_n_steps == 0:
+        # A batch may hold several steps (data.TrainBatches): save when it crossed a multiple of every_n_steps.
+        due = step // self.every_n_steps > self._step // self.every_n_steps
+        self._step = step
+        if final or due:
             trainer.save_checkpoint(self.path(trainer))
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, redrawn at most every ``interval`` seconds instead of after every step.
+
+    Each redraw formats the bar and reads the shown metrics back from the device; after every step that costs a
+    small model a good part of its step time.
+    """
+
+    def __init__(self, interval: float = 0.5):
+        super().__init__()
+        self.interval, self._drawn = interval, 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = time.monotonic()
+        if now - self._drawn >= self.interval or batch_idx + 1 == self.total_train_batches:
+            self._drawn = now
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    @classmethod
+    def replace_default(cls, trainer) -> None:
+        """Swap in for the bar Lightning adds by default (a TQDMProgressBar redrawn every step), if there is one."""
+        bar = trainer.progress_bar_callback
+        if type(bar) is TQDMProgressBar and bar.refresh_rate == 1:
+            trainer.callbacks[trainer.callbacks.index(bar)] = cls()

@@ -12,8 +12,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from . import checkpoint
-from .callbacks import AtomicCheckpointIO, LastCheckpoint
-from .data import CharDataModule
+from .callbacks import AtomicCheckpointIO, LastCheckpoint, ProgressBar
+from .data import CharDataModule, windows_per_batch
 from .errors import UsageError
 from .module import CharRNN
 
@@ -99,8 +99,14 @@ def run(args=None) -> None:
             f"--trainer.precision {precision} is not supported: the hand-written BPTT computes in the parameters' "
             "dtype and is not autocast-aware; use 32-true or 64-true"
         )
+    # Several windows per trainer batch at small batch sizes; validation keeps counting optimizer steps.
+    val_every = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else 0
+    data.windows_per_batch = windows_per_batch(data.batch_size * data.seq_length, (val_every, trainer.max_steps))
+    if val_every:
+        trainer.val_check_interval = val_every // data.windows_per_batch
     last = LastCheckpoint(every)
     trainer.callbacks.append(last)
+    ProgressBar.replace_default(trainer)
     root = trainer.default_root_dir
     _check_writable(root)
     ckpt_path = _resolve_ckpt_path(cli.config["ckpt_path"], root)

@@ -7,6 +7,7 @@ padded.
 """
 
 import codecs
+import math
 import os
 
 import lightning as L
@@ -19,6 +20,7 @@ DEFAULT_PATH = "data/raw/input.txt"
 _CHUNK_BYTES = 1 << 23
 VAL_STREAMS = 64
 VAL_CHUNK = 256
+BATCH_CHARS = 3200  # characters per trainer batch that amortise the trainer's per-batch overhead
 
 
 def _decoded_chunks(path: str):
@@ -170,23 +172,45 @@ def val_streams(ids: torch.Tensor, streams: int = VAL_STREAMS):
     return x.view(streams, length), y.view(streams, length), mask.view(streams, length)
 
 
-class TrainBatches:
-    """Iterates windows (inputs, targets, window index) of the training streams, in order.
+def windows_per_batch(chars_per_window: int, step_counts=()) -> int:
+    """Windows per trainer batch: the largest W <= BATCH_CHARS / chars_per_window that divides every positive count
+    of optimizer steps in ``step_counts`` (the validation interval, max_steps), so those still end on a batch."""
+    limit = max(1, BATCH_CHARS // chars_per_window)
+    common = math.gcd(*(n for n in step_counts if n > 0))
+    return max(w for w in range(1, limit + 1) if common % w == 0)
 
-    The data is deterministic, so the position in an epoch is a function of the optimizer step: after a resume
-    iteration starts at ``step() % len(self)``, which makes a mid-epoch restart exact without replaying data.
+
+class TrainBatches:
+    """Iterates batches of ``windows_per_batch`` consecutive windows: (inputs, targets, window indices), in order.
+
+    inputs and targets are (W, B, T): one optimizer step per window, so several windows per batch only spare the
+    trainer's per-batch overhead, which at small B * T costs more than the step itself. The data is deterministic,
+    so the position is a function of the optimizer step: step s trains on window ``s % windows``. Iteration starts
+    at ``step()``, which makes a mid-epoch restart exact without replaying data. Batches end at multiples of W steps
+    and may wrap around the end of the text (the module resets the hidden state at window 0), so every batch but a
+    resumed run's first is full and the trainer's batch counts stay proportional to steps; an epoch is ``len(self)``
+    batches, one pass over the text rounded up to whole batches.
     """
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, seq_length: int, step=lambda: 0):
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, seq_length: int, step=lambda: 0, windows_per_batch=1):
         self.inputs, self.targets, self.seq_length, self.step = inputs, targets, seq_length, step
+        self.windows = inputs.shape[1] // seq_length
+        self.windows_per_batch = windows_per_batch
 
     def __len__(self):
-        return self.inputs.shape[1] // self.seq_length
+        return -(-self.windows // self.windows_per_batch)
 
     def __iter__(self):
-        T = self.seq_length
-        for t in range(self.step() % len(self), len(self)):
-            yield self.inputs[:, t * T : (t + 1) * T].long(), self.targets[:, t * T : (t + 1) * T].long(), t
+        T, W = self.seq_length, self.windows_per_batch
+        step = self.step()
+        epoch_end = (step // (W * len(self)) + 1) * W * len(self)
+        while step < epoch_end:
+            stop = (step // W + 1) * W
+            windows = [s % self.windows for s in range(step, stop)]
+            inputs = torch.stack([self.inputs[:, w * T : (w + 1) * T] for w in windows])
+            targets = torch.stack([self.targets[:, w * T : (w + 1) * T] for w in windows])
+            yield inputs.long(), targets.long(), windows
+            step = stop
 
     def state_dict(self):
         """The layout, so a resume on a different text or batch size is refused instead of silently wrong."""
@@ -235,6 +259,7 @@ class CharDataModule(L.LightningDataModule):
         if not 0 <= val_fraction < 1:
             raise UsageError(f"--data.val_fraction must be in [0, 1), got {val_fraction}")
         self.path, self.seq_length, self.batch_size, self.val_fraction = path, seq_length, batch_size, val_fraction
+        self.windows_per_batch = 1  # set by the trainer's front end (cli.py), which knows the step counts
         if path == DEFAULT_PATH and not os.path.exists(path):
             print(f"{path} not found: training on Python's reference documentation (pydoc_data.topics) instead")
             vocab, ids = corpus_from_text(_pydoc_text())
@@ -260,7 +285,7 @@ class CharDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         step = (lambda: self.trainer.global_step) if self.trainer is not None else (lambda: 0)
-        return TrainBatches(self.train_inputs, self.train_targets, self.seq_length, step)
+        return TrainBatches(self.train_inputs, self.train_targets, self.seq_length, step, self.windows_per_batch)
 
     def val_dataloader(self):
         if self.val_fraction == 0:

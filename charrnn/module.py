@@ -52,7 +52,7 @@ class CharRNN(L.LightningModule):
             self.register_parameter(name, torch.nn.Parameter(value))
         self.h = None  # hidden state of every stream, carried (detached) from one window to the next
         self.register_buffer("smooth_loss", torch.tensor(-math.log(1.0 / vocab_size)))
-        self._step_at_rate, self._time_at_rate = 0, None
+        self._loss_sum = self._step_at_rate = self._time_at_rate = None  # see on_train_start
 
     @property
     def params(self) -> dict:
@@ -61,8 +61,18 @@ class CharRNN(L.LightningModule):
     def configure_optimizers(self):
         return Adagrad(self.parameters(), lr=self.hparams.learning_rate)
 
+    def on_train_start(self):
+        self._loss_sum = torch.zeros((), device=self.device)  # training loss summed since the last logging step
+        self._step_at_rate, self._time_at_rate = self.global_step, time.perf_counter()
+
     def training_step(self, batch, batch_idx):
-        inputs, targets, window = batch
+        """One optimizer step per window of the batch (see data.TrainBatches), stopping exactly at max_steps."""
+        for inputs, targets, window in zip(*batch):
+            if 0 <= self.trainer.max_steps <= self.global_step:
+                break
+            self._train_window(inputs, targets, window)
+
+    def _train_window(self, inputs, targets, window):
         B, T = inputs.shape
         step = self.global_step
         if window == 0 or self.h is None:
@@ -72,29 +82,50 @@ class CharRNN(L.LightningModule):
             print(f"----\n {self.sample(self.h[0], int(inputs[0, 0]))} \n----")
         with torch.no_grad():
             loss, grads, self.h = rnn.loss_and_grads(self.params, inputs, targets, self.h)
+        clip = self.hparams.clip
         for name, grad in grads.items():
-            getattr(self, name).grad = grad
-        opt = self.optimizers()
-        self.clip_gradients(opt, gradient_clip_val=self.hparams.clip, gradient_clip_algorithm="value")
-        opt.step()
+            # min-char-rnn's element-wise clip, in place: Lightning's clip_gradients costs more than a small step.
+            getattr(self, name).grad = grad.clamp_(-clip, clip)
+        self.optimizers().step()
 
         per_char = loss / (B * T)
         self.smooth_loss.mul_(SMOOTHING).add_(per_char, alpha=1 - SMOOTHING)
-        self.log_dict({"train/loss": per_char, "train/smooth_loss": self.smooth_loss})
-        self._log_rate(B * T)
+        self._loss_sum += loss
+        if self._logging_step():
+            self._log_interval(B * T)
         if self.hparams.print_every and step % self.hparams.print_every == 0:
             # min-char-rnn prints the smoothed loss summed over a window; nats/char follows in parentheses.
             print(f"iter {step}, loss: {float(self.smooth_loss) * T:f} ({float(self.smooth_loss):.4f} nats/char)")
 
-    def _log_rate(self, chars_per_step):
-        """Characters per second, measured over each logging interval (no host sync per step)."""
-        if self.global_step % self.trainer.log_every_n_steps:
-            return
-        now = time.perf_counter()
-        if self._time_at_rate is not None and self.global_step > self._step_at_rate:
-            rate = (self.global_step - self._step_at_rate) * chars_per_step / (now - self._time_at_rate)
-            self.log("train/chars_per_sec", rate, prog_bar=True)
+    def _logging_step(self) -> bool:
+        """Whether to write the training metrics now: every ``log_every_n_steps`` optimizer steps, and at the last."""
+        n, step = self.trainer.log_every_n_steps, self.global_step
+        return n > 0 and (step % n == 0 or step == self.trainer.max_steps)
+
+    def _log_interval(self, chars_per_step: int):
+        """Write the mean loss and the speed since the previous logging step, against the optimizer step.
+
+        Written to the loggers directly: ``self.log`` costs about as much as a whole training step of a small model,
+        and Lightning would plot against its batch count, which is not the step count when a batch holds several
+        windows. The loss is summed on the device in between (one host sync per interval), so the curve is the mean
+        over every step, not a sample of one.
+        """
+        now, steps = time.perf_counter(), self.global_step - self._step_at_rate
+        rate = steps * chars_per_step / (now - self._time_at_rate)
+        self._write_metrics(
+            {
+                "train/loss": float(self._loss_sum) / (steps * chars_per_step),
+                "train/smooth_loss": float(self.smooth_loss),
+                "train/chars_per_sec": rate,
+            }
+        )
+        self.log("train/chars_per_sec", rate, prog_bar=True, logger=False)
+        self._loss_sum.zero_()
         self._step_at_rate, self._time_at_rate = self.global_step, now
+
+    def _write_metrics(self, metrics: dict):
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
 
     def sample(self, h=None, first_id=None, length=None, seed=None) -> str:
         """Text from the model; reproducible for a given step (the seed defaults to the step)."""
@@ -122,7 +153,10 @@ class CharRNN(L.LightningModule):
         total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
         count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
         val_loss = (total / count).float()
-        self.log_dict({"val/loss": val_loss, "val/bpc": val_loss / math.log(2)}, prog_bar=True, sync_dist=False)
+        metrics = {"val/loss": val_loss, "val/bpc": val_loss / math.log(2)}
+        self.log_dict(metrics, prog_bar=True, logger=False, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            self._write_metrics({name: float(value) for name, value in metrics.items()})
         if not self.trainer.sanity_checking and self.trainer.is_global_zero:
             text = self.sample()
             for logger in self.loggers:
