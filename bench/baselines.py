@@ -124,7 +124,8 @@ class TorchRNN(L.LightningModule):
         self.h = None
 
     def training_step(self, batch, batch_idx):
-        inputs, targets, window = batch
+        inputs, targets, (window,) = batch  # one window per batch (CharDataModule's default): (1, B, T)
+        inputs, targets = inputs[0], targets[0]
         if window == 0 or self.h is None:
             self.h = inputs.new_zeros((1, inputs.shape[0], self.rnn.hidden_size), dtype=torch.float32)
         out, h = self.rnn(F.one_hot(inputs, self.vocab_size).float(), self.h)

@@ -46,14 +46,15 @@ def run_train(args: list[str], log_path: str) -> None:
 class RateMeter:
     """Steps per second, robust to a shared machine: after a warm-up, the best of ``windows`` consecutive windows.
 
-    Call ``tick()`` once per step; it returns True when the measurement is complete (then read ``best``).
+    Call ``tick(steps)`` after each batch of ``steps`` steps; it returns True when the measurement is complete (then
+    read ``best``).
     """
 
     def __init__(self, seconds: float = 3.0, windows: int = 3, warmup_seconds: float = 0.5):
         self.window, self.windows, self.warmup_seconds = seconds / windows, windows, warmup_seconds
         self.started, self.t0, self.steps, self.rates = None, None, 0, []
 
-    def tick(self) -> bool:
+    def tick(self, steps: int = 1) -> bool:
         now = time.perf_counter()
         if self.started is None:
             self.started = now
@@ -61,7 +62,7 @@ class RateMeter:
             if now - self.started >= self.warmup_seconds:
                 self.t0 = now
         else:
-            self.steps += 1
+            self.steps += steps
             if now - self.t0 >= self.window:
                 self.rates.append(self.steps / (now - self.t0))
                 self.t0, self.steps = now, 0
@@ -80,10 +81,14 @@ class Stopwatch(L.Callback):
     """
 
     def __init__(self, seconds: float = 3.0, windows: int = 3, out: str | None = None):
-        self.meter, self.out = RateMeter(seconds, windows), out
+        self.meter, self.out, self.step = RateMeter(seconds, windows), out, 0
+
+    def on_train_start(self, trainer, pl_module):
+        self.step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if not trainer.should_stop and self.meter.tick():
+        steps, self.step = trainer.global_step - self.step, trainer.global_step
+        if not trainer.should_stop and self.meter.tick(steps):
             trainer.should_stop = True
             if self.out:
                 with open(self.out, "w") as f:

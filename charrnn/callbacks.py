@@ -85,9 +85,18 @@ class ProgressBar(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         now = time.monotonic()
-        if now - self._drawn >= self.interval or batch_idx + 1 == self.total_train_batches:
+        if now - self._drawn >= self.interval or batch_idx + 1 == self.train_progress_bar.total:
             self._drawn = now
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    @property
+    def total_train_batches(self):
+        """As Lightning's, but a batch may hold several optimizer steps (data.TrainBatches) when counting to max_steps."""
+        trainer = self.trainer
+        if trainer.max_epochs == -1 and trainer.max_steps > 0:
+            per_batch = getattr(trainer.datamodule, "windows_per_batch", 1)
+            return min(trainer.num_training_batches, -(-(trainer.max_steps - trainer.global_step) // per_batch))
+        return trainer.num_training_batches
 
     @classmethod
     def replace_default(cls, trainer) -> None:
