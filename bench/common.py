@@ -28,9 +28,8 @@ def shakespeare_path() -> str:
 
 
 def set_threads(n: int) -> None:
-    """Use ``n`` intra-op threads here and in every child process (train.py reads OMP_NUM_THREADS at start)."""
+    """Use ``n`` torch intra-op threads here; bench.threads already set the environment for NumPy and children."""
     torch.set_num_threads(n)
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
 
 
 def run_train(args: list[str], log_path: str) -> None:

@@ -17,6 +17,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench.threads  # noqa: E402, F401  (first: sizes the thread pools before NumPy and torch load)
 
 import numpy as np  # noqa: E402
 

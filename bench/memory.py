@@ -16,6 +16,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench.threads  # noqa: E402, F401  (first: sizes the thread pools before NumPy and torch load)
 
 from bench.common import PYTHON, machine_line, print_table, run_train, shakespeare_path  # noqa: E402
 

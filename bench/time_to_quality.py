@@ -18,6 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench.threads  # noqa: E402, F401  (first: sizes the thread pools before NumPy and torch load)
 
 from bench.baselines import MinCharRNN, validation_loss  # noqa: E402
 from bench.common import SEQ_LENGTH, first_reaching, machine_line, print_table, run_train, set_threads, shakespeare_path  # noqa: E402
