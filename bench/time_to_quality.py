@@ -12,6 +12,7 @@ not reached a target by then, the table gives a bound ("> X s", ratio ">= Y").
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -59,12 +60,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", type=float, nargs="+", default=[2.0, 1.8])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, here and in train.py")
-    parser.add_argument("--val-every", type=int, default=100, help="charrnn: steps between validations")
-    parser.add_argument("--max-seconds", type=float, default=300, help="charrnn: stop after this much training")
+    parser.add_argument("--val-every", type=int, default=2000, help="charrnn: steps between validations")
+    parser.add_argument("--max-seconds", type=float, default=180, help="charrnn: stop after this much training")
     parser.add_argument("--numpy-seconds", type=float, default=150, help="min-char-rnn: stop after this much training")
     parser.add_argument("--numpy-eval", type=float, default=5, help="min-char-rnn: seconds between validations")
     args = parser.parse_args()
     set_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     print(machine_line())
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as tmp:
         ours = charrnn_curve(args.targets, args.val_every, args.max_seconds, tmp)

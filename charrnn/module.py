@@ -88,8 +88,7 @@ class CharRNN(L.LightningModule):
             getattr(self, name).grad = grad.clamp_(-clip, clip)
         self.optimizers().step()
 
-        per_char = loss / (B * T)
-        self.smooth_loss.mul_(SMOOTHING).add_(per_char, alpha=1 - SMOOTHING)
+        self.smooth_loss.mul_(SMOOTHING).add_(loss, alpha=(1 - SMOOTHING) / (B * T))  # per character
         self._loss_sum += loss
         if self._logging_step():
             self._log_interval(B * T)
