@@ -109,7 +109,8 @@ def validation_loss(params: list[np.ndarray], datamodule, vocab_size: int) -> fl
         for p, value in zip(model.params.values(), params):
             p.copy_(torch.from_numpy(value))
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
-    return trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/loss"]
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    return float(trainer.callback_metrics["val/loss"])
 
 
 class TorchRNN(L.LightningModule):

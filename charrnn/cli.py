@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 
+import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -73,7 +74,19 @@ def _log_version(path: str) -> int | None:
     return None
 
 
+def _default_threads() -> None:
+    """One intra-op thread unless OMP_NUM_THREADS says otherwise.
+
+    This model's operations are too small for torch's intra-op threads to pay off (measured equal on an idle 2-core
+    machine), and when another process shares the cores the threads wait on each other: training ran 5x slower
+    with two threads next to one other busy process (BENCHMARKS.md).
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
 def run(args=None) -> None:
+    _default_threads()
     config_args = ["--config", DEFAULT_CONFIG] if os.path.exists(DEFAULT_CONFIG) else []
     argv = sys.argv[1:] if args is None else list(args)
     cli = CharRNNCLI(
