@@ -67,8 +67,9 @@ class CharRNN(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         """One optimizer step per window of the batch (see data.TrainBatches), stopping exactly at max_steps."""
+        max_steps = self.trainer.max_steps
         for inputs, targets, window in zip(*batch):
-            if 0 <= self.trainer.max_steps <= self.global_step:
+            if 0 <= max_steps <= self.global_step:
                 break
             self._train_window(inputs, targets, window)
 
@@ -80,25 +81,27 @@ class CharRNN(L.LightningModule):
         if self.hparams.print_every and step % self.hparams.print_every == 0:
             # As min-char-rnn: a sample from the carried state, seeded with the window's first character.
             print(f"----\n {self.sample(self.h[0], int(inputs[0, 0]))} \n----")
+        params = self.params
         with torch.no_grad():
-            loss, grads, self.h = rnn.loss_and_grads(self.params, inputs, targets, self.h)
+            loss, grads, self.h = rnn.loss_and_grads(params, inputs, targets, self.h)
         clip = self.hparams.clip
         for name, grad in grads.items():
             # min-char-rnn's element-wise clip, in place: Lightning's clip_gradients costs more than a small step.
-            getattr(self, name).grad = grad.clamp_(-clip, clip)
+            params[name].grad = grad.clamp_(-clip, clip)
         self.optimizers().step()
 
         self.smooth_loss.mul_(SMOOTHING).add_(loss, alpha=(1 - SMOOTHING) / (B * T))  # per character
         self._loss_sum += loss
-        if self._logging_step():
+        if self._logging_step(step + 1):
             self._log_interval(B * T)
         if self.hparams.print_every and step % self.hparams.print_every == 0:
             # min-char-rnn prints the smoothed loss summed over a window; nats/char follows in parentheses.
             print(f"iter {step}, loss: {float(self.smooth_loss) * T:f} ({float(self.smooth_loss):.4f} nats/char)")
 
-    def _logging_step(self) -> bool:
-        """Whether to write the training metrics now: every ``log_every_n_steps`` optimizer steps, and at the last."""
-        n, step = self.trainer.log_every_n_steps, self.global_step
+    def _logging_step(self, step: int) -> bool:
+        """Whether to write the training metrics after ``step`` optimizer steps: every ``log_every_n_steps``, and at
+        the last."""
+        n = self.trainer.log_every_n_steps
         return n > 0 and (step % n == 0 or step == self.trainer.max_steps)
 
     def _log_interval(self, chars_per_step: int):

@@ -83,7 +83,7 @@ def test_train_py_logs_the_mean_loss_against_optimizer_steps(tmp_path):
     path.write_text(TEXT)
     B, T, H, lr = 2, 5, 8, 0.1
     args = ["--data.path", str(path), "--data.batch_size", str(B), "--data.seq_length", str(T),
-            "--model.hidden_size", str(H), "--trainer.max_steps", "60", "--trainer.val_check_interval", "20",
+            "--model.hidden_size", str(H), "--model.learning_rate", str(lr), "--trainer.max_steps", "60", "--trainer.val_check_interval", "20",
             "--trainer.log_every_n_steps", "10", "--trainer.default_root_dir", str(tmp_path / "runs"),
             "--trainer.enable_progress_bar", "false", "--seed_everything", "7"]  # fmt: skip
     assert windows_per_batch(B * T, (20, 60)) == 20
