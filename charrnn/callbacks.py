@@ -2,9 +2,11 @@
 
 import os
 import signal
+import time
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from . import checkpoint
@@ -55,6 +57,7 @@ class LastCheckpoint(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         checkpoint.remove_temporaries(self.path(trainer))
+        self._step = trainer.global_step
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous_handlers[sig] = signal.signal(sig, self._request_stop)
 
@@ -82,7 +85,44 @@ class LastCheckpoint(L.Callback):
         final = stop or trainer.should_stop or step >= trainer.max_steps > -1 or last_epoch_done
         if final:
             trainer.should_stop = True  # also makes Lightning run the final validation
-        if final or step % self.every_n_steps == 0:
+        # A batch may hold several steps (data.TrainBatches): save when it crossed a multiple of every_n_steps.
+        due = step // self.every_n_steps > self._step // self.every_n_steps
+        self._step = step
+        if final or due:
             pl_module.check_finite()
             trainer.save_checkpoint(self.path(trainer), weights_only=False)  # full state, for exact resume
             self.saved_step = step
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, redrawn at most every ``interval`` seconds instead of after every step.
+
+    Each redraw formats the bar and reads the shown metrics back from the device; after every step that costs a
+    small model a good part of its step time.
+    """
+
+    def __init__(self, interval: float = 0.5):
+        super().__init__()
+        self.interval, self._drawn = interval, 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = time.monotonic()
+        if now - self._drawn >= self.interval or batch_idx + 1 == self.train_progress_bar.total:
+            self._drawn = now
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    @property
+    def total_train_batches(self):
+        """As Lightning's, but a batch may hold several optimizer steps (data.TrainBatches) when counting to max_steps."""
+        trainer = self.trainer
+        if trainer.max_epochs == -1 and trainer.max_steps > 0:
+            per_batch = getattr(trainer.datamodule, "windows_per_batch", 1)
+            return min(trainer.num_training_batches, -(-(trainer.max_steps - trainer.global_step) // per_batch))
+        return trainer.num_training_batches
+
+    @classmethod
+    def replace_default(cls, trainer) -> None:
+        """Swap in for the bar Lightning adds by default (a TQDMProgressBar redrawn every step), if there is one."""
+        bar = trainer.progress_bar_callback
+        if type(bar) is TQDMProgressBar and bar.refresh_rate == 1:
+            trainer.callbacks[trainer.callbacks.index(bar)] = cls()

@@ -15,13 +15,14 @@ import os
 import sys
 import warnings
 
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from . import checkpoint
-from .callbacks import AtomicCheckpointIO, LastCheckpoint
-from .data import CharDataModule
+from .callbacks import AtomicCheckpointIO, LastCheckpoint, ProgressBar
+from .data import CharDataModule, windows_per_batch
 from .errors import Diverged, UsageError
 from .module import CharRNN
 
@@ -144,9 +145,21 @@ def _log_version(path: str, root: str) -> int | None:
     return int(name[len("version_") :]) if same_root else None
 
 
+def _default_threads() -> None:
+    """One intra-op thread unless OMP_NUM_THREADS says otherwise.
+
+    This model's operations are too small for torch's intra-op threads to pay off (measured equal on an idle 2-core
+    machine), and when another process shares the cores the threads wait on each other: training ran 5x slower
+    with two threads next to one other busy process (BENCHMARKS.md).
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
 def run(args=None) -> None:
     """Parse, build and check everything, then train. Every check runs before Lightning writes into the run
     directory, so a refused start leaves what is on disk as it was."""
+    _default_threads()
     cli = CharRNNCLI(
         CharRNN,
         CharDataModule,
@@ -159,7 +172,17 @@ def run(args=None) -> None:
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # not a trainer default: jsonargparse cannot dump it
     last = LastCheckpoint(cli.config["checkpoint_every"])
+    # Several windows per trainer batch at small batch sizes (not under DDP: its batches are large anyway, and one
+    # window per batch keeps every rank's collectives in step); validation and checkpoints keep counting
+    # optimizer steps, so the windows per batch divide their intervals.
+    val_every = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else 0
+    counts = (val_every, trainer.max_steps, last.every_n_steps)
+    single = trainer.world_size == 1
+    data.windows_per_batch = windows_per_batch(data.batch_size * data.seq_length, counts) if single else 1
+    if val_every:
+        trainer.val_check_interval = val_every // data.windows_per_batch
     trainer.callbacks.append(last)
+    ProgressBar.replace_default(trainer)
     root = trainer.default_root_dir
     ckpt_path = _resolve_ckpt_path(cli.config["ckpt_path"], root)
     if ckpt_path is not None:

@@ -8,6 +8,7 @@ r * B .. r * B + B - 1; the validation streams are split across ranks the same w
 """
 
 import codecs
+import math
 import os
 import zlib
 
@@ -21,6 +22,7 @@ DEFAULT_PATH = "data/raw/input.txt"
 _CHUNK_BYTES = 1 << 23
 VAL_STREAMS = 64
 VAL_CHUNK = 256
+BATCH_CHARS = 3200  # characters per trainer batch that amortise the trainer's per-batch overhead
 
 
 def _decoded_chunks(path: str):
@@ -45,7 +47,9 @@ def _decoded_chunks(path: str):
             offset += len(raw)
             # Hold back a trailing CR: its LF may start the next chunk.
             carry = text[-1:] if raw and text.endswith("\r") else ""
-            text = text[: len(text) - len(carry)].replace("\r\n", "\n").replace("\r", "\n")
+            text = text[: len(text) - len(carry)]
+            if "\r" in text:  # a scan is much cheaper than two replaces on the common Unix text
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
             if text:
                 yield text
             if not raw:
@@ -111,20 +115,18 @@ def read_corpus(path: str):
     Returns ``(vocab, ids)`` with ids a compact integer numpy array.
     """
     check_text_file(path)
-    counts = np.zeros(0, dtype=np.int64)
+    seen = np.zeros(0x110000, dtype=bool)  # every Unicode code point; a presence table is cheaper than counting
+    length = 0
     for text in _decoded_chunks(path):
-        chunk = np.bincount(_code_points(text))
-        if len(chunk) > len(counts):
-            chunk[: len(counts)] += counts
-            counts = chunk
-        else:
-            counts[: len(chunk)] += chunk
-    points = np.flatnonzero(counts)
+        cps = _code_points(text)
+        seen[cps] = True
+        length += len(cps)
+    points = np.flatnonzero(seen)
     if len(points) == 0:
         raise UsageError(f"data file {path} is empty; give it some text to learn from")
     vocab = Vocab(chr(p) for p in points)
     table = vocab._lookup().astype(id_dtype(len(vocab)))
-    ids = np.empty(int(counts.sum()), dtype=table.dtype)
+    ids = np.empty(length, dtype=table.dtype)
     pos = 0
     for text in _decoded_chunks(path):
         cps = _code_points(text)
@@ -174,24 +176,46 @@ def val_streams(ids: torch.Tensor, streams: int = VAL_STREAMS, multiple_of: int 
     return x.view(streams, length), y.view(streams, length), mask.view(streams, length)
 
 
-class TrainBatches:
-    """Iterates windows (inputs, targets, window index) of the training streams, in order.
+def windows_per_batch(chars_per_window: int, step_counts=()) -> int:
+    """Windows per trainer batch: the largest W <= BATCH_CHARS / chars_per_window that divides every positive count
+    of optimizer steps in ``step_counts`` (the validation interval, max_steps), so those still end on a batch."""
+    limit = max(1, BATCH_CHARS // chars_per_window)
+    common = math.gcd(*(n for n in step_counts if n > 0))
+    return max(w for w in range(1, limit + 1) if common % w == 0)
 
-    The data is deterministic, so the position in an epoch is a function of the optimizer step: after a resume
-    iteration starts at ``step() % len(self)``, which makes a mid-epoch restart exact without replaying data.
+
+class TrainBatches:
+    """Iterates batches of ``windows_per_batch`` consecutive windows: (inputs, targets, window indices), in order.
+
+    inputs and targets are (W, B, T): one optimizer step per window, so several windows per batch only spare the
+    trainer's per-batch overhead, which at small B * T costs more than the step itself. The data is deterministic,
+    so the position is a function of the optimizer step: step s trains on window ``s % windows``. Iteration starts
+    at ``step()``, which makes a mid-epoch restart exact without replaying data. Batches end at multiples of W steps
+    and may wrap around the end of the text (the module resets the hidden state at window 0), so every batch but a
+    resumed run's first is full and the trainer's batch counts stay proportional to steps; an epoch is ``len(self)``
+    batches, one pass over the text rounded up to whole batches.
     """
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, seq_length: int, step=lambda: 0, streams=None):
+    def __init__(self, inputs, targets, seq_length: int, step=lambda: 0, windows_per_batch=1, streams=None):
         self.inputs, self.targets, self.seq_length, self.step = inputs, targets, seq_length, step
+        self.windows = inputs.shape[1] // seq_length
+        self.windows_per_batch = windows_per_batch
         self.streams = inputs.shape[0] if streams is None else streams  # of all ranks together
 
     def __len__(self):
-        return self.inputs.shape[1] // self.seq_length
+        return -(-self.windows // self.windows_per_batch)
 
     def __iter__(self):
-        T = self.seq_length
-        for t in range(self.step() % len(self), len(self)):
-            yield self.inputs[:, t * T : (t + 1) * T].long(), self.targets[:, t * T : (t + 1) * T].long(), t
+        T, W = self.seq_length, self.windows_per_batch
+        step = self.step()
+        epoch_end = (step // (W * len(self)) + 1) * W * len(self)
+        while step < epoch_end:
+            stop = (step // W + 1) * W
+            windows = [s % self.windows for s in range(step, stop)]
+            inputs = torch.stack([self.inputs[:, w * T : (w + 1) * T] for w in windows])
+            targets = torch.stack([self.targets[:, w * T : (w + 1) * T] for w in windows])
+            yield inputs.long(), targets.long(), windows
+            step = stop
 
     def state_dict(self):
         """The layout, so a resume on a different text or batch size is refused instead of silently wrong."""
@@ -240,6 +264,7 @@ class CharDataModule(L.LightningDataModule):
         if not 0 <= val_fraction < 1:
             raise UsageError(f"--data.val_fraction must be in [0, 1), got {val_fraction}")
         self.path, self.seq_length, self.batch_size, self.val_fraction = path, seq_length, batch_size, val_fraction
+        self.windows_per_batch = 1  # set by the trainer's front end (cli.py), which knows the step counts
         if path == DEFAULT_PATH and not os.path.exists(path):
             print(f"{path} not found: training on Python's reference documentation (pydoc_data.topics) instead")
             vocab, ids = corpus_from_text(_pydoc_text())
@@ -289,7 +314,9 @@ class CharDataModule(L.LightningDataModule):
         rank = self._rank_and_world()[0]
         rows = slice(rank * self.batch_size, (rank + 1) * self.batch_size)
         streams = self.train_inputs.shape[0]
-        return TrainBatches(self.train_inputs[rows], self.train_targets[rows], self.seq_length, step, streams)
+        return TrainBatches(
+            self.train_inputs[rows], self.train_targets[rows], self.seq_length, step, self.windows_per_batch, streams
+        )
 
     def val_dataloader(self):
         if self.val_fraction == 0:

@@ -60,7 +60,7 @@ class CharRNN(L.LightningModule):
         # The first step whose loss was not finite. Kept on the device and read only by check_finite, so watching
         # for divergence costs no host sync per step.
         self.register_buffer("first_bad_step", torch.tensor(NO_STEP), persistent=False)
-        self._step_at_rate, self._time_at_rate = 0, None
+        self._loss_sum = self._step_at_rate = self._time_at_rate = None  # see on_train_start
 
     @property
     def params(self) -> dict:
@@ -69,8 +69,22 @@ class CharRNN(L.LightningModule):
     def configure_optimizers(self):
         return Adagrad(self.parameters(), lr=self.hparams.learning_rate)
 
+    def on_train_start(self):
+        self._loss_sum = torch.zeros((), device=self.device)  # training loss summed since the last logging step
+        self._step_at_rate, self._time_at_rate = self.global_step, time.perf_counter()
+        # A checkpoint is restored before the strategy moves the module to its device and precision.
+        if self.h is not None:
+            self.h = self.h.to(device=self.device, dtype=self.Whh.dtype)
+
     def training_step(self, batch, batch_idx):
-        inputs, targets, window = batch
+        """One optimizer step per window of the batch (see data.TrainBatches), stopping exactly at max_steps."""
+        max_steps = self.trainer.max_steps
+        for inputs, targets, window in zip(*batch):
+            if 0 <= max_steps <= self.global_step:
+                break
+            self._train_window(inputs, targets, window)
+
+    def _train_window(self, inputs, targets, window):
         B, T = inputs.shape
         step = self.global_step
         printing = self.hparams.print_every and step % self.hparams.print_every == 0 and self.trainer.is_global_zero
@@ -81,23 +95,24 @@ class CharRNN(L.LightningModule):
         if printing:
             # As min-char-rnn: a sample from the carried state, seeded with the window's first character.
             print(f"----\n {self.sample(self.h[0], int(inputs[0, 0]))} \n----")
+        params = self.params
         with torch.no_grad():
-            loss, grads, self.h = rnn.loss_and_grads(self.params, inputs, targets, self.h)
+            loss, grads, self.h = rnn.loss_and_grads(params, inputs, targets, self.h)
             if self.trainer.world_size > 1:
                 # Average before clipping, so N ranks of B streams step exactly as one process with N * B streams.
                 loss, *averaged = distributed.mean_over_ranks([loss, *grads.values()])
                 grads = dict(zip(grads, averaged))
         torch.minimum(self.first_bad_step, torch.where(loss.isfinite(), NO_STEP, step + 1), out=self.first_bad_step)
+        clip = self.hparams.clip
         for name, grad in grads.items():
-            getattr(self, name).grad = grad
-        opt = self.optimizers()
-        self.clip_gradients(opt, gradient_clip_val=self.hparams.clip, gradient_clip_algorithm="value")
-        opt.step()
+            # min-char-rnn's element-wise clip, in place: Lightning's clip_gradients costs more than a small step.
+            params[name].grad = grad.clamp_(-clip, clip)
+        self.optimizers().step()
 
-        per_char = loss / (B * T)
-        self.smooth_loss.mul_(SMOOTHING).add_(per_char, alpha=1 - SMOOTHING)
-        self.log_dict({"train/loss": per_char, "train/smooth_loss": self.smooth_loss})
-        self._log_rate(B * T)
+        self.smooth_loss.mul_(SMOOTHING).add_(loss, alpha=(1 - SMOOTHING) / (B * T))  # per character
+        self._loss_sum += loss
+        if self._logging_step(step + 1):
+            self._log_interval(B * T)
         if printing:
             # min-char-rnn prints the smoothed loss summed over a window; nats/char follows in parentheses.
             print(f"iter {step}, loss: {float(self.smooth_loss) * T:f} ({float(self.smooth_loss):.4f} nats/char)")
@@ -110,16 +125,36 @@ class CharRNN(L.LightningModule):
         if not fine.all():
             raise Diverged(self.global_step if fine[0] else int(self.first_bad_step))
 
-    def _log_rate(self, chars_per_step):
-        """Characters per second, measured over each logging interval (no host sync per step)."""
-        if self.global_step % self.trainer.log_every_n_steps:
-            return
-        now = time.perf_counter()
-        if self._time_at_rate is not None and self.global_step > self._step_at_rate:
-            rate = (self.global_step - self._step_at_rate) * chars_per_step / (now - self._time_at_rate)
-            # A CPU tensor: the progress bar reads this value back after every step, a device sync if it lived on a GPU.
-            self.log("train/chars_per_sec", torch.tensor(rate), prog_bar=True)
+    def _logging_step(self, step: int) -> bool:
+        """Whether to write the training metrics after ``step`` optimizer steps: every ``log_every_n_steps``, and at
+        the last."""
+        n = self.trainer.log_every_n_steps
+        return n > 0 and (step % n == 0 or step == self.trainer.max_steps)
+
+    def _log_interval(self, chars_per_step: int):
+        """Write the mean loss and the speed since the previous logging step, against the optimizer step.
+
+        Written to the loggers directly: ``self.log`` costs about as much as a whole training step of a small model,
+        and Lightning would plot against its batch count, which is not the step count when a batch holds several
+        windows. The loss is summed on the device in between (one host sync per interval), so the curve is the mean
+        over every step, not a sample of one.
+        """
+        now, steps = time.perf_counter(), self.global_step - self._step_at_rate
+        rate = steps * chars_per_step / (now - self._time_at_rate)
+        self._write_metrics(
+            {
+                "train/loss": float(self._loss_sum) / (steps * chars_per_step),
+                "train/smooth_loss": float(self.smooth_loss),
+                "train/chars_per_sec": rate,
+            }
+        )
+        self.log("train/chars_per_sec", rate, prog_bar=True, logger=False)
+        self._loss_sum.zero_()
         self._step_at_rate, self._time_at_rate = self.global_step, now
+
+    def _write_metrics(self, metrics: dict):
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
 
     def sample(self, h=None, first_id=None, length=None, seed=None) -> str:
         """Text from the model; reproducible for a given step (the seed defaults to the step)."""
@@ -148,8 +183,11 @@ class CharRNN(L.LightningModule):
         total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
         count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
         val_loss = (total / count).float()
+        metrics = {"val/loss": val_loss, "val/bpc": val_loss / math.log(2)}
         # Already reduced and equal on every rank; sync_dist only spares Lightning's warning that it is not.
-        self.log_dict({"val/loss": val_loss, "val/bpc": val_loss / math.log(2)}, prog_bar=True, sync_dist=True)
+        self.log_dict(metrics, prog_bar=True, logger=False, sync_dist=True)
+        if not self.trainer.sanity_checking:
+            self._write_metrics({name: float(value) for name, value in metrics.items()})
         if not self.trainer.sanity_checking and self.trainer.is_global_zero:
             text = self.sample()
             for logger in self.loggers:
@@ -179,8 +217,3 @@ class CharRNN(L.LightningModule):
         for state in checkpoint.get("optimizer_states", []):
             for group in state["param_groups"]:
                 group["lr"] = self.hparams.learning_rate
-
-    def on_train_start(self):
-        # A checkpoint is restored before the strategy moves the module to its device and precision.
-        if self.h is not None:
-            self.h = self.h.to(device=self.device, dtype=self.Whh.dtype)

@@ -20,14 +20,17 @@ class Adagrad(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params, grads, mems = [], [], []
+            for p in group["params"]:
+                if p.grad is not None:
+                    state = self.state[p]
+                    if "mem" not in state:
+                        state["mem"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    params.append(p)
+                    grads.append(p.grad)
+                    mems.append(state["mem"])
             if not params:
                 continue
-            grads = [p.grad for p in params]
-            for p in params:
-                if "mem" not in self.state[p]:
-                    self.state[p]["mem"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            mems = [self.state[p]["mem"] for p in params]
             torch._foreach_addcmul_(mems, grads, grads)
             denominators = torch._foreach_add(mems, group["eps"])
             torch._foreach_sqrt_(denominators)

@@ -33,13 +33,14 @@ def hidden_states(params: dict, inputs: torch.Tensor, h0: torch.Tensor) -> torch
     """Run the recurrence over ``inputs`` (B, T) from ``h0`` (B, H); return all states (T + 1, B, H), h0 first."""
     Whh_t = params["Whh"].t()
     B, T = inputs.shape
-    # Column gather of Wxh plus bh for every step at once: (T, B, H).
-    xh = torch.nn.functional.embedding(inputs.t(), params["Wxh"].t()) + params["bh"].view(-1)
+    # Column gather of Wxh plus bh for every step at once: (T, B, H). Rows of a contiguous Wxh^T gather fast.
+    xh = torch.nn.functional.embedding(inputs.t(), params["Wxh"].t().contiguous()).add_(params["bh"].view(-1))
     hs = torch.empty((T + 1, B, h0.shape[1]), dtype=h0.dtype, device=h0.device)
     hs[0] = h0
+    # Per-step views made once: indexing inside the loop costs more than a small step's matrix product.
+    h, x = hs.unbind(0), xh.unbind(0)
     for t in range(T):
-        torch.addmm(xh[t], hs[t], Whh_t, out=hs[t + 1])
-        hs[t + 1].tanh_()
+        torch.addmm(x[t], h[t], Whh_t, out=h[t + 1]).tanh_()
     return hs
 
 
@@ -79,10 +80,10 @@ def loss_and_grads(params: dict, inputs: torch.Tensor, targets: torch.Tensor, h0
     dh = (dy @ Why).view(T, B, -1)
     dtanh = 1.0 - hs[1:] * hs[1:]
     dh_raw = torch.empty_like(dh)
-    torch.mul(dh[T - 1], dtanh[T - 1], out=dh_raw[T - 1])
+    d_out, d_tanh, d_raw = dh.unbind(0), dtanh.unbind(0), dh_raw.unbind(0)
+    torch.mul(d_out[T - 1], d_tanh[T - 1], out=d_raw[T - 1])
     for t in range(T - 2, -1, -1):
-        torch.addmm(dh[t], dh_raw[t + 1], Whh, out=dh_raw[t])
-        dh_raw[t].mul_(dtanh[t])
+        torch.addmm(d_out[t], d_raw[t + 1], Whh, out=d_raw[t]).mul_(d_tanh[t])
 
     dh_raw_flat = dh_raw.view(T * B, -1)
     dWhh = dh_raw_flat.t() @ hs[:-1].reshape(T * B, -1)

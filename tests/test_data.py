@@ -47,7 +47,8 @@ def test_streams_continue_across_batches(tmp_path):
     text = "".join(chr(ord("a") + i % 26) for i in range(5000))
     dm = CharDataModule(write(tmp_path, text), seq_length=7, batch_size=4, val_fraction=0.1)
     train_text = text[: len(text) - int(len(text) * 0.1)]
-    batches = list(dm.train_dataloader())
+    # One window per batch here (train.py groups several when windows are small): (1, B, T) and [window].
+    batches = [(x[0], y[0], w) for x, y, (w,) in dm.train_dataloader()]
     assert [w for _, _, w in batches] == list(range(len(batches)))
     for (x, y, _), (x2, _, _) in zip(batches, batches[1:]):
         assert x.shape == (4, 7) and x.dtype == torch.long
@@ -94,7 +95,7 @@ def test_train_batches_resume_position_follows_the_step():
     batches = TrainBatches(x, y, 5, step=lambda: step["value"])
     assert len(batches) == 10
     step["value"] = 23  # two epochs and three windows done
-    assert [w for _, _, w in batches] == list(range(3, 10))
+    assert [w for _, _, (w,) in batches] == list(range(3, 10))
 
 
 def test_too_short_for_the_streams_is_a_usage_error(tmp_path):

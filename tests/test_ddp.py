@@ -144,7 +144,7 @@ def test_resumed_ddp_run_continues_exactly(single, two_ranks, tmp_path):
     args = [
         sys.executable, "train.py", "--data.path", os.path.join(out, "text.txt"),
         "--data.batch_size", str(STREAMS // 2), "--data.seq_length", str(T), "--data.val_fraction", "0.3",
-        "--model.hidden_size", str(H),
+        "--model.hidden_size", str(H), "--model.learning_rate", "0.1",  # CharRNN's default, as the runs above
         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
         "--trainer.precision", "64-true", "--trainer.max_steps", str(STEPS), "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", os.path.join(out, "mid.ckpt"),
@@ -205,7 +205,7 @@ def test_each_rank_gets_its_own_contiguous_streams_and_a_share_of_validation(tmp
         data.setup("fit")
         train = data.train_dataloader()
         assert len(train) == len(one.train_dataloader())  # no rank runs out of batches before another
-        assert torch.equal(next(iter(train))[0], whole[rank * B : (rank + 1) * B])
+        assert torch.equal(next(iter(train))[0], whole[:, rank * B : (rank + 1) * B])  # (windows, streams, T)
         assert train.state_dict()["streams"] == world * B
         val = data.val_dataloader()
         assert len(val) == len(one.val_dataloader())

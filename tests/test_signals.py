@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from charrnn import checkpoint
+from charrnn.data import windows_per_batch
 from tests.train_helpers import assert_one_line_error, assert_same_training_state, corpus, newest, run_main_quietly
 from tests.train_helpers import start_train_py, tiny_args, train
 
@@ -63,13 +64,17 @@ def straight_to_30(text, tmp_path_factory):
 def test_signal_anywhere_stops_after_the_next_step_with_its_checkpoint(
     text, tmp_path, capsys, straight_to_30, hook, at_step
 ):
-    """Delivered mid-validation, mid-save or mid-step, a signal ends training one step later with that step saved
-    (--checkpoint_every 6 would not have saved it), and the run resumes to the state of one never stopped."""
+    """Delivered mid-validation, mid-save or mid-step, a signal ends training at the end of the next trainer batch
+    (a batch groups W small windows, one step each) with that step saved (--checkpoint_every 6 would not have
+    saved it), and the run resumes to the state of one never stopped."""
     send = ("--trainer.callbacks+=tests.train_helpers.SendSignal", "--trainer.callbacks.hook", hook)
     args = tiny_args(text, tmp_path, *send, "--trainer.callbacks.at_step", at_step, "--checkpoint_every", 6, steps=30)
+    W = windows_per_batch(2 * 8, (10, 30, 6))  # tiny_args: 2 streams of 8, validation every 10 steps
+    stop = (at_step // W + 1) * W
+    assert W > 1 and stop % 6 != 0
     assert train(args) == 0
-    assert f"stopped by SIGINT at step {at_step + 1};" in capsys.readouterr().out
-    assert newest(tmp_path)["global_step"] == at_step + 1
+    assert f"stopped by SIGINT at step {stop};" in capsys.readouterr().out
+    assert newest(tmp_path)["global_step"] == stop
     assert train(tiny_args(text, tmp_path, "--ckpt_path", "last", steps=30)) == 0
     assert_same_training_state(newest(tmp_path), straight_to_30)
 

@@ -1,0 +1,91 @@
+"""Time to quality: training seconds until the validation loss first reaches 2.0 and 1.8 nats/char on
+tiny-shakespeare (last 10% held out), charrnn's configs/default.yaml against NumPy min-char-rnn.
+
+    python bench/time_to_quality.py [--numpy-seconds 150] [--threads 1] [--targets 2.0 1.8]
+
+Both are measured the same way: the clock runs only while training (it is paused during validation) and the loss is
+charrnn's own full validation (every validation character, per character). charrnn runs ``train.py`` with the
+default config and validates every ``--val-every`` steps; min-char-rnn is validated about every ``--numpy-eval``
+seconds of training. min-char-rnn is far slower, so it is stopped after ``--numpy-seconds`` of training; when it has
+not reached a target by then, the table gives a bound ("> X s", ratio ">= Y").
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench.threads  # noqa: E402, F401  (first: sizes the thread pools before NumPy and torch load)
+
+from bench.baselines import MinCharRNN, validation_loss  # noqa: E402
+from bench.common import SEQ_LENGTH, first_reaching, machine_line, print_table, run_train, set_threads, shakespeare_path  # noqa: E402
+from charrnn.data import CharDataModule  # noqa: E402
+
+
+def charrnn_curve(targets, val_every, max_seconds, tmp):
+    out = os.path.join(tmp, "curve.json")
+    run_train(
+        ["--data.path", shakespeare_path(), "--trainer.val_check_interval", str(val_every),
+         "--trainer.default_root_dir", tmp, "--trainer.callbacks+=bench.common.QualityClock",
+         "--trainer.callbacks.out", out, "--trainer.callbacks.stop_at", str(min(targets)),
+         "--trainer.callbacks.max_seconds", str(max_seconds)],
+        os.path.join(tmp, "train.log"),
+    )  # fmt: skip
+    with open(out) as f:
+        return json.load(f)
+
+
+def numpy_curve(targets, max_seconds, eval_seconds):
+    data = CharDataModule(shakespeare_path(), SEQ_LENGTH, 1)
+    model = MinCharRNN(data.vocab_size)
+    curve, elapsed, since_eval = [], 0.0, 0.0
+    t0 = time.perf_counter()
+    for n in model.train(data.train_ids.numpy()):
+        now = time.perf_counter()
+        elapsed, since_eval, t0 = elapsed + now - t0, since_eval + now - t0, now
+        if since_eval >= eval_seconds or elapsed >= max_seconds:
+            loss = validation_loss(model.params, data, data.vocab_size)
+            curve.append({"seconds": round(elapsed, 3), "step": n, "val_loss": loss})
+            since_eval = 0.0
+            if loss <= min(targets) or elapsed >= max_seconds:
+                return curve
+            t0 = time.perf_counter()  # validation is not training time
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--targets", type=float, nargs="+", default=[2.0, 1.8])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, here and in train.py")
+    parser.add_argument("--val-every", type=int, default=2000, help="charrnn: steps between validations")
+    parser.add_argument("--max-seconds", type=float, default=180, help="charrnn: stop after this much training")
+    parser.add_argument("--numpy-seconds", type=float, default=150, help="min-char-rnn: stop after this much training")
+    parser.add_argument("--numpy-eval", type=float, default=5, help="min-char-rnn: seconds between validations")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    print(machine_line())
+    with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as tmp:
+        ours = charrnn_curve(args.targets, args.val_every, args.max_seconds, tmp)
+    theirs = numpy_curve(args.targets, args.numpy_seconds, args.numpy_eval)
+    rows = []
+    for target in args.targets:
+        a, d = first_reaching(ours, target), first_reaching(theirs, target)
+        if a is None:
+            rows.append([target, f"> {ours[-1]['seconds']:.0f}", "-", "-"])
+        elif d is None:
+            rows.append([target, f"{a:.1f}", f"> {theirs[-1]['seconds']:.0f}", f">= {theirs[-1]['seconds'] / a:.0f}"])
+        else:
+            rows.append([target, f"{a:.1f}", f"{d:.1f}", f"{d / a:.1f}"])
+    print_table(["val loss (nats/char)", "charrnn default s", "NumPy min-char-rnn s", "NumPy / charrnn"], rows)
+    print("\ncharrnn configs/default.yaml curve (training seconds, step, val loss):")
+    print("  " + ", ".join(f"{p['seconds']:.1f}s/{p['step']}: {p['val_loss']:.3f}" for p in ours))
+    print(f"NumPy min-char-rnn curve (stopped after {args.numpy_seconds:.0f} s of training or at the last target):")
+    print("  " + ", ".join(f"{p['seconds']:.0f}s/{p['step']}: {p['val_loss']:.3f}" for p in theirs))
+
+
+if __name__ == "__main__":
+    main()
