@@ -23,6 +23,7 @@ def main():
     threads = ["--threads", str(args.threads)]
     runs = [
         ("throughput.py", threads + (["--hidden", "100", "--batch", "1", "32", "--rounds", "1"] if args.quick else [])),
+        ("throughput.py", threads + ["--hidden", "128", "--batch", "4"]),  # configs/default.yaml's shape
         ("time_to_quality.py", threads + (["--numpy-seconds", "20", "--max-seconds", "30"] if args.quick else [])),
         ("data_scale.py", ["--mb", "10"] if args.quick else []),
         ("memory.py", ["--max-steps", "50"] if args.quick else []),
