@@ -5,7 +5,7 @@
 The text is tiny-shakespeare repeated with mutations (shuffled lines, upper-cased lines, inserted non-ASCII lines:
 accents, CJK, emoji, CRLF line ends), written to a temporary directory and deleted afterwards. The measurement runs
 in a fresh process so its peak RSS above the start (Linux VmHWM, reset at the start) is the loader's alone.
-Targets (issue): <= 10 s (goal 5 s) and <= 1.5 GB above the start.
+Targets: <= 10 s (goal 5 s) and <= 1.5 GB above the start.
 """
 
 import argparse
