@@ -71,6 +71,10 @@ def _check_flags(config) -> None:
     for name in ("log_every_n_steps", "val_check_interval"):
         if trainer[name] is not None and not trainer[name] > 0:
             raise UsageError(f"--trainer.{name} must be positive, got {trainer[name]}")
+    if isinstance(trainer["val_check_interval"], float):  # a fraction of an epoch: validation counts steps here
+        raise UsageError(
+            f"--trainer.val_check_interval must be a whole number of steps, got {trainer['val_check_interval']}"
+        )
 
 
 @contextlib.contextmanager

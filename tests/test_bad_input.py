@@ -76,6 +76,7 @@ CASES = {
     "max_epochs 0": (["--trainer.max_epochs", 0], "--trainer.max_epochs must be a positive integer, or -1"),
     "log_every_n_steps 0": (["--trainer.log_every_n_steps", 0], "--trainer.log_every_n_steps must be positive"),
     "val_check_interval 0": (["--trainer.val_check_interval", 0], "--trainer.val_check_interval must be positive"),
+    "val_check_interval 0.5": (["--trainer.val_check_interval", 0.5], "must be a whole number of steps"),
     "checkpoint_every 0": (["--checkpoint_every", 0], "--checkpoint_every must be a positive integer"),
     "sample_length 0": (["--model.sample_length", 0], "--model.sample_length must be a positive integer"),
     "print_every -1": (["--model.print_every", -1], "--model.print_every must be 0 (off) or a positive integer"),
