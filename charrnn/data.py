@@ -85,22 +85,14 @@ class Vocab:
     def __len__(self):
         return len(self.chars)
 
-    def encode(self, text: str) -> np.ndarray:
-        """Ids of ``text``; characters outside the vocabulary raise UsageError naming them."""
-        missing = sorted(set(text) - self.index.keys())
-        if missing:
-            raise UsageError(
-                f"characters not in the model's vocabulary: {''.join(missing)!r}; use only characters of its training text"
-            )
-        return self._lookup()[_code_points(text)].astype(np.int64)
-
     def decode(self, ids) -> str:
         return "".join(self.chars[i] for i in ids)
 
-    def _lookup(self) -> np.ndarray:
+    def lookup_table(self, dtype) -> np.ndarray:
+        """Code point -> id, indexed by a whole array of code points at once (no Python loop per character)."""
         points = np.array([ord(c) for c in self.chars], dtype=np.int64)
-        table = np.zeros(int(points.max()) + 1 if len(points) else 1, dtype=np.int32)
-        table[points] = np.arange(len(points), dtype=np.int32)
+        table = np.zeros(int(points.max()) + 1 if len(points) else 1, dtype=dtype)
+        table[points] = np.arange(len(points))
         return table
 
 
@@ -125,7 +117,7 @@ def read_corpus(path: str):
     if len(points) == 0:
         raise UsageError(f"data file {path} is empty; give it some text to learn from")
     vocab = Vocab(chr(p) for p in points)
-    table = vocab._lookup().astype(id_dtype(len(vocab)))
+    table = vocab.lookup_table(id_dtype(len(vocab)))
     ids = np.empty(length, dtype=table.dtype)
     pos = 0
     for text in _decoded_chunks(path):
@@ -140,7 +132,7 @@ def corpus_from_text(text: str):
     if not text:
         raise UsageError("the text is empty")
     vocab = Vocab(sorted(set(text)))
-    return vocab, vocab.encode(text).astype(id_dtype(len(vocab)))
+    return vocab, vocab.lookup_table(id_dtype(len(vocab)))[_code_points(text)]
 
 
 def train_streams(ids: torch.Tensor, streams: int, seq_length: int):
