@@ -110,9 +110,9 @@ def _check_writable(directory: str) -> None:
 def _resolve_ckpt_path(ckpt_path: str | None, root: str) -> str | None:
     if ckpt_path != "last":
         return None if ckpt_path is None else checkpoint.resolve(ckpt_path)
-    # Where LastCheckpoint writes: a logger version directory, or root/checkpoints when there is no logger.
-    logs, no_logger = os.path.join(root, "lightning_logs"), os.path.join(root, "checkpoints")
-    found = checkpoint.newest_last_checkpoint(logs) or checkpoint.newest_last_checkpoint(no_logger)
+    # Where LastCheckpoint writes, a logger's version_N or root/checkpoints without a logger: both are layouts
+    # newest_last_checkpoint knows (the highest version first).
+    found = checkpoint.newest_last_checkpoint(root)
     if found is None:
         print(f"--ckpt_path last: no checkpoint under {root} yet, starting a new run")
     return found

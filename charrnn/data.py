@@ -170,7 +170,8 @@ def val_streams(ids: torch.Tensor, streams: int = VAL_STREAMS, multiple_of: int 
 
 def windows_per_batch(chars_per_window: int, step_counts=()) -> int:
     """Windows per trainer batch: the largest W <= BATCH_CHARS / chars_per_window that divides every positive count
-    of optimizer steps in ``step_counts`` (the validation interval, max_steps), so those still end on a batch."""
+    of optimizer steps in ``step_counts`` (the validation and checkpoint intervals, max_steps), so those still end
+    on a batch."""
     limit = max(1, BATCH_CHARS // chars_per_window)
     common = math.gcd(*(n for n in step_counts if n > 0))
     return max(w for w in range(1, limit + 1) if common % w == 0)
