@@ -29,6 +29,18 @@ def mean_over_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
+def release_process_group() -> None:
+    """Shut the process group down once training is over, while the interpreter is still fully alive.
+
+    gloo frees each finished collective on one of its own worker threads, and freeing its tensors takes the GIL.
+    When that lands after the interpreter has begun to exit, the thread is torn down inside a C++ destructor and the
+    process aborts ("terminate called without an active exception", SIGABRT) after a run that finished fine.
+    Lightning destroys only NCCL process groups at exit; destroying ours joins gloo's threads first.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def gather_rows(rows: torch.Tensor) -> torch.Tensor:
     """Every rank's ``rows`` stacked in rank order: the inverse of ``rows_of_rank``."""
     world = rank_and_world()[1]

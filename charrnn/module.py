@@ -209,6 +209,9 @@ class CharRNN(L.LightningModule):
         # float32 parameters (converted only later, by the strategy) would be rounded and a resume no longer exact.
         self.trainer.precision_plugin.convert_module(self)
 
+    def teardown(self, stage):
+        distributed.release_process_group()
+
     def on_load_checkpoint(self, checkpoint):
         h = checkpoint["charrnn"]["hidden_state"]
         self.h = None if h is None else distributed.rows_of_rank(h)

@@ -8,6 +8,7 @@ without CUDA.
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -22,6 +23,7 @@ from charrnn import checkpoint, rnn
 from charrnn.callbacks import AtomicCheckpointIO, LastCheckpoint
 from charrnn.cli import main
 from charrnn.data import CharDataModule, _pydoc_text
+from charrnn.distributed import mean_over_ranks
 from charrnn.module import CharRNN
 from charrnn.sampling import generate
 
@@ -191,6 +193,23 @@ def test_two_rank_checkpoint_resumes_on_one_process_with_all_the_streams(single,
     trainer.fit(model, datamodule=data, ckpt_path=os.path.join(out, "mid.ckpt"), weights_only=True)
     assert_close({k: v.cpu() for k, v in model.state_dict().items()}, single["params"])
     assert torch.allclose(model.h, single["h"], rtol=0, atol=TOL)
+
+
+def _train_briefly_and_exit(rank, port):
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}")
+    for _ in range(50):
+        mean_over_ranks([torch.ones(8)])
+    CharRNN(4, 4).teardown("fit")  # what Lightning calls last on every rank
+
+
+def test_ranks_exit_cleanly_once_training_is_over():
+    """Left alive to interpreter exit, gloo aborts about every second such process (its thread frees the last
+    collective's tensors without the GIL); the module's teardown shuts the group down first."""
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        torch.multiprocessing.spawn(_train_briefly_and_exit, args=(port,), nprocs=2)  # raises if a rank aborts
 
 
 @pytest.mark.parametrize("world", [2, 3])
