@@ -203,8 +203,8 @@ def _train_briefly_and_exit(rank, port):
 
 
 def test_ranks_exit_cleanly_once_training_is_over():
-    """Left alive to interpreter exit, gloo aborts about every second such process (its thread frees the last
-    collective's tensors without the GIL); the module's teardown shuts the group down first."""
+    """Left alive until interpreter exit, a gloo group aborts about half of such runs (its worker thread frees the last
+    collective's tensors when the GIL is gone); the module's teardown shuts the group down first."""
     for _ in range(3):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
