@@ -9,22 +9,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from charrnn import rnn
 from charrnn.module import CharRNN
 
 
 class MinCharRNN:
     """min-char-rnn.py transcribed: one-hot inputs, dict-per-step forward, BPTT, clip [-5, 5], its Adagrad, and a
-    200-character sample plus the loss line every 100 iterations (written to /dev/null instead of the console)."""
+    200-character sample plus the loss line every 100 iterations (written to /dev/null instead of the console).
 
-    def __init__(self, vocab_size: int, hidden_size: int = 100, learning_rate: float = 1e-1, seed: int = 0):
+    Also the reference of tests/test_min_char_rnn.py, which starts it from given ``params`` (a dict of arrays keyed
+    like ``charrnn.rnn.PARAM_NAMES``) and checks that charrnn with one stream trains exactly like it.
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int = 100, learning_rate: float = 1e-1, seed: int = 0, params=None):
         rng = np.random.default_rng(seed)
         V, H = vocab_size, hidden_size
+        if params is None:
+            self.Wxh = rng.standard_normal((H, V)) * 0.01
+            self.Whh = rng.standard_normal((H, H)) * 0.01
+            self.Why = rng.standard_normal((V, H)) * 0.01
+            self.bh = np.zeros((H, 1))
+            self.by = np.zeros((V, 1))
+        else:
+            self.Wxh, self.Whh, self.Why, self.bh, self.by = (np.array(params[k]) for k in rnn.PARAM_NAMES)
+            H = self.Whh.shape[0]
         self.vocab_size, self.hidden_size, self.learning_rate = V, H, learning_rate
-        self.Wxh = rng.standard_normal((H, V)) * 0.01
-        self.Whh = rng.standard_normal((H, H)) * 0.01
-        self.Why = rng.standard_normal((V, H)) * 0.01
-        self.bh = np.zeros((H, 1))
-        self.by = np.zeros((V, 1))
         self.rng = rng
         self.out = open(os.devnull, "w")
 
@@ -78,7 +87,8 @@ class MinCharRNN:
         return ixes
 
     def train(self, data, seq_length: int = 25):
-        """min-char-rnn's main loop over the id array ``data``; yields the iteration count after each update."""
+        """min-char-rnn's main loop over the id array ``data``; after each update yields the iteration count, the
+        window's loss (summed over its characters) and the smoothed loss."""
         mems = [np.zeros_like(p) for p in self.params]
         smooth_loss = -np.log(1.0 / self.vocab_size) * seq_length
         n, p = 0, 0
@@ -99,7 +109,7 @@ class MinCharRNN:
                 param += -self.learning_rate * dparam / np.sqrt(mem + 1e-8)
             p += seq_length
             n += 1
-            yield n
+            yield n, loss, smooth_loss
 
 
 def validation_loss(params: list[np.ndarray], datamodule, vocab_size: int) -> float:

@@ -49,7 +49,7 @@ def numpy_curve(targets, max_seconds, eval_seconds):
     model = MinCharRNN(data.vocab_size)
     curve, elapsed, since_eval = [], 0.0, 0.0
     t0 = time.perf_counter()
-    for n in model.train(data.train_ids.numpy()):
+    for n, _, _ in model.train(data.train_ids.numpy()):
         now = time.perf_counter()
         elapsed, since_eval, t0 = elapsed + now - t0, since_eval + now - t0, now
         if since_eval >= eval_seconds or elapsed >= max_seconds:

@@ -1,7 +1,7 @@
 """With one stream, charrnn's training is min-char-rnn: same losses, same parameters, step for step.
 
-The reference below is Karpathy's min-char-rnn.py transcribed into a function (only the data source and the
-initial parameters are passed in), in float64.
+The reference is Karpathy's min-char-rnn.py as transcribed in bench/baselines.py (the NumPy baseline the benchmarks
+time), started from the same float64 parameters as charrnn.
 """
 
 import lightning as L
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.baselines import MinCharRNN
 from charrnn import rnn
 from charrnn.callbacks import AtomicCheckpointIO
 from charrnn.data import CharDataModule
@@ -18,63 +19,16 @@ from charrnn.optim import Adagrad
 STEPS, T, H = 50, 25, 16
 
 
-def min_char_rnn(data_ids, vocab_size, params, steps, seq_length=T, learning_rate=1e-1):
-    """min-char-rnn's training loop; returns per-step losses (summed over the window), smooth losses, params."""
-    Wxh, Whh, Why, bh, by = (params[k].copy() for k in rnn.PARAM_NAMES)
-    hidden_size = Whh.shape[0]
-
-    def lossFun(inputs, targets, hprev):
-        xs, hs, ys, ps = {}, {}, {}, {}
-        hs[-1] = np.copy(hprev)
-        loss = 0
-        for t in range(len(inputs)):
-            xs[t] = np.zeros((vocab_size, 1))
-            xs[t][inputs[t]] = 1
-            hs[t] = np.tanh(np.dot(Wxh, xs[t]) + np.dot(Whh, hs[t - 1]) + bh)
-            ys[t] = np.dot(Why, hs[t]) + by
-            ps[t] = np.exp(ys[t]) / np.sum(np.exp(ys[t]))
-            loss += -np.log(ps[t][targets[t], 0])
-        dWxh, dWhh, dWhy = np.zeros_like(Wxh), np.zeros_like(Whh), np.zeros_like(Why)
-        dbh, dby = np.zeros_like(bh), np.zeros_like(by)
-        dhnext = np.zeros_like(hs[0])
-        for t in reversed(range(len(inputs))):
-            dy = np.copy(ps[t])
-            dy[targets[t]] -= 1
-            dWhy += np.dot(dy, hs[t].T)
-            dby += dy
-            dh = np.dot(Why.T, dy) + dhnext
-            dhraw = (1 - hs[t] * hs[t]) * dh
-            dbh += dhraw
-            dWxh += np.dot(dhraw, xs[t].T)
-            dWhh += np.dot(dhraw, hs[t - 1].T)
-            dhnext = np.dot(Whh.T, dhraw)
-        for dparam in [dWxh, dWhh, dWhy, dbh, dby]:
-            np.clip(dparam, -5, 5, out=dparam)
-        return loss, dWxh, dWhh, dWhy, dbh, dby, hs[len(inputs) - 1]
-
-    n, p = 0, 0
-    mWxh, mWhh, mWhy = np.zeros_like(Wxh), np.zeros_like(Whh), np.zeros_like(Why)
-    mbh, mby = np.zeros_like(bh), np.zeros_like(by)
-    smooth_loss = -np.log(1.0 / vocab_size) * seq_length
+def min_char_rnn(data_ids, vocab_size, params, steps):
+    """min-char-rnn run from ``params`` for ``steps`` updates; returns the per-step losses (summed over the window),
+    the smoothed losses and the final parameters."""
+    model = MinCharRNN(vocab_size, params=params)
     losses, smooth = [], []
-    while n < steps:
-        if p + seq_length + 1 >= len(data_ids) or n == 0:
-            hprev = np.zeros((hidden_size, 1))
-            p = 0
-        inputs = data_ids[p : p + seq_length]
-        targets = data_ids[p + 1 : p + seq_length + 1]
-        loss, dWxh, dWhh, dWhy, dbh, dby, hprev = lossFun(inputs, targets, hprev)
-        smooth_loss = smooth_loss * 0.999 + loss * 0.001
+    for n, loss, smooth_loss in model.train(data_ids, seq_length=T):
         losses.append(loss)
         smooth.append(smooth_loss)
-        for param, dparam, mem in zip(
-            [Wxh, Whh, Why, bh, by], [dWxh, dWhh, dWhy, dbh, dby], [mWxh, mWhh, mWhy, mbh, mby]
-        ):
-            mem += dparam * dparam
-            param += -learning_rate * dparam / np.sqrt(mem + 1e-8)
-        p += seq_length
-        n += 1
-    return losses, smooth, dict(zip(rnn.PARAM_NAMES, [Wxh, Whh, Why, bh, by]))
+        if n == steps:
+            return losses, smooth, dict(zip(rnn.PARAM_NAMES, model.params))
 
 
 def make_text(n=4000):
