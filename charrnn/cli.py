@@ -212,9 +212,9 @@ def run(args=None) -> None:
         else:
             kept = f"{ckpt_path} is unchanged" if ckpt_path else "no checkpoint was written"
         raise UsageError(f"{e}; {kept}; lower --model.learning_rate (or --model.clip) and train again") from None
-    where = last.path(trainer)  # every rank asks: under DDP, log_dir is a broadcast
     if not trainer.is_global_zero:
         return
+    where = last.path(trainer)
     if last.stop_signal:
         print(f"stopped by {last.stop_signal} at step {trainer.global_step}; saved {where}; continue with --ckpt_path last")
     elif os.path.exists(where):
