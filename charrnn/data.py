@@ -16,6 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from .distributed import block_of_rank
 from .errors import UsageError
 
 DEFAULT_PATH = "data/raw/input.txt"
@@ -304,17 +305,14 @@ class CharDataModule(L.LightningDataModule):
     def train_dataloader(self):
         # A plain iterable, not a DataLoader, so Lightning injects no DistributedSampler: each rank takes its own rows.
         step = (lambda: self.trainer.global_step) if self.trainer is not None else (lambda: 0)
-        rank = self._rank_and_world()[0]
-        rows = slice(rank * self.batch_size, (rank + 1) * self.batch_size)
+        rank, world = self._rank_and_world()
+        inputs, targets = (block_of_rank(rows, rank, world) for rows in (self.train_inputs, self.train_targets))
         streams = self.train_inputs.shape[0]
-        return TrainBatches(
-            self.train_inputs[rows], self.train_targets[rows], self.seq_length, step, self.windows_per_batch, streams
-        )
+        return TrainBatches(inputs, targets, self.seq_length, step, self.windows_per_batch, streams)
 
     def val_dataloader(self):
         if self.val_fraction == 0:
             return []
         rank, world = self._rank_and_world()
-        inputs, targets, mask = val_streams(self.val_ids, multiple_of=world)
-        rows = slice(rank * len(inputs) // world, (rank + 1) * len(inputs) // world)
-        return ValBatches(inputs[rows], targets[rows], mask[rows])
+        streams = val_streams(self.val_ids, multiple_of=world)
+        return ValBatches(*(block_of_rank(rows, rank, world) for rows in streams))

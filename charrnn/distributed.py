@@ -51,8 +51,12 @@ def gather_rows(rows: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def rows_of_rank(rows: torch.Tensor) -> torch.Tensor:
-    """This rank's contiguous share of ``rows`` laid out in stream order (rank r holds block r of N)."""
-    rank, world = rank_and_world()
+def block_of_rank(rows, rank: int, world: int):
+    """Rank ``rank``'s contiguous share of ``rows`` laid out in stream order: block ``rank`` of ``world``."""
     per_rank = rows.shape[0] // world
     return rows[rank * per_rank : (rank + 1) * per_rank]
+
+
+def rows_of_rank(rows: torch.Tensor) -> torch.Tensor:
+    """This process's share of ``rows`` (stream order): the inverse of ``gather_rows``."""
+    return block_of_rank(rows, *rank_and_world())
