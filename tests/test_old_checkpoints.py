@@ -1,0 +1,37 @@
+"""A checkpoint written by an earlier charrnn (tests/fixtures, format 1) still loads, resumes exactly and samples."""
+
+import shutil
+
+import sample
+from charrnn import checkpoint
+from tests.fixtures.make_format1_checkpoint import CKPT, FLAGS, STEPS, TEXT
+from tests.train_helpers import assert_same_training_state, newest, train
+
+
+def _args(root, steps, *extra):
+    return ["--data.path", TEXT, *FLAGS, "--trainer.max_steps", steps, "--trainer.default_root_dir", root, *extra]
+
+
+def test_format1_checkpoint_loads():
+    params, vocab = checkpoint.model(CKPT)
+    with open(TEXT, encoding="utf-8") as f:
+        assert vocab == sorted(set(f.read()))
+    assert params["Whh"].shape == (8, 8) and params["Why"].shape == (len(vocab), 8)
+
+
+def test_format1_checkpoint_resumes_exactly(tmp_path):
+    """Resumed from the old checkpoint (a copy: resuming never writes into it), the run ends bitwise where one run
+    of today's code from the same seed ends: the earlier version trained the same first steps, and the state it saved
+    (weights, Adagrad memory, hidden state, position in the text) is read back whole."""
+    old = shutil.copy(CKPT, tmp_path / "old.ckpt")
+    # Another seed: only what the checkpoint holds can make the two runs meet.
+    assert train(_args(tmp_path / "resumed", 2 * STEPS, "--ckpt_path", old, "--seed_everything", 2)) == 0
+    assert train(_args(tmp_path / "straight", 2 * STEPS)) == 0
+    assert_same_training_state(newest(tmp_path / "resumed"), newest(tmp_path / "straight"))
+
+
+def test_format1_checkpoint_samples(capsysbinary):
+    assert sample.main([CKPT, "--length", "80", "--seed", "3"]) == 0
+    out = capsysbinary.readouterr().out.decode("utf-8")
+    with open(TEXT, encoding="utf-8") as f:
+        assert len(out) == 80 and set(out) <= set(f.read())
