@@ -81,13 +81,13 @@ def _stream(out, vocab: list[str], prime: str, ids) -> None:
 def run(argv) -> None:
     args = _parser().parse_args(argv)
     _check(args)
-    params, vocab = checkpoint.model(args.checkpoint)
-    prime_ids = encode_prime(vocab, args.prime)
+    net = checkpoint.load_network(args.checkpoint)
+    prime_ids = encode_prime(net.vocab, args.prime)
     temperature = 0.0 if args.greedy else args.temperature
-    device = _device(args.device, params["Whh"].shape[0])
-    ids = generate(params, args.length, prime_ids=prime_ids, temperature=temperature, top_k=args.top_k,
+    device = _device(args.device, net.arch.hidden_size)
+    ids = generate(net.params, args.length, prime_ids=prime_ids, temperature=temperature, top_k=args.top_k,
                    seed=args.seed, device=device)
-    _stream(sys.stdout.buffer, vocab, args.prime, ids)
+    _stream(sys.stdout.buffer, net.vocab, args.prime, ids)
 
 
 def main(argv=None) -> int:

@@ -113,10 +113,11 @@ class ProgressBar(TQDMProgressBar):
 
     @property
     def total_train_batches(self):
-        """As Lightning's, but a batch may hold several optimizer steps (data.TrainBatches) when counting to max_steps."""
+        """As Lightning's, but a batch may hold several optimizer steps (CharDataModule.windows_per_batch) when
+        counting to max_steps."""
         trainer = self.trainer
         if trainer.max_epochs == -1 and trainer.max_steps > 0:
-            per_batch = getattr(trainer.datamodule, "windows_per_batch", 1)
+            per_batch = trainer.datamodule.windows_per_batch
             return min(trainer.num_training_batches, -(-(trainer.max_steps - trainer.global_step) // per_batch))
         return trainer.num_training_batches
 

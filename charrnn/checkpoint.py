@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, safe reads, and finding a run's newest ``last.ckpt``.
+"""Checkpoint files: atomic writes, safe reads, finding a run's newest ``last.ckpt``, and charrnn's own entry in them.
 
 Reading never unpickles code (``weights_only=True``), so a checkpoint from an untrusted source cannot run
 anything. Writing goes to a temporary file that is flushed, fsynced and renamed over the target, so a process
@@ -14,13 +14,17 @@ import re
 import tempfile
 import warnings
 import zipfile
+from typing import NamedTuple
 
 import torch
 
-from . import rnn
 from .errors import UsageError
+from .network import Architecture
 
 LAST = "last.ckpt"
+# The layout of checkpoint["charrnn"] this version writes. Format 1 (vocab, hidden_size, hidden_state; the tanh
+# RNN of one layer) is read too, upgraded on reading.
+FORMAT = 2
 
 
 def _temporary_prefix(path: str) -> str:
@@ -118,25 +122,75 @@ def load(path: str, map_location="cpu") -> dict:
     return checkpoint
 
 
-def model(path: str) -> tuple[dict, list[str]]:
-    """The network (``rnn.PARAM_NAMES`` -> CPU tensor) and its vocabulary.
+class Metadata(NamedTuple):
+    """charrnn's entry of a checkpoint: what the network is, its characters, and every stream's carried state."""
+
+    arch: Architecture
+    vocab: list[str] | None
+    hidden_state: torch.Tensor | None
+
+
+class Network(NamedTuple):
+    arch: Architecture
+    params: dict
+    vocab: list[str]
+
+
+def write_metadata(ckpt: dict, arch: Architecture, vocab: list[str] | None, hidden_state) -> None:
+    """Put charrnn's entry into ``ckpt`` (Lightning's checkpoint dict, or one built by hand)."""
+    ckpt["charrnn"] = {"format": FORMAT, "architecture": arch.as_dict(), "vocab": vocab, "hidden_state": hidden_state}
+
+
+def _upgrade_format1(meta: dict) -> dict:
+    vocab = meta.get("vocab")
+    size = {"vocab_size": len(vocab) if isinstance(vocab, list) else None, "hidden_size": meta.get("hidden_size")}
+    return {**meta, "format": 2, "architecture": size}
+
+
+def read_metadata(ckpt: dict, source: str) -> Metadata:
+    """charrnn's entry of a loaded checkpoint, in this version's terms; a UsageError naming ``source`` if unreadable."""
+    meta = ckpt["charrnn"]
+    if meta.get("format") == 1:
+        meta = _upgrade_format1(meta)
+    if meta.get("format") != FORMAT:
+        raise UsageError(
+            f"{source} has checkpoint format {meta.get('format')!r}, which this charrnn cannot read (it reads 1 to "
+            f"{FORMAT}); use the charrnn that wrote it"
+        )
+    try:
+        arch = Architecture(**meta["architecture"])
+    except (KeyError, TypeError, UsageError):
+        raise UsageError(f"{source} is damaged: it does not say what network it holds") from None
+    vocab = meta.get("vocab")
+    chars_ok = isinstance(vocab, list) and all(isinstance(c, str) and len(c) == 1 for c in vocab)
+    if vocab is not None and not (chars_ok and len(vocab) == len(set(vocab)) == arch.vocab_size):
+        raise UsageError(f"{source} is damaged: its vocabulary does not match its {arch.vocab_size} outputs")
+    return Metadata(arch, vocab, meta.get("hidden_state"))
+
+
+def check_resumable_by(meta: Metadata, arch: Architecture, vocab: list[str] | None, source: str) -> None:
+    """A UsageError unless a run of ``arch`` on a text of ``vocab`` can continue the checkpoint ``meta`` came from."""
+    if meta.vocab != vocab:
+        raise UsageError(f"{source} was trained on a text with a different vocabulary; resume with the same --data.path")
+    for name, saved in meta.arch.as_dict().items():
+        if saved != getattr(arch, name):
+            raise UsageError(
+                f"{source} has {name.replace('_', ' ')} {saved}, not {getattr(arch, name)}; resume with --model.{name} {saved}"
+            )
+
+
+def load_network(path: str) -> Network:
+    """The network of a checkpoint, its weights (CPU tensors) and vocabulary, for sampling.
 
     Shapes, vocabulary and finiteness are checked here, so a damaged or diverged checkpoint is one clear error
     instead of garbage text or a crash mid-generation.
     """
     path = resolve(path)
     ckpt = load(path)
-    state, vocab = ckpt["state_dict"], ckpt["charrnn"].get("vocab")
-    params = {name: state.get(name) if isinstance(state, dict) else None for name in rnn.PARAM_NAMES}
-    if not all(isinstance(p, torch.Tensor) and p.is_floating_point() and p.dim() == 2 for p in params.values()):
-        raise UsageError(f"{path} is not a charrnn checkpoint (its weights are missing or malformed)")
-    H, V = params["Wxh"].shape
-    expected = {"Wxh": (H, V), "Whh": (H, H), "Why": (V, H), "bh": (H, 1), "by": (V, 1)}
-    if any(tuple(params[name].shape) != shape for name, shape in expected.items()):
-        raise UsageError(f"{path} is damaged: its weight shapes do not fit one network")
-    chars_ok = isinstance(vocab, list) and all(isinstance(c, str) and len(c) == 1 for c in vocab)
-    if not (chars_ok and len(vocab) == len(set(vocab)) == V):
-        raise UsageError(f"{path} is damaged: its vocabulary does not match its {V} outputs")
-    if not all(bool(torch.isfinite(p).all()) for p in params.values()):
-        raise UsageError(f"{path} has non-finite weights (training diverged); sample from an earlier checkpoint")
-    return params, vocab
+    arch, vocab, _ = read_metadata(ckpt, path)
+    if vocab is None:
+        raise UsageError(f"{path} has no vocabulary; pass a last.ckpt written by train.py")
+    state = ckpt["state_dict"]
+    params = {name: state.get(name) if isinstance(state, dict) else None for name in arch.param_shapes()}
+    arch.check_params(params, path)
+    return Network(arch, params, vocab)

@@ -1,4 +1,4 @@
-"""``train.py``: LightningCLI without subcommands, plus resume resolution and one-line errors.
+"""``train.py``: LightningCLI without subcommands, and its one-line errors.
 
 ``python train.py [--config configs/X.yaml] [--data.*] [--model.*] [--trainer.*] [--ckpt_path last|PATH]
 [--seed_everything N]``. Values come from ``configs/default.yaml`` unless a config file or flag overrides them.
@@ -18,11 +18,10 @@ import warnings
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
 
-from . import checkpoint
+from . import resume
 from .callbacks import AtomicCheckpointIO, LastCheckpoint, ProgressBar
-from .data import CharDataModule, windows_per_batch
+from .data import CharDataModule
 from .errors import Diverged, UsageError
 from .module import CharRNN
 
@@ -107,48 +106,6 @@ def _check_writable(directory: str) -> None:
         raise UsageError(f"cannot write to output directory {directory} ({e.strerror}); pass a writable --trainer.default_root_dir") from None
 
 
-def _resolve_ckpt_path(ckpt_path: str | None, root: str) -> str | None:
-    if ckpt_path != "last":
-        return None if ckpt_path is None else checkpoint.resolve(ckpt_path)
-    # Where LastCheckpoint writes, a logger's version_N or root/checkpoints without a logger: both are layouts
-    # newest_last_checkpoint knows (the highest version first).
-    found = checkpoint.newest_last_checkpoint(root)
-    if found is None:
-        print(f"--ckpt_path last: no checkpoint under {root} yet, starting a new run")
-    return found
-
-
-def _check_resumable(ckpt: dict, path: str, model: CharRNN, data: CharDataModule, trainer) -> None:
-    """Everything Lightning would otherwise find wrong only after it has started writing into the run directory."""
-    saved = ckpt["charrnn"]
-    if saved["vocab"] != model.vocab:
-        raise UsageError(f"{path} was trained on a text with a different vocabulary; resume with the same --data.path")
-    if saved["hidden_size"] != model.hparams.hidden_size:
-        raise UsageError(
-            f"{path} has hidden size {saved['hidden_size']}, not {model.hparams.hidden_size}; "
-            f"resume with --model.hidden_size {saved['hidden_size']}"
-        )
-    layouts = ckpt.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
-    if not (layouts and ckpt.get("optimizer_states") and type(data).__qualname__ in ckpt):
-        raise UsageError(f"{path} holds weights but no training state, so it cannot be resumed; sample from it instead")
-    data.load_state_dict(ckpt[type(data).__qualname__])
-    data.trainer = trainer  # the stream layout depends on the number of processes
-    data.setup("fit")
-    data.train_dataloader().load_state_dict(layouts[0])
-
-
-def _log_version(path: str, root: str) -> int | None:
-    """``<root>/lightning_logs/version_N/checkpoints/last.ckpt`` -> N, so a resumed run keeps writing the same
-    curves. A checkpoint from anywhere else starts a new version: its N may belong to another run under root."""
-    version_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    name = os.path.basename(version_dir)
-    if not (name.startswith("version_") and name[len("version_") :].isdigit()):
-        return None
-    logs = os.path.join(root, "lightning_logs")
-    same_root = os.path.isdir(logs) and os.path.samefile(os.path.dirname(version_dir), logs)
-    return int(name[len("version_") :]) if same_root else None
-
-
 def _default_threads() -> None:
     """One intra-op thread unless OMP_NUM_THREADS says otherwise.
 
@@ -160,10 +117,8 @@ def _default_threads() -> None:
         torch.set_num_threads(1)
 
 
-def run(args=None) -> None:
-    """Parse, build and check everything, then train. Every check runs before Lightning writes into the run
-    directory, so a refused start leaves what is on disk as it was."""
-    _default_threads()
+def _build(args):
+    """The CLI's trainer, model and data, with charrnn's checkpoint writer, LastCheckpoint and progress bar."""
     cli = CharRNNCLI(
         CharRNN,
         CharDataModule,
@@ -173,37 +128,15 @@ def run(args=None) -> None:
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"enable_checkpointing": False, "check_val_every_n_epoch": None},
     )
-    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    trainer = cli.trainer
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # not a trainer default: jsonargparse cannot dump it
     last = LastCheckpoint(cli.config["checkpoint_every"])
-    # Several windows per trainer batch at small batch sizes (not under DDP: its batches are large anyway, and one
-    # window per batch keeps every rank's collectives in step); validation and checkpoints keep counting
-    # optimizer steps, so the windows per batch divide their intervals.
-    val_every = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else 0
-    counts = (val_every, trainer.max_steps, last.every_n_steps)
-    single = trainer.world_size == 1
-    data.windows_per_batch = windows_per_batch(data.batch_size * data.seq_length, counts) if single else 1
-    if val_every:
-        trainer.val_check_interval = val_every // data.windows_per_batch
     trainer.callbacks.append(last)
     ProgressBar.replace_default(trainer)
-    root = trainer.default_root_dir
-    ckpt_path = _resolve_ckpt_path(cli.config["ckpt_path"], root)
-    if ckpt_path is not None:
-        ckpt = checkpoint.load(ckpt_path)
-        _check_resumable(ckpt, ckpt_path, model, data, trainer)
-        if ckpt["global_step"] >= trainer.max_steps > -1:
-            print(f"{ckpt_path} is at step {ckpt['global_step']}, already --trainer.max_steps; nothing to do")
-            return
-        version = _log_version(ckpt_path, root)
-        if version is not None and isinstance(trainer.logger, TensorBoardLogger):
-            trainer.loggers = [TensorBoardLogger(root, name="lightning_logs", version=version, default_hp_metric=False)]
-    elif os.path.exists(last.path(trainer)):  # no versioned logger: a new run would overwrite the old one
-        raise UsageError(
-            f"{last.path(trainer)} exists from an earlier run; continue it with --ckpt_path last "
-            "or pass another --trainer.default_root_dir"
-        )
-    _check_writable(root)
+    return cli, last
+
+
+def _fit(trainer, model, data, ckpt_path: str | None, last: LastCheckpoint) -> None:
     try:
         trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except Diverged as e:
@@ -212,6 +145,9 @@ def run(args=None) -> None:
         else:
             kept = f"{ckpt_path} is unchanged" if ckpt_path else "no checkpoint was written"
         raise UsageError(f"{e}; {kept}; lower --model.learning_rate (or --model.clip) and train again") from None
+
+
+def _report(trainer, last: LastCheckpoint) -> None:
     if not trainer.is_global_zero:
         return
     where = last.path(trainer)
@@ -219,6 +155,20 @@ def run(args=None) -> None:
         print(f"stopped by {last.stop_signal} at step {trainer.global_step}; saved {where}; continue with --ckpt_path last")
     elif os.path.exists(where):
         print(f"finished at step {trainer.global_step}; saved {where}")
+
+
+def run(args=None) -> None:
+    """Build, prepare (every check runs before Lightning writes into the run directory, so a refused start leaves
+    what is on disk as it was), fit, report."""
+    _default_threads()
+    cli, last = _build(args)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    ckpt_path, finished = resume.prepare(cli.config["ckpt_path"], trainer, model, data, last.path(trainer))
+    if finished:
+        return
+    _check_writable(trainer.default_root_dir)
+    _fit(trainer, model, data, ckpt_path, last)
+    _report(trainer, last)
 
 
 def main(args=None) -> int:

@@ -16,6 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from .callbacks import LastCheckpoint
 from .distributed import block_of_rank
 from .errors import UsageError
 
@@ -169,17 +170,16 @@ def val_streams(ids: torch.Tensor, streams: int = VAL_STREAMS, multiple_of: int 
     return x.view(streams, length), y.view(streams, length), mask.view(streams, length)
 
 
-def windows_per_batch(chars_per_window: int, step_counts=()) -> int:
-    """Windows per trainer batch: the largest W <= BATCH_CHARS / chars_per_window that divides every positive count
-    of optimizer steps in ``step_counts`` (the validation and checkpoint intervals, max_steps), so those still end
-    on a batch."""
+def choose_windows_per_batch(chars_per_window: int, step_counts=()) -> int:
+    """The largest W <= BATCH_CHARS / chars_per_window that divides every positive count of optimizer steps in
+    ``step_counts``, so that validation, checkpoints and the end of training still fall at the end of a batch."""
     limit = max(1, BATCH_CHARS // chars_per_window)
     common = math.gcd(*(n for n in step_counts if n > 0))
     return max(w for w in range(1, limit + 1) if common % w == 0)
 
 
 class TrainBatches:
-    """Iterates batches of ``windows_per_batch`` consecutive windows: (inputs, targets, window indices), in order.
+    """Iterates batches of ``per_batch`` consecutive windows: (inputs, targets, window indices), in order.
 
     inputs and targets are (W, B, T): one optimizer step per window, so several windows per batch only spare the
     trainer's per-batch overhead, which at small B * T costs more than the step itself. The data is deterministic,
@@ -190,17 +190,17 @@ class TrainBatches:
     batches, one pass over the text rounded up to whole batches.
     """
 
-    def __init__(self, inputs, targets, seq_length: int, step=lambda: 0, windows_per_batch=1, streams=None):
+    def __init__(self, inputs, targets, seq_length: int, step=lambda: 0, per_batch=1, streams=None):
         self.inputs, self.targets, self.seq_length, self.step = inputs, targets, seq_length, step
         self.windows = inputs.shape[1] // seq_length
-        self.windows_per_batch = windows_per_batch
+        self.per_batch = per_batch
         self.streams = inputs.shape[0] if streams is None else streams  # of all ranks together
 
     def __len__(self):
-        return -(-self.windows // self.windows_per_batch)
+        return -(-self.windows // self.per_batch)
 
     def __iter__(self):
-        T, W = self.seq_length, self.windows_per_batch
+        T, W = self.seq_length, self.per_batch
         step = self.step()
         epoch_end = (step // (W * len(self)) + 1) * W * len(self)
         while step < epoch_end:
@@ -258,7 +258,7 @@ class CharDataModule(L.LightningDataModule):
         if not 0 <= val_fraction < 1:
             raise UsageError(f"--data.val_fraction must be in [0, 1), got {val_fraction}")
         self.path, self.seq_length, self.batch_size, self.val_fraction = path, seq_length, batch_size, val_fraction
-        self.windows_per_batch = 1  # set by the trainer's front end (cli.py), which knows the step counts
+        self.windows_per_batch = None  # fixed by the first setup("fit"); one window per batch until then
         if path == DEFAULT_PATH and not os.path.exists(path):
             print(f"{path} not found: training on Python's reference documentation (pydoc_data.topics) instead")
             vocab, ids = corpus_from_text(_pydoc_text())
@@ -301,6 +301,20 @@ class CharDataModule(L.LightningDataModule):
         # The streams of all ranks (batch_size each); train_dataloader hands each rank its own rows.
         world = self._rank_and_world()[1]
         self.train_inputs, self.train_targets = train_streams(self.train_ids, world * self.batch_size, self.seq_length)
+        if stage == "fit" and self.windows_per_batch is None:
+            self.windows_per_batch = self._group_windows() if world == 1 else 1
+
+    def _group_windows(self) -> int:
+        """Several windows per trainer batch when windows are small (not under DDP: one window per batch keeps every
+        rank's collectives in step). Validation and checkpoints keep counting optimizer steps: the trainer's
+        validation interval, which Lightning counts in batches and reads only after setup, is divided here."""
+        trainer = self.trainer
+        val_every = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else 0
+        saves = [c.every_n_steps for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
+        per_batch = choose_windows_per_batch(self.batch_size * self.seq_length, (val_every, trainer.max_steps, *saves))
+        if val_every:
+            trainer.val_check_interval = val_every // per_batch
+        return per_batch
 
     def train_dataloader(self):
         # A plain iterable, not a DataLoader, so Lightning injects no DistributedSampler: each rank takes its own rows.
@@ -308,7 +322,7 @@ class CharDataModule(L.LightningDataModule):
         rank, world = self._rank_and_world()
         inputs, targets = (block_of_rank(rows, rank, world) for rows in (self.train_inputs, self.train_targets))
         streams = self.train_inputs.shape[0]
-        return TrainBatches(inputs, targets, self.seq_length, step, self.windows_per_batch, streams)
+        return TrainBatches(inputs, targets, self.seq_length, step, self.windows_per_batch or 1, streams)
 
     def val_dataloader(self):
         if self.val_fraction == 0:

@@ -1,4 +1,4 @@
-"""The LightningModule: thin glue that feeds batches to the hand-written math in ``rnn.py`` and steps Adagrad."""
+"""The LightningModule: thin glue that feeds batches to the network (``network.py``) and steps Adagrad."""
 
 import math
 import time
@@ -6,7 +6,7 @@ import time
 import lightning as L
 import torch
 
-from . import distributed, rnn
+from . import checkpoint, distributed, network
 from .errors import Diverged, UsageError
 from .optim import Adagrad
 from .sampling import generate
@@ -39,9 +39,7 @@ class CharRNN(L.LightningModule):
         vocab: list[str] | None = None,
     ):
         super().__init__()
-        for name, value in (("hidden_size", hidden_size), ("vocab_size", vocab_size)):
-            if value < 1:
-                raise UsageError(f"--model.{name} must be a positive integer, got {value}")
+        self.arch = network.Architecture(vocab_size, hidden_size)
         if not (learning_rate > 0 and math.isfinite(learning_rate)):
             raise UsageError(f"--model.learning_rate must be a positive number, got {learning_rate}")
         if not clip > 0:
@@ -53,7 +51,7 @@ class CharRNN(L.LightningModule):
         self.save_hyperparameters(ignore=["vocab"])
         self.automatic_optimization = False
         self.vocab = list(vocab) if vocab is not None else None
-        for name, value in rnn.init_params(vocab_size, hidden_size).items():
+        for name, value in self.arch.init_params().items():
             self.register_parameter(name, torch.nn.Parameter(value))
         self.h = None  # hidden state of every stream, carried (detached) from one window to the next
         self.register_buffer("smooth_loss", torch.tensor(-math.log(1.0 / vocab_size), dtype=torch.float64))
@@ -64,7 +62,7 @@ class CharRNN(L.LightningModule):
 
     @property
     def params(self) -> dict:
-        return {name: getattr(self, name) for name in rnn.PARAM_NAMES}
+        return {name: getattr(self, name) for name in self.arch.param_shapes()}
 
     def configure_optimizers(self):
         return Adagrad(self.parameters(), lr=self.hparams.learning_rate)
@@ -74,7 +72,7 @@ class CharRNN(L.LightningModule):
         self._step_at_rate, self._time_at_rate = self.global_step, time.perf_counter()
         # A checkpoint is restored before the strategy moves the module to its device and precision.
         if self.h is not None:
-            self.h = self.h.to(device=self.device, dtype=self.Whh.dtype)
+            self.h = self.h.to(device=self.device, dtype=self.dtype)
 
     def training_step(self, batch, batch_idx):
         """One optimizer step per window of the batch (see data.TrainBatches), stopping exactly at max_steps."""
@@ -91,23 +89,15 @@ class CharRNN(L.LightningModule):
         if printing or step % self.trainer.log_every_n_steps == 0:
             self.check_finite()  # a host sync once per interval; also keeps NaN out of the printed sample
         if window == 0 or self.h is None:
-            self.h = inputs.new_zeros((B, self.hparams.hidden_size), dtype=self.Whh.dtype)
+            self.h = self.arch.zero_state(B, self.dtype, self.device)
         if printing:
             # As min-char-rnn: a sample from the carried state, seeded with the window's first character.
             print(f"----\n {self.sample(self.h[0], int(inputs[0, 0]))} \n----")
-        params = self.params
-        with torch.no_grad():
-            loss, grads, self.h = rnn.loss_and_grads(params, inputs, targets, self.h)
-            if self.trainer.world_size > 1:
-                # Average before clipping, so N ranks of B streams step exactly as one process with N * B streams.
-                loss, *averaged = distributed.mean_over_ranks([loss, *grads.values()])
-                grads = dict(zip(grads, averaged))
+        loss, self.h = network.train_step(
+            self.arch, self.params, self.optimizers(), inputs, targets, self.h, self.hparams.clip,
+            over_ranks=self.trainer.world_size > 1,
+        )  # fmt: skip
         torch.minimum(self.first_bad_step, torch.where(loss.isfinite(), NO_STEP, step + 1), out=self.first_bad_step)
-        clip = self.hparams.clip
-        for name, grad in grads.items():
-            # min-char-rnn's element-wise clip, in place: Lightning's clip_gradients costs more than a small step.
-            params[name].grad = grad.clamp_(-clip, clip)
-        self.optimizers().step()
 
         self.smooth_loss.mul_(SMOOTHING).add_(loss, alpha=(1 - SMOOTHING) / (B * T))  # per character
         self._loss_sum += loss
@@ -171,10 +161,9 @@ class CharRNN(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         inputs, targets, mask, chunk = batch
         if chunk == 0:
-            self._val_h = inputs.new_zeros((inputs.shape[0], self.hparams.hidden_size), dtype=self.Whh.dtype)
-        hs = rnn.hidden_states(self.params, inputs, self._val_h)
-        self._val_h = hs[-1]
-        log_probs = torch.log_softmax(rnn.logits_of(self.params, hs[1:].transpose(0, 1)), dim=-1)
+            self._val_h = self.arch.zero_state(inputs.shape[0], self.dtype, self.device)
+        logits, self._val_h = network.logits(self.arch, self.params, inputs, self._val_h)
+        log_probs = torch.log_softmax(logits, dim=-1)
         nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         self._val_sum += torch.where(mask, nll, 0).sum(dtype=torch.float64)  # not nll[mask]: that syncs on GPU
         self._val_count += mask.sum()
@@ -194,15 +183,10 @@ class CharRNN(L.LightningModule):
                 if hasattr(logger.experiment, "add_text"):
                     logger.experiment.add_text("sample", "    " + text.replace("\n", "\n    "), self.global_step)
 
-    def on_save_checkpoint(self, checkpoint):
-        # Every rank's streams, in stream order: (N * B, H), so a resume on any number of ranks gets its own rows back.
+    def on_save_checkpoint(self, ckpt):
+        # Every rank's streams, in stream order, so a resume on any number of ranks gets its own rows back.
         h = None if self.h is None else distributed.gather_rows(self.h).cpu()
-        checkpoint["charrnn"] = {
-            "format": 1,
-            "vocab": self.vocab,
-            "hidden_size": self.hparams.hidden_size,
-            "hidden_state": h,
-        }
+        checkpoint.write_metadata(ckpt, self.arch, self.vocab, h)
 
     def configure_model(self):
         # Take the run's dtype before a checkpoint is restored into the module: float64 weights restored into
@@ -212,11 +196,11 @@ class CharRNN(L.LightningModule):
     def teardown(self, stage):
         distributed.release_process_group()
 
-    def on_load_checkpoint(self, checkpoint):
-        h = checkpoint["charrnn"]["hidden_state"]
+    def on_load_checkpoint(self, ckpt):
+        h = checkpoint.read_metadata(ckpt, "the checkpoint").hidden_state
         self.h = None if h is None else distributed.rows_of_rank(h)
         # The learning rate is this run's --model.learning_rate, not the checkpoint's, so a run that diverged can
         # go on from its last good checkpoint with a lower one. (Same rate: the resume stays exact.)
-        for state in checkpoint.get("optimizer_states", []):
+        for state in ckpt.get("optimizer_states", []):
             for group in state["param_groups"]:
                 group["lr"] = self.hparams.learning_rate

@@ -4,6 +4,7 @@ import shutil
 
 import sample
 from charrnn import checkpoint
+from charrnn.network import Architecture
 from tests.fixtures.make_format1_checkpoint import CKPT, FLAGS, STEPS, TEXT
 from tests.train_helpers import assert_same_training_state, newest, train
 
@@ -13,10 +14,11 @@ def _args(root, steps, *extra):
 
 
 def test_format1_checkpoint_loads():
-    params, vocab = checkpoint.model(CKPT)
+    net = checkpoint.load_network(CKPT)
     with open(TEXT, encoding="utf-8") as f:
-        assert vocab == sorted(set(f.read()))
-    assert params["Whh"].shape == (8, 8) and params["Why"].shape == (len(vocab), 8)
+        assert net.vocab == sorted(set(f.read()))
+    assert net.arch == Architecture(vocab_size=len(net.vocab), hidden_size=8, cell="rnn", num_layers=1, dropout=0.0)
+    assert net.params["Whh"].shape == (8, 8) and net.params["Why"].shape == (len(net.vocab), 8)
 
 
 def test_format1_checkpoint_resumes_exactly(tmp_path):

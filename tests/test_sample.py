@@ -87,7 +87,8 @@ def test_prime_comes_first_and_sets_the_state(capsysbinary, ckpt):
     assert out.startswith(prime) and len(out) == len(prime) + 150
 
     # The continuation is what the sampler gives from the state after the prime, not from a zero state.
-    params, vocab = checkpoint.model(ckpt)
+    net = checkpoint.load_network(ckpt)
+    params, vocab = net.params, net.vocab
     from charrnn.sampling import generate
 
     ids = [vocab.index(c) for c in prime]

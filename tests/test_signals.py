@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from charrnn import checkpoint
-from charrnn.data import windows_per_batch
+from charrnn.data import choose_windows_per_batch
 from tests.train_helpers import assert_one_line_error, assert_same_training_state, corpus, newest, run_main_quietly
 from tests.train_helpers import start_train_py, tiny_args, train
 
@@ -69,7 +69,7 @@ def test_signal_anywhere_stops_after_the_next_step_with_its_checkpoint(
     saved it), and the run resumes to the state of one never stopped."""
     send = ("--trainer.callbacks+=tests.train_helpers.SendSignal", "--trainer.callbacks.hook", hook)
     args = tiny_args(text, tmp_path, *send, "--trainer.callbacks.at_step", at_step, "--checkpoint_every", 6, steps=30)
-    W = windows_per_batch(2 * 8, (10, 30, 6))  # tiny_args: 2 streams of 8, validation every 10 steps
+    W = choose_windows_per_batch(2 * 8, (10, 30, 6))  # tiny_args: 2 streams of 8, validation every 10 steps
     stop = (at_step // W + 1) * W
     assert W > 1 and stop % 6 != 0
     assert train(args) == 0

@@ -7,8 +7,8 @@ import lightning as L
 import pytest
 import torch
 
-from charrnn import cli, optim, rnn
-from charrnn.data import CharDataModule, TrainBatches, windows_per_batch
+from charrnn import cli, network, optim, rnn
+from charrnn.data import CharDataModule, TrainBatches, choose_windows_per_batch
 from charrnn.module import CharRNN
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(40))  # 2.1 k chars
@@ -24,12 +24,12 @@ def test_batches_hold_the_same_windows_in_the_same_order(start, W):
     ids = torch.arange(1000) % 251
     inputs, targets = ids[:960].view(4, 240), ids[1:961].view(4, 240)  # 4 streams of 24 windows of 10
     single = flat_windows(TrainBatches(inputs, targets, 10, lambda: start))
-    batches = list(TrainBatches(inputs, targets, 10, lambda: start, windows_per_batch=W))
+    batches = list(TrainBatches(inputs, targets, 10, lambda: start, per_batch=W))
     steps = [start]
     for _, _, windows in batches:
         steps.append(steps[-1] + len(windows))
     assert all(s % W == 0 for s in steps[1:]), "batches end on multiples of W optimizer steps"
-    assert steps[-1] % (W * len(TrainBatches(inputs, targets, 10, windows_per_batch=W))) == 0, "an epoch ends there"
+    assert steps[-1] % (W * len(TrainBatches(inputs, targets, 10, per_batch=W))) == 0, "an epoch ends there"
     grouped = flat_windows(batches)
     # Step s trains on window s % 24: the same sequence as one window per batch, wrapping around the text.
     assert [w for w, _, _ in grouped] == [s % 24 for s in range(start, steps[-1])]
@@ -40,11 +40,11 @@ def test_batches_hold_the_same_windows_in_the_same_order(start, W):
 
 
 def test_windows_per_batch_divides_the_step_counts():
-    assert windows_per_batch(25, (10000, -1)) == 125  # min-char-rnn: 3200 / 25 = 128 -> largest divisor of 10000
-    assert windows_per_batch(800, (500, 5000)) == 4
-    assert windows_per_batch(800, (500, 333)) == 1  # gcd 1: exact counts win over speed
-    assert windows_per_batch(3200, (500,)) == 1
-    assert windows_per_batch(25, ()) == 128
+    assert choose_windows_per_batch(25, (10000, -1)) == 125  # min-char-rnn: 3200 / 25 = 128 -> largest divisor of 10000
+    assert choose_windows_per_batch(800, (500, 5000)) == 4
+    assert choose_windows_per_batch(800, (500, 333)) == 1  # gcd 1: exact counts win over speed
+    assert choose_windows_per_batch(3200, (500,)) == 1
+    assert choose_windows_per_batch(25, ()) == 128
 
 
 def fit(path, W, max_steps, B=2, T=5, H=8):
@@ -86,7 +86,7 @@ def test_train_py_logs_the_mean_loss_against_optimizer_steps(tmp_path):
             "--model.hidden_size", str(H), "--model.learning_rate", str(lr), "--trainer.max_steps", "60", "--trainer.val_check_interval", "20",
             "--trainer.log_every_n_steps", "10", "--trainer.default_root_dir", str(tmp_path / "runs"),
             "--trainer.enable_progress_bar", "false", "--seed_everything", "7"]  # fmt: skip
-    assert windows_per_batch(B * T, (20, 60)) == 20
+    assert choose_windows_per_batch(B * T, (20, 60)) == 20
     assert cli.main(args) == 0
     events = EventAccumulator(glob.glob(str(tmp_path / "runs" / "lightning_logs" / "version_0"))[0])
     events.Reload()
@@ -98,15 +98,13 @@ def test_train_py_logs_the_mean_loss_against_optimizer_steps(tmp_path):
     # The same 60 steps by hand: seed_everything(7) makes the model's initial parameters.
     L.seed_everything(7)
     data = CharDataModule(str(path), seq_length=T, batch_size=B)
-    params = rnn.init_params(data.vocab_size, H)
+    arch = network.Architecture(data.vocab_size, H)
+    params = arch.init_params()
     opt = optim.Adagrad(params.values(), lr=lr)
     losses = []
     for window, inputs, targets in flat_windows(TrainBatches(data.train_inputs, data.train_targets, T))[:60]:
-        h = torch.zeros(B, H) if window == 0 else h
-        loss, grads, h = rnn.loss_and_grads(params, inputs, targets, h)
-        for name, p in params.items():
-            p.grad = grads[name].clamp_(-5.0, 5.0)
-        opt.step()
+        h = arch.zero_state(B) if window == 0 else h
+        loss, h = network.train_step(arch, params, opt, inputs, targets, h)
         losses.append(float(loss) / (B * T))
     for step, value in logged.items():
         assert value == pytest.approx(sum(losses[step - 10 : step]) / 10, rel=1e-5)
