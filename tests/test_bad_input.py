@@ -1,7 +1,6 @@
 """Every bad input to train.py: one line ``error: ...`` on stderr, exit code 2, no traceback, and nothing on disk
 added, changed or lost. Also the awkward inputs that must work: a BOM, CRLF line ends, thousands of characters."""
 
-import os
 import random
 
 import numpy as np
@@ -9,17 +8,7 @@ import pytest
 import torch
 
 from charrnn import data
-from tests.train_helpers import assert_one_line_error, corpus, newest, snapshot, start_train_py, tiny_args, train
-
-
-class Evil:
-    """Unpickling this runs ``touch <marker>``: what a malicious checkpoint would do."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
+from tests.train_helpers import Malicious, assert_one_line_error, corpus, newest, snapshot, start_train_py, tiny_args, train
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +36,7 @@ def world(tmp_path_factory):
     (d / "truncated.ckpt").write_bytes(ckpt_path.read_bytes()[: ckpt_path.stat().st_size // 2])
     torch.save({"weights": torch.zeros(3)}, d / "foreign.ckpt")
     torch.save({k: ckpt[k] for k in ("state_dict", "charrnn", "global_step")}, d / "weights-only.ckpt")
-    torch.save({**ckpt, "payload": Evil(d / "marker")}, d / "evil.ckpt")
+    torch.save({**ckpt, "payload": Malicious(d / "marker")}, d / "evil.ckpt")
     return d, root
 
 
@@ -80,7 +69,8 @@ CASES = {
     "checkpoint_every 0": (["--checkpoint_every", 0], "--checkpoint_every must be a positive integer"),
     "sample_length 0": (["--model.sample_length", 0], "--model.sample_length must be a positive integer"),
     "print_every -1": (["--model.print_every", -1], "--model.print_every must be 0 (off) or a positive integer"),
-    "precision 16-mixed": (["--trainer.precision", "16-mixed"], "is not supported"),
+    **{f"precision {p}": (["--trainer.precision", p], f"error: --trainer.precision {p} is not supported")
+       for p in ("16-mixed", "bf16-true", "bf16-mixed")},
     # flags that do not parse
     "unknown flag": (["--bogus", 3], "unrecognized arguments: --bogus 3"),
     "text for an integer": (["--data.batch_size", "abc"], 'Parser key "data.batch_size"'),
@@ -123,7 +113,7 @@ def test_the_malicious_checkpoint_really_runs_code_when_trusted(world, tmp_path)
     """Proves the case above can fail: loading evil.ckpt the unsafe way does create the marker."""
     d, _ = world
     marker = tmp_path / "marker"
-    torch.save({"payload": Evil(marker)}, tmp_path / "evil.ckpt")
+    torch.save({"payload": Malicious(marker)}, tmp_path / "evil.ckpt")
     torch.load(tmp_path / "evil.ckpt", weights_only=False)
     assert marker.exists()
 

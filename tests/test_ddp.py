@@ -1,16 +1,14 @@
 """Multi-process training: N ranks of B streams must train exactly the model one process trains with N * B streams.
 
 The CPU tests run gloo ranks in float64: ``ddp_spawn`` runs (which record every rank's state) and one
-``train.py --trainer.strategy ddp`` subprocess that resumes a spawn run's mid-way checkpoint. GPU tests skip
-without CUDA.
+``train.py --trainer.strategy ddp`` subprocess that resumes a spawn run's mid-way checkpoint. The device tests run
+on the CPU too, and on CUDA when there is a GPU.
 """
 
 import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -21,13 +19,12 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from charrnn import checkpoint, rnn
 from charrnn.callbacks import AtomicCheckpointIO, LastCheckpoint
-from charrnn.cli import main
 from charrnn.data import CharDataModule, _pydoc_text
 from charrnn.distributed import mean_over_ranks
 from charrnn.module import CharRNN
 from charrnn.sampling import generate
+from tests.train_helpers import quiet_trainer, run_train_py
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STREAMS, T, H, STEPS, MID = 4, 8, 16, 24, 12  # 17 windows per epoch: both runs cross an epoch boundary
 TOL = 1e-9
 
@@ -71,16 +68,12 @@ def fit(out, batch_size, accelerator="cpu", devices=1, steps=STEPS, val_every=10
     os.makedirs(out, exist_ok=True)
     strategy = DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)) if devices > 1 else "auto"
     data, model = data_and_model(write_text(out), batch_size)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator=accelerator,
         devices=devices,
         strategy=strategy,
         precision="64-true",
         max_steps=steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=None,
         val_check_interval=val_every,
@@ -144,16 +137,16 @@ def test_resumed_ddp_run_continues_exactly(single, two_ranks, tmp_path):
     """``train.py --trainer.strategy ddp`` (which re-executes the command line per rank) resumes at step MID."""
     out, _ = two_ranks
     args = [
-        sys.executable, "train.py", "--data.path", os.path.join(out, "text.txt"),
+        "--data.path", os.path.join(out, "text.txt"),
         "--data.batch_size", str(STREAMS // 2), "--data.seq_length", str(T), "--data.val_fraction", "0.3",
         "--model.hidden_size", str(H), "--model.learning_rate", "0.1",  # CharRNN's default, as the runs above
         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
         "--trainer.precision", "64-true", "--trainer.max_steps", str(STEPS), "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", os.path.join(out, "mid.ckpt"),
     ]  # fmt: skip
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count(f"finished at step {STEPS}") == 1  # reported (and written) by rank 0 only
+    code, out, err = run_train_py(args)
+    assert code == 0, err[-3000:]
+    assert out.count(f"finished at step {STEPS}") == 1  # reported (and written) by rank 0 only
     saved = checkpoint.load(str(tmp_path))
     assert_close(saved["state_dict"], single["params"])
     assert torch.allclose(saved["charrnn"]["hidden_state"], single["h"], rtol=0, atol=TOL)
@@ -185,10 +178,10 @@ def test_two_rank_checkpoint_resumes_on_one_process_with_all_the_streams(single,
     """The checkpoint describes N * B streams in stream order, so any N with the same total continues it exactly."""
     out, _ = two_ranks
     data, model = data_and_model(os.path.join(out, "text.txt"), STREAMS)
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, precision="64-true", max_steps=STEPS, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=None, val_check_interval=1000,
-        plugins=[AtomicCheckpointIO()], default_root_dir=str(tmp_path),
+    trainer = quiet_trainer(
+        accelerator="cpu", devices=1, precision="64-true", max_steps=STEPS, num_sanity_val_steps=0,
+        check_val_every_n_epoch=None, val_check_interval=1000, plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(tmp_path),
     )  # fmt: skip
     trainer.fit(model, datamodule=data, ckpt_path=os.path.join(out, "mid.ckpt"), weights_only=True)
     assert_close({k: v.cpu() for k, v in model.state_dict().items()}, single["params"])
@@ -232,28 +225,22 @@ def test_each_rank_gets_its_own_contiguous_streams_and_a_share_of_validation(tmp
     assert val_count == len(one.val_ids) - 1
 
 
-@pytest.mark.parametrize("precision", ["bf16-true", "16-mixed", "bf16-mixed"])
-def test_unsupported_precision_is_refused(precision, tmp_path, capsys):
-    args = ["--data.path", write_text(tmp_path), "--data.batch_size", "2", "--data.seq_length", "8"]
-    code = main(args + ["--trainer.precision", precision, "--trainer.default_root_dir", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: --trainer.precision") and len(err.strip().splitlines()) == 1
+# The device tests: every line runs on the CPU as well, so only what needs CUDA itself is left to a GPU machine.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@cuda
-def test_gpu_gradients_equal_cpu_gradients():
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_gradients_equal_cpu_gradients(device):
     generator = torch.Generator().manual_seed(0)
     params = {k: v * 10 for k, v in rnn.init_params(65, 64, generator, torch.float64).items()}
     inputs, targets = torch.randint(65, (2, 8, 25), generator=generator)
     h0 = torch.randn(8, 64, generator=generator, dtype=torch.float64)
     loss, grads, h = rnn.loss_and_grads(params, inputs, targets, h0)
-    on_gpu = rnn.loss_and_grads({k: v.cuda() for k, v in params.items()}, inputs.cuda(), targets.cuda(), h0.cuda())
-    assert torch.allclose(on_gpu[0].cpu(), loss, rtol=1e-12)
-    assert_close({k: v.cpu() for k, v in on_gpu[1].items()}, grads)
-    assert torch.allclose(on_gpu[2].cpu(), h, rtol=0, atol=1e-12)
+    to = {k: v.to(device) for k, v in params.items()}
+    on_device = rnn.loss_and_grads(to, inputs.to(device), targets.to(device), h0.to(device))
+    assert torch.allclose(on_device[0].cpu(), loss, rtol=1e-12)
+    assert_close({k: v.cpu() for k, v in on_device[1].items()}, grads)
+    assert torch.allclose(on_device[2].cpu(), h, rtol=0, atol=1e-12)
 
 
 class NoHostSync(L.Callback):
@@ -268,30 +255,33 @@ class NoHostSync(L.Callback):
             torch.cuda.set_sync_debug_mode("default")
 
 
-@cuda
-def test_gpu_training_has_no_host_sync_per_step(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_training_has_no_host_sync_per_step(tmp_path, device):
     data, model = data_and_model(write_text(tmp_path), STREAMS)
-    trainer = L.Trainer(
-        accelerator="gpu", devices=1, max_steps=20, logger=False, log_every_n_steps=5, enable_model_summary=False,
-        num_sanity_val_steps=0, check_val_every_n_epoch=None, val_check_interval=1000,
-        callbacks=[NoHostSync(), LastCheckpoint(1000)], default_root_dir=str(tmp_path),
+    data.windows_per_batch = 1  # a batch per step, so the steps after the first two are watched one by one
+    watch = [NoHostSync()] if device == "cuda" else []  # CUDA's sync debug mode: the CPU has no host to sync with
+    trainer = quiet_trainer(
+        accelerator=device, devices=1, max_steps=20, log_every_n_steps=5, enable_progress_bar=True,
+        enable_checkpointing=True, num_sanity_val_steps=0, check_val_every_n_epoch=None, val_check_interval=1000,
+        callbacks=[*watch, LastCheckpoint(1000)], default_root_dir=str(tmp_path),
     )  # fmt: skip
     try:
         trainer.fit(model, datamodule=data)
     finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert trainer.global_step == 20 and model.h.is_cuda
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    assert trainer.global_step == 20 and model.h.device.type == device
 
 
-@cuda
-def test_gpu_run_resumes_on_gpu_equals_cpu_and_samples_on_cpu(single, tmp_path):
-    """Train to MID on the GPU, resume there to STEPS; equals the CPU run, and its checkpoint samples on a CPU."""
-    first = fit(tmp_path / "a", STREAMS, accelerator="gpu", steps=MID)[0]
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_run_resumes_on_device_equals_cpu_and_samples_on_cpu(single, tmp_path, device):
+    """Train to MID on the device, resume there to STEPS; equals the CPU run, and its checkpoint samples on a CPU."""
+    first = fit(tmp_path / "a", STREAMS, accelerator=device, steps=MID)[0]
     assert first["params"]["Whh"].dtype == torch.float64
     data, model = data_and_model(write_text(tmp_path / "a"), STREAMS)
-    trainer = L.Trainer(
-        accelerator="gpu", devices=1, precision="64-true", max_steps=STEPS, logger=False, enable_progress_bar=False,
-        num_sanity_val_steps=0, check_val_every_n_epoch=None, val_check_interval=1000,
+    trainer = quiet_trainer(
+        accelerator=device, devices=1, precision="64-true", max_steps=STEPS, enable_model_summary=True,
+        enable_checkpointing=True, num_sanity_val_steps=0, check_val_every_n_epoch=None, val_check_interval=1000,
         plugins=[AtomicCheckpointIO()], callbacks=[LastCheckpoint(1000)], default_root_dir=str(tmp_path / "b"),
     )  # fmt: skip
     trainer.fit(model, datamodule=data, ckpt_path=str(tmp_path / "a" / "checkpoints" / "last.ckpt"), weights_only=True)
@@ -300,12 +290,15 @@ def test_gpu_run_resumes_on_gpu_equals_cpu_and_samples_on_cpu(single, tmp_path):
     assert_close(saved["state_dict"], single["params"])
     assert torch.allclose(saved["charrnn"]["hidden_state"], single["h"], rtol=0, atol=TOL)
     params = {k: saved["state_dict"][k] for k in rnn.PARAM_NAMES}
-    text = generate(params, 50, saved["charrnn"]["hidden_state"][0], generator=torch.Generator().manual_seed(0))
+    text = generate(params, 50, saved["charrnn"]["hidden_state"][0], seed=0)
     assert len(list(text)) == 50
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
-def test_two_gpus_train_exactly_as_one_process_with_twice_the_streams(single, tmp_path):
-    rank0, rank1 = fit(tmp_path, STREAMS // 2, accelerator="gpu", devices=2)
+TWO_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs"))]
+
+
+@pytest.mark.parametrize("device", TWO_DEVICES)
+def test_two_devices_train_exactly_as_one_process_with_twice_the_streams(single, tmp_path, device):
+    rank0, rank1 = fit(tmp_path, STREAMS // 2, accelerator=device, devices=2)
     assert_close(rank0["params"], single["params"])
     assert_close(rank1["params"], single["params"])

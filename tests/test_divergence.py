@@ -1,20 +1,12 @@
 """Divergence: a non-finite loss or gradient stops training with one line naming the step, exit code 2, and the
 last good checkpoint intact (a NaN never replaces it)."""
 
-import pytest
 import torch
 
 from charrnn import checkpoint
-from tests.train_helpers import assert_one_line_error, corpus, newest, run_train_py, tiny_args, train
+from tests.train_helpers import assert_one_line_error, newest, run_train_py, tiny_args, train
 
 ABSURD = ("--model.learning_rate", 1e38)  # step 1 moves weights by ~1e38; step 2 overflows float32 (1e30 does not)
-
-
-@pytest.fixture
-def text(tmp_path):
-    path = tmp_path / "input.txt"
-    path.write_text(corpus())
-    return path
 
 
 def test_fresh_run_diverges_at_step_2_and_writes_nothing(text, tmp_path):

@@ -1,20 +1,20 @@
 """With one stream, charrnn's training is min-char-rnn: same losses, same parameters, step for step.
 
-The reference is Karpathy's min-char-rnn.py as transcribed in bench/baselines.py (the NumPy baseline the benchmarks
-time), started from the same float64 parameters as charrnn.
+The reference is Karpathy's min-char-rnn.py as transcribed in tests/min_char_rnn.py (also the NumPy baseline the
+benchmarks time), started from the same float64 parameters as charrnn.
 """
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 
-from bench.baselines import MinCharRNN
-from charrnn import rnn
+from charrnn import network, rnn
 from charrnn.callbacks import AtomicCheckpointIO
 from charrnn.data import CharDataModule
 from charrnn.module import CharRNN
 from charrnn.optim import Adagrad
+from tests.min_char_rnn import MinCharRNN
+from tests.train_helpers import quiet_trainer
 
 STEPS, T, H = 50, 25, 16
 
@@ -50,17 +50,15 @@ def test_bare_math_equals_min_char_rnn(initial_params):
     params0 = initial_params(len(chars))
     losses, _, expected = min_char_rnn(ids, len(chars), {k: v.numpy() for k, v in params0.items()}, STEPS)
 
+    arch = network.Architecture(len(chars), H)
     params = {k: torch.nn.Parameter(v.clone()) for k, v in params0.items()}
     opt = Adagrad(params.values(), lr=0.1)
     data = torch.from_numpy(ids)
-    h = torch.zeros(1, H, dtype=torch.float64)
+    h = arch.zero_state(1, torch.float64)
     for n in range(STEPS):
         x, y = data[n * T : (n + 1) * T].view(1, T), data[n * T + 1 : (n + 1) * T + 1].view(1, T)
-        loss, grads, h = rnn.loss_and_grads({k: p.data for k, p in params.items()}, x, y, h)
+        loss, h = network.train_step(arch, params, opt, x, y, h, clip=5.0)
         assert loss.item() == pytest.approx(losses[n], rel=1e-12)
-        for k, p in params.items():
-            p.grad = grads[k].clamp(-5, 5)
-        opt.step()
     for k in rnn.PARAM_NAMES:
         np.testing.assert_allclose(params[k].detach().numpy(), expected[k], rtol=1e-10, atol=1e-13)
 
@@ -76,16 +74,8 @@ def test_lightning_training_equals_min_char_rnn(tmp_path, initial_params):
     with torch.no_grad():
         for k, v in params0.items():
             getattr(model, k).copy_(v)
-    trainer = L.Trainer(
-        max_steps=STEPS,
-        precision="64-true",
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=tmp_path,
+    trainer = quiet_trainer(
+        max_steps=STEPS, precision="64-true", limit_val_batches=0, plugins=[AtomicCheckpointIO()], default_root_dir=tmp_path
     )
     trainer.fit(model, datamodule=data)
 

@@ -2,11 +2,13 @@
 
 import shutil
 
+import torch
+
 import sample
 from charrnn import checkpoint
 from charrnn.network import Architecture
 from tests.fixtures.make_format1_checkpoint import CKPT, FLAGS, STEPS, TEXT
-from tests.train_helpers import assert_same_training_state, newest, train
+from tests.train_helpers import assert_one_line_error, assert_same_training_state, newest, train
 
 
 def _args(root, steps, *extra):
@@ -37,3 +39,13 @@ def test_format1_checkpoint_samples(capsysbinary):
     out = capsysbinary.readouterr().out.decode("utf-8")
     with open(TEXT, encoding="utf-8") as f:
         assert len(out) == 80 and set(out) <= set(f.read())
+
+
+def test_an_unknown_format_is_refused_in_one_line(tmp_path, capsys):
+    ckpt = torch.load(CKPT, weights_only=True)
+    ckpt["charrnn"]["format"] = 99
+    torch.save(ckpt, tmp_path / "future.ckpt")
+    assert sample.main([str(tmp_path / "future.ckpt")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "checkpoint format 99")
+    assert train(_args(tmp_path / "run", 2 * STEPS, "--ckpt_path", tmp_path / "future.ckpt")) == 2
+    assert_one_line_error(capsys.readouterr().err, "checkpoint format 99")

@@ -7,18 +7,11 @@ import pytest
 import torch
 
 from charrnn import checkpoint
-from tests.train_helpers import EPOCH, assert_one_line_error, assert_same_training_state, corpus, newest, snapshot
+from tests.train_helpers import EPOCH, assert_one_line_error, assert_same_training_state, newest, snapshot
 from tests.train_helpers import tiny_args, train
 
 N = 60
 PRINT_EVERY = 4  # samples and smoothed losses printed during training, compared line by line too
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "input.txt"
-    path.write_text(corpus())
-    return path
 
 
 def _printed_from(stdout: str, step: int) -> str:

@@ -1,6 +1,5 @@
 """sample.py end to end: a checkpoint that train.py wrote, the flags, and every way a file or flag can be wrong."""
 
-import os
 import pickle
 import subprocess
 import sys
@@ -12,9 +11,8 @@ import pytest
 import torch
 
 import sample
-from charrnn import checkpoint, rnn
-
-ROOT = Path(__file__).resolve().parent.parent
+from charrnn import checkpoint
+from tests.train_helpers import ROOT, Malicious, assert_one_line_error, run_script, run_train_py, start_script
 TEXT = "Héllo wörld, naïve café. 你好，世界！ Emoji: 🙂😀🚀 — «quoted» ½ ∑ Ωmega.\nThe quick brown fox jumps.\n" * 40
 
 
@@ -24,10 +22,11 @@ def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sample")
     text = tmp / "unicode.txt"
     text.write_text(TEXT, encoding="utf-8")
-    cmd = [sys.executable, "train.py", "--data.path", str(text), "--model.hidden_size", "32", "--data.batch_size", "4",
-           "--trainer.max_steps", "30", "--trainer.enable_progress_bar", "false",
-           "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp / "run")]
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    args = ["--data.path", text, "--model.hidden_size", "32", "--data.batch_size", "4", "--trainer.max_steps", "30",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.default_root_dir", tmp / "run"]  # fmt: skip
+    code, _, err = run_train_py(args)
+    assert code == 0, err
     return tmp / "run"
 
 
@@ -42,23 +41,23 @@ def run_main(capsysbinary, *args) -> tuple[int, str, str]:
     return code, out.decode("utf-8"), err.decode("utf-8")
 
 
-def run_process(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "sample.py", *map(str, args)], cwd=ROOT, capture_output=True, timeout=120)
+def run_process(*args) -> tuple[int, bytes, bytes]:
+    return run_script("sample.py", args, text=False, timeout=120)
 
 
-def assert_one_line_error(code, out, err):
+def assert_refused(code, out, err, *fragments):
+    """sample.py's exit code 2 with nothing on stdout, and one line ``error: ...`` on stderr."""
     assert code == 2 and out == ""
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
+    assert_one_line_error(err, *fragments)
 
 
 def test_seed_gives_the_same_text_in_two_processes(run_dir):
     first, second = (run_process(run_dir, "--length", 300, "--seed", 77, "--temperature", 0.9) for _ in range(2))
-    assert first.returncode == second.returncode == 0 and first.stderr == second.stderr == b""
-    assert first.stdout == second.stdout
-    assert len(first.stdout.decode("utf-8")) == 300
+    assert first[0] == second[0] == 0 and first[2] == second[2] == b""
+    assert first[1] == second[1]
+    assert len(first[1].decode("utf-8")) == 300
     other = run_process(run_dir, "--length", 300, "--seed", 78, "--temperature", 0.9)
-    assert other.stdout != first.stdout
+    assert other[1] != first[1]
 
 
 def test_sample_does_not_import_lightning(ckpt):
@@ -120,8 +119,7 @@ def test_training_samples_use_the_same_sampler(capsysbinary, ckpt):
 
 
 def test_closed_stdout_ends_quietly(ckpt):
-    proc = subprocess.Popen([sys.executable, "sample.py", ckpt, "--length", "10000000"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start_script("sample.py", [ckpt, "--length", "10000000"], text=False)
     head = proc.stdout.read(100)
     proc.stdout.close()
     assert proc.wait(timeout=60) == 0
@@ -146,31 +144,21 @@ def test_gpu_checkpoint_samples_on_cpu(capsysbinary, ckpt, tmp_path):
     assert run_main(capsysbinary, gpu, *flags) == run_main(capsysbinary, ckpt, *flags)
 
 
-class Payload:
-    """Unpickling this creates ``marker``: what a malicious checkpoint would do, harmlessly."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_malicious_checkpoint_is_refused_unrun(capsysbinary, tmp_path):
     live = tmp_path / "live-marker"
-    pickle.loads(pickle.dumps(Payload(live)))
+    pickle.loads(pickle.dumps(Malicious(live)))
     assert live.exists()  # the payload works when unpickled the unsafe way
 
     marker = tmp_path / "marker"
     raw = tmp_path / "evil.pkl"
-    raw.write_bytes(pickle.dumps({"charrnn": {}, "state_dict": Payload(marker)}, protocol=2))
+    raw.write_bytes(pickle.dumps({"charrnn": {}, "state_dict": Malicious(marker)}, protocol=2))
     zipped = tmp_path / "evil.ckpt"
-    torch.save({"charrnn": {"vocab": ["a"]}, "state_dict": {"Wxh": Payload(marker)}}, zipped)
+    torch.save({"charrnn": {"vocab": ["a"]}, "state_dict": {"Wxh": Malicious(marker)}}, zipped)
     # A raw pickle is refused before any unpickling (not a zip checkpoint); a zip one by the safe loader.
     for path, reason in ((raw, "not a checkpoint file"), (zipped, "refused")):
         code, out, err = run_main(capsysbinary, path)
-        assert_one_line_error(code, out, err)
-        assert reason in err and "weights_only=False" not in err
+        assert_refused(code, out, err, reason)
+        assert "weights_only=False" not in err
     assert not marker.exists()
 
 
@@ -199,9 +187,7 @@ def test_damaged_and_foreign_files_are_one_line_errors(capsysbinary, ckpt, tmp_p
     files = _damaged_files(ckpt, tmp_path)
     assert len(files) == 14
     for path in files:
-        code, out, err = run_main(capsysbinary, path, "--length", 10)
-        assert_one_line_error(code, out, err)
-        assert str(path) in err
+        assert_refused(*run_main(capsysbinary, path, "--length", 10), str(path))
 
 
 @pytest.mark.parametrize(
@@ -220,22 +206,18 @@ def test_damaged_and_foreign_files_are_one_line_errors(capsysbinary, ckpt, tmp_p
     ],
 )
 def test_bad_flags_are_one_line_errors(capsysbinary, ckpt, flags, needle):
-    code, out, err = run_main(capsysbinary, ckpt, *flags)
-    assert_one_line_error(code, out, err)
-    assert needle in err
+    assert_refused(*run_main(capsysbinary, ckpt, *flags), needle)
 
 
 def test_bad_paths_are_one_line_errors(capsysbinary, tmp_path):
     for path, needle in ((tmp_path / "missing.ckpt", "does not exist"), (tmp_path, "no last.ckpt")):
-        code, out, err = run_main(capsysbinary, path)
-        assert_one_line_error(code, out, err)
-        assert needle in err
-    assert_one_line_error(*run_main(capsysbinary))
+        assert_refused(*run_main(capsysbinary, path), needle)
+    assert_refused(*run_main(capsysbinary))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
 def test_cuda_without_a_gpu_is_a_one_line_error(capsysbinary, ckpt):
-    assert_one_line_error(*run_main(capsysbinary, ckpt, "--device", "cuda"))
+    assert_refused(*run_main(capsysbinary, ckpt, "--device", "cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

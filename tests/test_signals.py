@@ -14,15 +14,8 @@ import torch
 
 from charrnn import checkpoint
 from charrnn.data import choose_windows_per_batch
-from tests.train_helpers import assert_one_line_error, assert_same_training_state, corpus, newest, run_main_quietly
+from tests.train_helpers import assert_one_line_error, assert_same_training_state, newest, run_main_quietly
 from tests.train_helpers import start_train_py, tiny_args, train
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "input.txt"
-    path.write_text(corpus())
-    return path
 
 
 def _debris(root):

@@ -1,21 +1,11 @@
 """train.py end to end: a short run leaves last.ckpt and the TensorBoard curves and sample, read back by TensorBoard."""
 
 import glob
-import os
-import subprocess
-import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAKESPEARE = os.path.join(os.path.dirname(ROOT), "shared", "data", "tinyshakespeare.txt")
-
-
-def train(*args, cwd=ROOT, timeout=300):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
+from tests.train_helpers import ROOT, run_train_py, shakespeare_path
 
 
 def read_events(run_dir):
@@ -25,11 +15,12 @@ def read_events(run_dir):
 
 
 def test_short_run_on_tinyshakespeare_writes_checkpoint_and_tensorboard(tmp_path):
-    if not os.path.exists(SHAKESPEARE):
+    shakespeare = shakespeare_path()
+    if shakespeare is None:
         pytest.skip("tinyshakespeare.txt not present in ../shared/data")
     out = tmp_path / "D"
-    result = train("--data.path", SHAKESPEARE, "--trainer.max_steps", "300", "--trainer.default_root_dir", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, _, err = run_train_py(["--data.path", shakespeare, "--trainer.max_steps", 300, "--trainer.default_root_dir", out])
+    assert code == 0, err[-3000:]
     run_dir = out / "lightning_logs" / "version_0"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     acc = read_events(str(run_dir))
@@ -49,24 +40,24 @@ def test_short_run_on_tinyshakespeare_writes_checkpoint_and_tensorboard(tmp_path
 
 def test_default_run_without_data_uses_python_docs(tmp_path):
     """On a fresh clone there is no data/raw/input.txt: train.py says so and trains on pydoc_data.topics."""
-    result = train(
-        "--trainer.max_steps", "20", "--trainer.default_root_dir", str(tmp_path / "D"), "--model.hidden_size", "32",
+    code, out, err = run_train_py(
+        ["--trainer.max_steps", "20", "--trainer.default_root_dir", tmp_path / "D", "--model.hidden_size", "32"],
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "pydoc_data.topics" in result.stdout
+    assert code == 0, err[-3000:]
+    assert "pydoc_data.topics" in out
     assert glob.glob(str(tmp_path / "D" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"))
 
 
 def test_min_char_rnn_config_prints_like_the_original(tmp_path):
     text = tmp_path / "input.txt"
     text.write_text("hello world, this is a tiny corpus for min-char-rnn.\n" * 200, encoding="utf-8")
-    result = train(
-        "--config", os.path.join(ROOT, "configs", "min-char-rnn.yaml"), "--data.path", str(text),
-        "--trainer.max_steps", "201", "--trainer.default_root_dir", str(tmp_path / "D"),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
+    code, out, err = run_train_py(
+        ["--config", ROOT / "configs" / "min-char-rnn.yaml", "--data.path", text,
+         "--trainer.max_steps", "201", "--trainer.default_root_dir", tmp_path / "D"],
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    lines = out.splitlines()
     iters = [line for line in lines if line.startswith("iter ")]
     assert [line.split(",")[0] for line in iters] == ["iter 0", "iter 100", "iter 200"]
     assert lines.count("----") >= 6  # a sample framed by ---- before each iter line

@@ -10,6 +10,7 @@ import torch
 from charrnn import cli, network, optim, rnn
 from charrnn.data import CharDataModule, TrainBatches, choose_windows_per_batch
 from charrnn.module import CharRNN
+from tests.train_helpers import quiet_trainer
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(40))  # 2.1 k chars
 
@@ -52,10 +53,7 @@ def fit(path, W, max_steps, B=2, T=5, H=8):
     data = CharDataModule(path, seq_length=T, batch_size=B)
     data.windows_per_batch = W
     model = CharRNN(vocab_size=data.vocab_size, hidden_size=H, vocab=data.chars)
-    trainer = L.Trainer(
-        max_steps=max_steps, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-        enable_model_summary=False, limit_val_batches=0,
-    )  # fmt: skip
+    trainer = quiet_trainer(max_steps=max_steps, limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     return trainer, model, data
 

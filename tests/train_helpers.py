@@ -1,5 +1,6 @@
-"""Running train.py from tests: in-process through ``charrnn.cli.main`` (fast; for the logic) and as a real
-``python train.py`` subprocess (slower; for what a user sees on stderr and for real signals)."""
+"""What the tests share (their fixtures are in conftest.py): running train.py in-process through ``charrnn.cli.main``
+(fast; for the logic) or as a real process (slower; for what a user sees on stderr and for real signals), a quiet
+Trainer, the checks a refused input must pass, and the test data."""
 
 import hashlib
 import os
@@ -14,7 +15,7 @@ from pydoc_data.topics import topics
 
 from charrnn import checkpoint, cli
 
-REPO = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 EPOCH = 44  # training windows per epoch of tiny_args on corpus(): (720 - 1) // (2 streams * 8 characters)
 
 
@@ -38,17 +39,37 @@ def train(args) -> int:
     return cli.main([str(a) for a in args])
 
 
-def start_train_py(args) -> subprocess.Popen:
-    """``python train.py ARGS`` as a real process (fresh imports, real signals), stdout and stderr piped."""
-    command = [sys.executable, "train.py", *map(str, args)]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def shakespeare_path() -> str | None:
+    """tiny-shakespeare in ``shared/data`` beside the repository, if it is there (never copied into it)."""
+    path = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+    return str(path) if path.exists() else None
 
 
-def run_train_py(args) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of ``python train.py ARGS``."""
-    proc = start_train_py(args)
-    out, err = proc.communicate(timeout=300)
+def start_script(script: str, args, cwd=ROOT, text=True) -> subprocess.Popen:
+    """``python SCRIPT ARGS`` (a file of the repository) as a real process: fresh imports, real signals, pipes."""
+    command = [sys.executable, str(ROOT / script), *map(str, args)]
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text)
+
+
+def run_script(script: str, args, cwd=ROOT, text=True, timeout=300) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of ``python SCRIPT ARGS``."""
+    proc = start_script(script, args, cwd, text)
+    out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
+
+
+def start_train_py(args) -> subprocess.Popen:
+    return start_script("train.py", args)
+
+
+def run_train_py(args, cwd=ROOT) -> tuple[int, str, str]:
+    return run_script("train.py", args, cwd)
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """A Trainer that prints, logs and checkpoints nothing unless ``kwargs`` ask for it."""
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False}
+    return L.Trainer(**{**quiet, **kwargs})
 
 
 def assert_one_line_error(stderr: str, *fragments: str) -> str:
@@ -58,6 +79,16 @@ def assert_one_line_error(stderr: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     return lines[0]
+
+
+class Malicious:
+    """Unpickling this runs ``touch <marker>``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
 
 
 def newest(root) -> dict:
