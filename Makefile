@@ -17,7 +17,7 @@ test: setup
 	$(PY) -m pytest
 
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 tensorboard:
 	$(VENV)/bin/tensorboard --logdir runs

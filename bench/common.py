@@ -13,18 +13,19 @@ import time
 import lightning as L
 import torch
 
+from tests.train_helpers import shakespeare_path as find_shakespeare
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
 SEQ_LENGTH = 25
 
 
 def shakespeare_path() -> str:
-    """tiny-shakespeare from ``shared/data`` beside the repository (or /work/shared); exit cleanly if absent."""
-    for base in (os.path.join(ROOT, "..", "shared"), "/work/shared"):
-        path = os.path.join(base, "data", "tinyshakespeare.txt")
-        if os.path.exists(path):
-            return os.path.abspath(path)
-    sys.exit("error: tinyshakespeare.txt not found under ../shared/data or /work/shared/data")
+    """tiny-shakespeare (tests.train_helpers.shakespeare_path); exit cleanly if absent."""
+    path = find_shakespeare()
+    if path is None:
+        sys.exit("error: tinyshakespeare.txt not found under ../shared/data beside the repository")
+    return path
 
 
 def set_threads(n: int) -> None:

@@ -1,12 +1,14 @@
 """Data scale: time and memory to read a ~100 MB UTF-8 text, build the vocabulary, encode it and lay out the streams.
 
-    python bench/data_scale.py [--mb 100] [--batch-size 32]
+    python -m bench.data_scale [--mb 100] [--batch-size 32]
 
 The text is tiny-shakespeare repeated with mutations (shuffled lines, upper-cased lines, inserted non-ASCII lines:
 accents, CJK, emoji, CRLF line ends), written to a temporary directory and deleted afterwards. The measurement runs
 in a fresh process so its peak RSS above the start (Linux VmHWM, reset at the start) is the loader's alone.
 Targets: <= 10 s (goal 5 s) and <= 1.5 GB above the start.
 """
+
+import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
 
 import argparse
 import json
@@ -16,12 +18,9 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import bench.threads  # noqa: E402, F401  (first: sizes the thread pools before NumPy and torch load)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bench.common import machine_line, print_table, shakespeare_path  # noqa: E402
+from bench.common import ROOT, machine_line, print_table, shakespeare_path
 
 NON_ASCII = ["Ça va? Déjà vu — naïve café, façade, São Paulo.", "日本語のテキスト、漢字とかな。", "Emoji 🎭🗡️👑 and “quotes” ‘here’ …",
              "Ελληνικά και Русский текст, ß ø å ñ."]  # fmt: skip
@@ -90,8 +89,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as tmp:
         path = os.path.join(tmp, "big.txt")
         size = write_corpus(path, args.mb)
-        child = [sys.executable, os.path.abspath(__file__), "--child", path, "--batch-size", str(args.batch_size)]
-        r = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
+        child = [sys.executable, "-m", "bench.data_scale", "--child", path, "--batch-size", str(args.batch_size)]
+        r = json.loads(subprocess.run(child, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
     total = r["read_encode_s"] + r["layout_s"]
     print(f"text: {size / 1e6:.1f} MB, {r['chars'] / 1e6:.1f} M characters, vocabulary {r['vocab']}, "
           f"training streams {r['train_shape']}")  # fmt: skip

@@ -1,13 +1,13 @@
 """GPU training throughput: charrnn's hand-written BPTT against nn.RNN (cuDNN) + autograd, same shapes, same run.
 
-    python bench/bench_gpu.py                      # H=512, T=25, B=256, float32 without TF32
-    python bench/bench_gpu.py --tf32 --steps 200   # let cuBLAS and cuDNN use TF32 tensor cores (both sides)
+    python -m bench.gpu_throughput                      # H=512, T=25, B=256, float32 without TF32
+    python -m bench.gpu_throughput --tf32 --steps 200   # let cuBLAS and cuDNN use TF32 tensor cores (both sides)
 
 Every variant runs whole training steps (forward, backward, clip to [-5, 5], min-char-rnn's Adagrad) with the
 hidden state carried across steps:
 
 - ``nn.RNN (cuDNN) + autograd``: the same tanh RNN as torch modules (one-hot input, linear output), the baseline;
-- ``charrnn eager``: ``rnn.loss_and_grads`` + clip + ``charrnn.optim.Adagrad``, the math train.py runs;
+- ``charrnn eager``: ``network.train_step`` (BPTT, clip, ``charrnn.optim.Adagrad``), the step train.py runs;
 - ``charrnn CUDA graph``: the same step captured once and replayed, which removes the per-kernel launch cost;
 - ``charrnn Lightning``: train.py's whole loop (``Trainer`` + ``CharRNN`` + data) on a real text.
 
@@ -18,17 +18,15 @@ kernels launched per step and how much of the step the GPU is busy; a low fracti
 """
 
 import argparse
-import os
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from charrnn import rnn  # noqa: E402
-from charrnn.optim import Adagrad  # noqa: E402
+from bench.common import find_shakespeare
+from charrnn import network
+from charrnn.optim import Adagrad
 
 CLIP = 5.0
 
@@ -45,18 +43,15 @@ def cycle(batches):
 
 def charrnn_step(V, H, B, dtype, device, batches):
     """One training step of charrnn's own math, as ``CharRNN.training_step`` does it."""
-    params = {k: torch.nn.Parameter(v.to(device)) for k, v in rnn.init_params(V, H, dtype=dtype).items()}
+    arch = network.Architecture(V, H)
+    params = {k: torch.nn.Parameter(v.to(device)) for k, v in arch.init_params(dtype=dtype).items()}
     opt = Adagrad(params.values(), lr=0.1)
-    state = {"h": torch.zeros(B, H, dtype=dtype, device=device)}
+    state = {"h": arch.zero_state(B, dtype, device)}
     data = cycle(batches)
 
     def step(inputs=None, targets=None):
         inputs, targets = next(data) if inputs is None else (inputs, targets)
-        with torch.no_grad():
-            _, grads, state["h"] = rnn.loss_and_grads(params, inputs, targets, state["h"])
-            for name, grad in grads.items():
-                params[name].grad = grad.clamp_(-CLIP, CLIP)
-        opt.step()
+        _, state["h"] = network.train_step(arch, params, opt, inputs, targets, state["h"], CLIP)
 
     return step, state
 
@@ -159,6 +154,7 @@ def lightning_seconds_per_step(path, H, T, B, dtype, steps, warmup):
             self.seconds = time.perf_counter() - self.start
 
     data = CharDataModule(path, seq_length=T, batch_size=B, val_fraction=0)
+    data.windows_per_batch = 1  # the clock starts at a step's batch
     clock = Clock()
     trainer = L.Trainer(
         accelerator="gpu",
@@ -176,15 +172,6 @@ def lightning_seconds_per_step(path, H, T, B, dtype, steps, warmup):
     return clock.seconds / steps, data.vocab_size
 
 
-def find_text() -> str | None:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for shared in (os.path.join(root, "..", "shared"), "/work/shared"):
-        path = os.path.join(shared, "data", "tinyshakespeare.txt")
-        if os.path.isfile(path):
-            return path
-    return None
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden", type=int, default=512)
@@ -198,7 +185,7 @@ def main() -> int:
     parser.add_argument("--text", default=None, help="text for the Lightning variant (default: tinyshakespeare)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print("bench_gpu: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); nothing measured")
+        print("gpu_throughput: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); nothing measured")
         return 0
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
@@ -225,7 +212,7 @@ def main() -> int:
             results[name] = seconds_per_step(step, args.steps, args.warmup), kernel_profile(step)
         except Exception as e:  # e.g. a capture that fails on this torch build: report it, keep the others
             print(f"{name}: failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-    text = args.text or find_text()
+    text = args.text or find_shakespeare()
     if text is not None:
         seconds, vocab = lightning_seconds_per_step(text, H, T, B, dtype, args.steps, args.warmup)
         if vocab == V:

@@ -1,6 +1,6 @@
 """Memory: peak RSS of a ``train.py`` run on tiny-shakespeare with the default config.
 
-    python bench/memory.py [--max-steps 300]
+    python -m bench.memory [--max-steps 300]
 
 Runs ``python train.py --data.path tinyshakespeare.txt --trainer.max_steps N`` (configs/default.yaml, including
 validation, TensorBoard logging and the checkpoint) and reads the child's peak RSS from the kernel
@@ -8,17 +8,15 @@ validation, TensorBoard logging and the checkpoint) and reads the child's peak R
 Lightning.
 """
 
+import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
+
 import argparse
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import bench.threads  # noqa: E402, F401  (first: sizes the thread pools before NumPy and torch load)
-
-from bench.common import PYTHON, machine_line, print_table, run_train, shakespeare_path  # noqa: E402
+from bench.common import PYTHON, machine_line, print_table, run_train, shakespeare_path
 
 
 def peak_rss_mb(run) -> float:

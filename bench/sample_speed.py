@@ -1,6 +1,6 @@
 """Sampling speed: start-up of ``sample.py`` against ``python -c "import torch"``, and characters per second.
 
-``python bench/bench_sample.py [--repeats N] [--chars N]``
+``python -m bench.sample_speed [--repeats N] [--chars N]``
 
 The model is the default configuration's (hidden 256) with tinyshakespeare's vocabulary (65 characters, read
 from ../shared/data when present), randomly initialised: speed does not depend on what the weights learned.
@@ -16,34 +16,29 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
-
-from charrnn import checkpoint, rnn  # noqa: E402
-from charrnn.sampling import Sampler  # noqa: E402
+from bench.common import ROOT, find_shakespeare
+from charrnn import checkpoint
+from charrnn.network import Architecture
+from charrnn.sampling import Sampler
 
 HIDDEN = 256
-SHAKESPEARE = [
-    os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"),
-    "/work/shared/data/tinyshakespeare.txt",
-]
 
 
 def vocabulary() -> list[str]:
-    for path in SHAKESPEARE:
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                return sorted(set(f.read()))
-    return [chr(c) for c in range(32, 97)]  # 65 printable characters
+    path = find_shakespeare()
+    if path is None:
+        return [chr(c) for c in range(32, 97)]  # 65 printable characters
+    with open(path, encoding="utf-8") as f:
+        return sorted(set(f.read()))
 
 
 def write_checkpoint(path: str) -> None:
     vocab = vocabulary()
-    params = rnn.init_params(len(vocab), HIDDEN, generator=torch.Generator().manual_seed(0))
-    meta = {"format": 1, "vocab": vocab, "hidden_size": HIDDEN, "hidden_state": None}
-    state = {"state_dict": params, "charrnn": meta}
+    arch = Architecture(len(vocab), HIDDEN)
+    state = {"state_dict": arch.init_params(generator=torch.Generator().manual_seed(0))}
+    checkpoint.write_metadata(state, arch, vocab, hidden_state=None)
     checkpoint.save_atomic(state, path)
 
 
@@ -73,7 +68,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = os.path.join(tmp, "default.ckpt")
         write_checkpoint(ckpt)
-        params, vocab = checkpoint.model(ckpt)
+        net = checkpoint.load_network(ckpt)
+        params, vocab = net.params, net.vocab
         blas_threads = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
         print(f"model: hidden {HIDDEN}, vocabulary {len(vocab)}; cpu_count {os.cpu_count()}, "
               f"torch threads {torch.get_num_threads()}, OPENBLAS_NUM_THREADS={blas_threads}")

@@ -1,6 +1,6 @@
 """Training throughput (characters per second), charrnn against the baselines, all measured in this one run.
 
-    python bench/throughput.py [--seconds 1] [--rounds 3] [--threads 1] [--hidden 100 512] [--batch 1 32 128]
+    python -m bench.throughput [--seconds 1] [--rounds 3] [--threads 1] [--hidden 100 512] [--batch 1 32 128]
 
 Each entry is the best of ``--rounds`` rounds that alternate the variants, so load from other users of the machine
 hits them alike; ratios are only compared within one run.
@@ -8,11 +8,13 @@ hits them alike; ratios are only compared within one run.
 (a) charrnn as users run it: train.py's ``main`` with its command-line flags (Lightning, logging and progress bar
     on; configs/min-char-rnn.yaml at B = 1, configs/default.yaml otherwise), timed inside the run by
     bench.common.Stopwatch passed as ``--trainer.callbacks+=bench.common.Stopwatch``.
-(b) the same math in a bare loop: rnn.loss_and_grads + clip + charrnn's Adagrad, no Lightning (our ceiling).
+(b) the same math in a bare loop: network.train_step (BPTT, clip, charrnn's Adagrad), no Lightning (our ceiling).
 (c) nn.RNN + nn.Linear + autograd + torch.optim.Adagrad + value clipping, automatic optimization in Lightning.
 (d) B = 1 only: NumPy min-char-rnn.
 Also: GFLOP/s of (a) at the largest configuration against one large torch.mm.
 """
+
+import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
 
 import argparse
 import contextlib
@@ -23,18 +25,15 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import bench.threads  # noqa: E402, F401  (first: sizes the thread pools before NumPy and torch load)
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
-
-from bench.baselines import MinCharRNN, TorchRNN  # noqa: E402
-from bench.common import ROOT, SEQ_LENGTH, RateMeter, Stopwatch, machine_line, print_table, set_threads, shakespeare_path  # noqa: E402
-from charrnn import optim, rnn  # noqa: E402
-from charrnn.cli import main as train_main  # noqa: E402
-from charrnn.data import CharDataModule, TrainBatches, windows_per_batch  # noqa: E402
+from bench.baselines import MinCharRNN, TorchRNN
+from bench.common import ROOT, SEQ_LENGTH, RateMeter, Stopwatch, machine_line, print_table, set_threads, shakespeare_path
+from charrnn import network, optim
+from charrnn.cli import main as train_main
+from charrnn.data import CharDataModule, TrainBatches, choose_windows_per_batch
 
 T = SEQ_LENGTH
 
@@ -64,19 +63,18 @@ def charrnn_train_py(data, H, seconds, tmp):
 
 def bare_loop(data, H, seconds, tmp=None):
     """(b): the same math with nothing around it."""
-    params = rnn.init_params(data.vocab_size, H)
+    arch = network.Architecture(data.vocab_size, H)
+    params = arch.init_params()
     opt = optim.Adagrad(params.values(), lr=0.1)
-    batches = TrainBatches(data.train_inputs, data.train_targets, T, windows_per_batch=windows_per_batch(data.batch_size * T))
+    per_batch = choose_windows_per_batch(data.batch_size * T)
+    batches = TrainBatches(data.train_inputs, data.train_targets, T, per_batch=per_batch)
     meter = RateMeter(seconds, windows=1)
     while True:
         for batch in batches:
             for inputs, targets, window in zip(*batch):
                 if window == 0:
-                    h = torch.zeros(inputs.shape[0], H)
-                loss, grads, h = rnn.loss_and_grads(params, inputs, targets, h)
-                for name, p in params.items():
-                    p.grad = grads[name].clamp_(-5.0, 5.0)
-                opt.step()
+                    h = arch.zero_state(inputs.shape[0])
+                _, h = network.train_step(arch, params, opt, inputs, targets, h)
                 if meter.tick():
                     return meter.best
 
@@ -84,6 +82,7 @@ def bare_loop(data, H, seconds, tmp=None):
 def torch_rnn_lightning(data, H, seconds, tmp):
     """(c): what a PyTorch user would write, trained by Lightning with the same logging and progress bar."""
     stopwatch = Stopwatch(seconds=seconds, windows=1)
+    data.windows_per_batch = 1  # TorchRNN trains one window per batch
     trainer = L.Trainer(
         max_steps=-1,
         max_epochs=-1,

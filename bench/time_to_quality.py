@@ -1,7 +1,7 @@
 """Time to quality: training seconds until the validation loss first reaches 2.0 and 1.8 nats/char on
 tiny-shakespeare (last 10% held out), charrnn's configs/default.yaml against NumPy min-char-rnn.
 
-    python bench/time_to_quality.py [--numpy-seconds 150] [--threads 1] [--targets 2.0 1.8] [--train-args FLAGS]
+    python -m bench.time_to_quality [--numpy-seconds 150] [--threads 1] [--targets 2.0 1.8] [--train-args FLAGS]
 
 ``--train-args "--data.batch_size 8 --model.hidden_size 100" --numpy-seconds 0`` measures one point of a config
 sweep with train.py itself.
@@ -14,21 +14,19 @@ stopped after ``--numpy-seconds`` of training; when it has not reached a target 
 ("> X s", ratio ">= Y").
 """
 
+import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
+
 import argparse
 import json
 import logging
 import os
 import shlex
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import bench.threads  # noqa: E402, F401  (first: sizes the thread pools before NumPy and torch load)
-
-from bench.baselines import MinCharRNN, validation_loss  # noqa: E402
-from bench.common import SEQ_LENGTH, first_reaching, machine_line, print_table, run_train, set_threads, shakespeare_path  # noqa: E402
-from charrnn.data import CharDataModule  # noqa: E402
+from bench.baselines import MinCharRNN, validation_loss
+from bench.common import SEQ_LENGTH, first_reaching, machine_line, print_table, run_train, set_threads, shakespeare_path
+from charrnn.data import CharDataModule
 
 
 def charrnn_curve(targets, val_every, max_seconds, train_args, tmp):
