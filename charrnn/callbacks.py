@@ -30,16 +30,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LastCheckpoint(L.Callback):
-    """Keeps ``<log_dir>/checkpoints/last.ckpt`` current.
-
-    Written every ``every_n_steps`` optimizer steps and at the step where training stops: ``max_steps``, the last
-    batch of ``max_epochs``, or the first Ctrl-C / SIGTERM. A signal only sets a flag; the next training step
-    ends with the checkpoint (wherever the signal landed: in a step, a validation or a save), the final validation
-    still runs, and the process exits 0. A second signal aborts at once. Under DDP all ranks agree on the request
-    first, so every rank stops (and checkpoints) after the same step even when the signal reached only some of
-    them. Before each write the parameters are checked to be finite (``CharRNN.check_finite``), so a diverged run
-    never replaces a good checkpoint.
-    """
+    """Keeps ``<log_dir>/checkpoints/last.ckpt`` current (every ``every_n_steps`` steps and where training stops),
+    and turns the first Ctrl-C / SIGTERM into a stop after the batch in progress, saved: a second one aborts."""
 
     def __init__(self, every_n_steps: int = 1000):
         self.every_n_steps = every_n_steps
@@ -71,7 +63,7 @@ class LastCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         stop = self.stop_signal is not None
-        if trainer.world_size > 1:
+        if trainer.world_size > 1:  # every rank stops after the same step, even if the signal reached only some
             agreed = trainer.strategy.reduce_boolean_decision(stop, all=False)
             if agreed and not stop:
                 self.stop_signal = "a signal to another process"
@@ -89,7 +81,7 @@ class LastCheckpoint(L.Callback):
         due = step // self.every_n_steps > self._step // self.every_n_steps
         self._step = step
         if final or due:
-            pl_module.check_finite()
+            pl_module.check_finite()  # a diverged run never replaces a good checkpoint
             trainer.save_checkpoint(self.path(trainer), weights_only=False)  # full state, for exact resume
             self.saved_step = step
 

@@ -107,12 +107,8 @@ def _check_writable(directory: str) -> None:
 
 
 def _default_threads() -> None:
-    """One intra-op thread unless OMP_NUM_THREADS says otherwise.
-
-    This model's operations are too small for torch's intra-op threads to pay off (measured equal on an idle 2-core
-    machine), and when another process shares the cores the threads wait on each other: training ran 5x slower
-    with two threads next to one other busy process (BENCHMARKS.md).
-    """
+    """One intra-op thread unless OMP_NUM_THREADS says otherwise: this model's operations are too small for more to
+    help, and next to other busy processes extra threads collapse (BENCHMARKS.md)."""
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
 

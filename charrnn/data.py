@@ -179,15 +179,13 @@ def choose_windows_per_batch(chars_per_window: int, step_counts=()) -> int:
 
 
 class TrainBatches:
-    """Iterates batches of ``per_batch`` consecutive windows: (inputs, targets, window indices), in order.
+    """Batches of ``per_batch`` consecutive windows, inputs and targets (W, B, T) and the window indices, one optimizer
+    step per window: several windows per batch spare the trainer's per-batch overhead, which at small B * T costs more
+    than a step.
 
-    inputs and targets are (W, B, T): one optimizer step per window, so several windows per batch only spare the
-    trainer's per-batch overhead, which at small B * T costs more than the step itself. The data is deterministic,
-    so the position is a function of the optimizer step: step s trains on window ``s % windows``. Iteration starts
-    at ``step()``, which makes a mid-epoch restart exact without replaying data. Batches end at multiples of W steps
-    and may wrap around the end of the text (the module resets the hidden state at window 0), so every batch but a
-    resumed run's first is full and the trainer's batch counts stay proportional to steps; an epoch is ``len(self)``
-    batches, one pass over the text rounded up to whole batches.
+    Step s trains window ``s % windows`` and iteration starts at ``step()``, so a resume is exact without replaying
+    data. Batches end at multiples of W steps and may wrap around the end of the text (the module resets the state at
+    window 0), so the trainer's batch counts stay proportional to steps.
     """
 
     def __init__(self, inputs, targets, seq_length: int, step=lambda: 0, per_batch=1, streams=None):

@@ -30,13 +30,8 @@ def mean_over_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def release_process_group() -> None:
-    """Shut the process group down once training is over, while the interpreter is still fully alive.
-
-    gloo frees each finished collective on one of its own worker threads, and freeing its tensors takes the GIL.
-    When that lands after the interpreter has begun to exit, the thread is torn down inside a C++ destructor and the
-    process aborts ("terminate called without an active exception", SIGABRT) after a run that finished fine.
-    Lightning destroys only NCCL process groups at exit; destroying ours joins gloo's threads first.
-    """
+    """Shut the process group down while the interpreter is still alive: gloo's worker threads, still freeing a
+    collective's tensors at interpreter exit, abort the process (SIGABRT) after a run that finished fine."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
