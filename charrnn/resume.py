@@ -1,7 +1,7 @@
 """Resuming a run: which checkpoint ``--ckpt_path`` means, whether it can continue this run, and where the curves go.
 
 Everything is checked before Lightning starts writing into the run directory. This is the one place that reads
-Lightning's own keys of a checkpoint (``loops``, ``optimizer_states``).
+Lightning's private loop state in a checkpoint (``loops``).
 """
 
 import os
