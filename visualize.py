@@ -7,7 +7,6 @@ The page shows a text with each character coloured by a chosen unit's activation
 model was by each character. It has inline CSS and script only and fetches nothing, so it opens offline from disk.
 """
 
-import argparse
 import codecs
 import os
 import stat
@@ -15,6 +14,7 @@ import sys
 import tempfile
 
 from charrnn import checkpoint
+from charrnn.command import ArgumentParser, exit_code
 from charrnn.errors import UsageError
 from charrnn.sampling import encode_prime, generate
 from charrnn.visualize import GENERATOR, page, trace
@@ -23,13 +23,8 @@ MAX_CHARS = 5000  # more makes a page of several megabytes per hundred units tha
 DEFAULT_OUT = "visualize.html"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(description=__doc__.split("\n\n")[0])
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .ckpt file, or a run directory (its newest last.ckpt)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--text", metavar="FILE", help="show the start of this UTF-8 text file")
@@ -151,15 +146,7 @@ def run(argv) -> None:
 
 
 def main(argv=None) -> int:
-    try:
-        run(sys.argv[1:] if argv is None else argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_code(run, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
