@@ -80,11 +80,13 @@ def _read_start(path: str, limit: int) -> tuple[str, bool]:
             more = f.read(1) != b""
     except OSError as e:
         raise UsageError(f"--text {path}: cannot read it ({e.strerror})") from None
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = codecs.getincrementaldecoder("utf-8-sig")("strict").decode(raw, final=not more)
+        text = codecs.getincrementaldecoder("utf-8")("strict").decode(raw[bom:], final=not more)
     except UnicodeDecodeError as e:
         raise UsageError(
-            f"--text {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); convert it first"
+            f"--text {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {bom + e.start}); "
+            "convert it first"
         ) from None
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text:

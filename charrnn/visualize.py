@@ -145,7 +145,7 @@ body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 1.2em auto; m
 h1 { font-size: 1.3em; margin: 0 0 .2em; } h2 { font-size: 1.1em; margin: 1.2em 0 .3em; }
 .note { color: #555; margin: .2em 0 .5em; }
 .text { font: 13px/1.7 ui-monospace, "DejaVu Sans Mono", monospace; white-space: pre-wrap; word-break: break-all;
-        border: 1px solid #ccc; padding: .5em .7em; max-height: 32em; overflow-y: auto; }
+        border: 1px solid #ccc; padding: .5em .7em; max-height: 70vh; overflow-y: auto; }
 .controls { display: flex; gap: .8em; align-items: center; flex-wrap: wrap; }
 .controls input { width: 5em; }
 .scale { display: inline-block; width: 12em; height: .9em; vertical-align: middle; border: 1px solid #aaa; }
@@ -239,10 +239,12 @@ function select(name, unit) {
 
 function fromHash() {
   const query = new URLSearchParams(location.hash.slice(1));
-  const top = data.ranking[0] || {group: data.groups[0].name, unit: 0};
-  const unit = parseInt(query.get("unit"), 10);
-  const name = groups.has(query.get("group")) ? query.get("group") : query.has("unit") ? data.groups[0].name : top.group;
-  show(name, Number.isInteger(unit) ? unit : query.has("group") ? 0 : top.unit);
+  if (!query.has("group") && !query.has("unit")) {  // no link: the unit that follows a feature best
+    const top = data.ranking[0] || {group: data.groups[0].name, unit: 0};
+    return show(top.group, top.unit);
+  }
+  const name = groups.has(query.get("group")) ? query.get("group") : data.groups[0].name;
+  show(name, parseInt(query.get("unit"), 10) || 0);
 }
 
 for (const g of data.groups) byId("group").add(new Option(`${g.name} (${units(g)} units)`, g.name));

@@ -18,6 +18,7 @@ import visualize
 from charrnn import checkpoint, rnn
 from charrnn.sampling import generate
 from charrnn.visualize import Trace, correlations, page_data, rank_units, text_features
+from charrnn.visualize import page as html_page
 from tests.train_helpers import corpus, snapshot, tiny_args, train
 
 TEXT = corpus(1500)  # Python's reference text: quotes, brackets, upper case, several lines
@@ -135,6 +136,18 @@ def test_ranking_is_numpys_corrcoef_and_finds_a_tracking_unit():
                                   {**column_rows[0], "r": round(column_rows[0]["r"], 3)})  # fmt: skip
 
 
+def test_any_text_stays_inside_the_data_block():
+    """Characters that end a script or open a comment in HTML are data, not markup."""
+    text = 'a</script><script>alert(1)</script><!-- & "\u2028\n🙂'
+    vocab = sorted(set(text))
+    ids = [vocab.index(c) for c in text]
+    tr = Trace({"h": np.zeros((len(text), 2))}, {"h": (-1.0, 1.0)}, np.full((len(text), len(vocab)), 1 / len(vocab)))
+    written = html_page(tr, ids, vocab, title="<b>&")
+    assert written.count("</script>") == 2 and "<b>" not in written  # the data block's and the renderer's
+    data = json.loads(re.search(r'id="data">(.*?)</script>', written, re.S).group(1))
+    assert data["text"] == text and data["title"] == "<b>&"
+
+
 def test_generated_text_is_the_samplers(capsys, run, tmp_path):
     out = tmp_path / "page.html"
     vocab, params = run["vocab"], run["params"]
@@ -184,6 +197,7 @@ def test_bad_inputs_are_one_line_errors_and_touch_nothing(capsys, run, tmp_path)
     good = str(run["ckpt"])
     (d / "truncated.ckpt").write_bytes(Path(good).read_bytes()[:300])
     (d / "latin1.txt").write_bytes("caf\u00e9 cr\u00e8me\n".encode("latin-1"))
+    (d / "bom-latin1.txt").write_bytes(b"\xef\xbb\xbf" + "na\u00efve\n".encode("latin-1"))
     (d / "unknown.txt").write_text(TEXT[:50] + "\u00e9\u20ac", encoding="utf-8")
     (d / "empty.txt").write_bytes(b"")
     (d / "folder").mkdir()
@@ -198,6 +212,7 @@ def test_bad_inputs_are_one_line_errors_and_touch_nothing(capsys, run, tmp_path)
         ([good, "--text", d / "fifo"], "not a regular file"),
         ([good, "--text", d / "absent.txt"], "No such file"),
         ([good, "--text", d / "latin1.txt"], "not UTF-8 text (byte 0xe9 at offset 3)"),
+        ([good, "--text", d / "bom-latin1.txt"], "not UTF-8 text (byte 0xef at offset 5)"),
         ([good, "--text", d / "unknown.txt"], "'é€'"),
         ([good, "--text", d / "empty.txt"], "is empty"),
         ([good, "--prime", "caf\u00e9"], "'é'"),
@@ -294,6 +309,51 @@ def test_chromium_renders_the_page_offline(capsys, run, tmp_path):
              "--hide-scrollbars")  # fmt: skip
     header = shot.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", header[16:24]) == (1200, 900)
+
+
+# Loads the page in a frame, then changes its address and its selector as a user would, and writes what the page
+# showed after each step into its own DOM for --dump-dom.
+HARNESS = """<!DOCTYPE html><pre id="log"></pre><iframe id="frame" src="page.html#unit=3"></iframe><script>
+const frame = document.getElementById("frame"), log = [];
+const state = w => [w.location.hash, w.document.getElementById("unit").value,
+  Array.from(w.document.getElementById("activations").children, s => s.style.backgroundColor).join(";")];
+const steps = [
+  w => { w.location.hash = "unit=7"; },
+  w => { const unit = w.document.getElementById("unit"); unit.value = "9"; unit.dispatchEvent(new w.Event("change")); },
+  w => { w.document.getElementById("next").click(); },
+  w => { w.document.querySelector("#ranking tr").click(); },
+];
+frame.onload = () => {
+  const w = frame.contentWindow;
+  log.push(state(w));
+  const next = () => {
+    if (!steps.length) { document.getElementById("log").textContent = JSON.stringify(log); return; }
+    steps.shift()(w);
+    setTimeout(() => { log.push(state(w)); next(); }, 50);
+  };
+  next();
+};
+</script>"""
+
+
+@needs_chromium
+def test_chromium_follows_the_address_and_the_selector(capsys, run, tmp_path):
+    """``#unit=N`` selects on load and on hashchange; the selector, the arrows and the ranked list set the address."""
+    page = tmp_path / "page.html"
+    assert visualize_main(capsys, run["ckpt"], "--text", run["text"], "--length", 300, "--out", page)[0] == 0
+    harness = tmp_path / "harness.html"
+    harness.write_text(HARNESS)
+    # Only the harness needs file access (to reach into its frame); the page itself runs with none.
+    dom = chromium(tmp_path, harness.as_uri(), "--dump-dom", "--allow-file-access-from-files",
+                   "--virtual-time-budget=5000")  # fmt: skip
+    states = json.loads(html.unescape(re.search(r'<pre id="log">(.*?)</pre>', dom, re.S).group(1)))
+    top = embedded(page)["ranking"][0]
+    assert [(address, unit) for address, unit, _ in states] == [
+        ("#unit=3", "3"), ("#unit=7", "7"), ("#group=h&unit=9", "9"), ("#group=h&unit=10", "10"),
+        (f"#group=h&unit={top['unit']}", str(top["unit"])),
+    ]  # fmt: skip
+    colours = [c for _, _, c in states]
+    assert len(set(colours)) == len({unit for _, unit, _ in states})  # each unit its own colours
 
 
 @needs_chromium
