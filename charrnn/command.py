@@ -1,0 +1,30 @@
+"""What every charrnn command line shares: flag errors and file errors are the same one line, with one exit code.
+
+A ``UsageError`` (bad flag, bad file, wrong checkpoint) ends a command as one line ``error: ...`` on stderr and
+exit code 2; Ctrl-C as ``interrupted`` and 130; anything else is a bug and keeps its traceback.
+"""
+
+import argparse
+import sys
+
+from .errors import UsageError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose complaints are UsageErrors, so a bad flag reads like any other bad input."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def exit_code(run, argv) -> int:
+    """``run(argv)``, and the exit code of how it ended."""
+    try:
+        run(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,155 @@
+"""See inside a trained network: one self-contained HTML page of its activations, feature units and surprise.
+
+``python visualize.py CHECKPOINT|RUN_DIR [--text FILE | --prime TEXT] [--length N] [--seed S] [--out FILE.html]``
+
+The page shows a text with each character coloured by a chosen unit's activation (``FILE.html#unit=N`` or
+``#group=NAME&unit=N`` opens one), the units that best follow simple features of the text, and how surprised the
+model was by each character. It has inline CSS and script only and fetches nothing, so it opens offline from disk.
+"""
+
+import codecs
+import os
+import stat
+import sys
+import tempfile
+
+from charrnn import checkpoint
+from charrnn.command import ArgumentParser, exit_code
+from charrnn.errors import UsageError
+from charrnn.sampling import encode_prime, generate
+from charrnn.visualize import GENERATOR, page, trace
+
+MAX_CHARS = 5000  # more makes a page of several megabytes per hundred units that browsers colour slowly
+DEFAULT_OUT = "visualize.html"
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .ckpt file, or a run directory (its newest last.ckpt)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--text", metavar="FILE", help="show the start of this UTF-8 text file")
+    source.add_argument("--prime", metavar="TEXT", default="",
+                        help="show this text followed by the model's continuation (default: its own sample)")
+    p.add_argument("--length", metavar="N", type=int, default=2000,
+                   help=f"characters of --text, or generated after --prime (default 2000; at most {MAX_CHARS} shown)")
+    p.add_argument("--seed", metavar="S", type=int, default=0, help="seed of the generated text (default 0)")
+    p.add_argument("--out", metavar="FILE", default=DEFAULT_OUT,
+                   help=f"the page to write (default {DEFAULT_OUT}); an existing file is replaced only if "
+                        "visualize.py wrote it")  # fmt: skip
+    return p
+
+
+def _check(args) -> None:
+    if args.length < 1:
+        raise UsageError(f"--length must be 1 or more, got {args.length}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be 0 or more, got {args.seed}")
+
+
+def _check_out(path: str) -> None:
+    """Refuse before any work to replace a file that is not a page of ours, or to write where nothing can be."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"--out {path}: directory {directory} does not exist")
+    if not os.path.lexists(path):
+        return
+    if not os.path.isfile(path):  # a directory, a FIFO, a dangling link
+        raise UsageError(f"--out {path} exists and is not a regular file; pass another --out")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError as e:
+        raise UsageError(f"--out {path}: cannot read it to check who wrote it ({e.strerror})") from None
+    if f'<meta name="generator" content="{GENERATOR}">'.encode() not in head:
+        raise UsageError(f"--out {path} exists and was not written by visualize.py; pass another --out or remove it")
+
+
+def _read_start(path: str, limit: int) -> tuple[str, bool]:
+    """The first ``limit`` characters of a UTF-8 file read as training reads it (BOM dropped, CRLF and CR as LF),
+    and whether the file has more. Reads only the start: a character is at most 4 bytes."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise UsageError(f"--text {path}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise UsageError(f"--text {path} is {kind}; pass a UTF-8 text file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4 * limit + 8)
+            more = f.read(1) != b""
+    except OSError as e:
+        raise UsageError(f"--text {path}: cannot read it ({e.strerror})") from None
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = codecs.getincrementaldecoder("utf-8")("strict").decode(raw[bom:], final=not more)
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"--text {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {bom + e.start}); "
+            "convert it first"
+        ) from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text:
+        raise UsageError(f"--text {path} is empty")
+    return text[:limit], more or len(text) > limit
+
+
+def _text_ids(args, params, vocab) -> list[int]:
+    """The characters the page shows, as ids: the start of --text, or --prime and the model's continuation."""
+    limit = min(args.length, MAX_CHARS)
+    if args.length > MAX_CHARS:
+        print(f"note: --length {args.length} is more than a page shows; it shows {MAX_CHARS} characters",
+              file=sys.stderr)  # fmt: skip
+    if args.text is not None:
+        text, cut = _read_start(args.text, limit)
+        missing = sorted(set(text) - set(vocab))
+        if missing:
+            raise UsageError(
+                f"--text {args.text} has characters not in the model's vocabulary: {''.join(missing)!r}; "
+                "use a text of the characters it was trained on"
+            )
+        if cut:
+            print(f"note: showing the first {len(text)} characters of {args.text}; the rest is cut", file=sys.stderr)
+        return encode_prime(vocab, text)
+    prime_ids = encode_prime(vocab, args.prime)
+    if len(prime_ids) >= MAX_CHARS:
+        print(f"note: showing the first {MAX_CHARS} characters of --prime; the rest is cut", file=sys.stderr)
+        return prime_ids[:MAX_CHARS]
+    new = min(args.length, MAX_CHARS - len(prime_ids))
+    return prime_ids + list(generate(params, new, prime_ids=prime_ids, seed=args.seed))
+
+
+def _write_atomic(text: str, path: str) -> None:
+    """Write ``path`` whole or not at all (temporary file, then rename)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def run(argv) -> None:
+    args = _parser().parse_args(argv)
+    _check(args)
+    path = checkpoint.resolve(args.checkpoint)
+    params, vocab = checkpoint.load_network(path)[1:]
+    _check_out(args.out)
+    ids = _text_ids(args, params, vocab)
+    html = page(trace(params, ids), ids, vocab, title=path)
+    try:
+        _write_atomic(html, args.out)
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: cannot write it ({e.strerror})") from None
+    print(f"wrote {args.out}: {len(ids)} characters; open it in a browser")
+
+
+def main(argv=None) -> int:
+    return exit_code(run, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
