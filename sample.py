@@ -9,8 +9,12 @@ Imports torch and NumPy but not Lightning, so it starts about as fast as ``impor
 
 import argparse
 import math
-import os
 import sys
+
+from charrnn import entry
+
+if __name__ == "__main__":
+    entry.start()  # before torch is imported (seconds): see charrnn/entry.py
 
 import torch
 
@@ -96,10 +100,6 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        # The reader has what it wanted (``| head``); point stdout at /dev/null so the final flush is silent.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -107,4 +107,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry.run(main, reader_may_leave=True))  # | head: the reader has what it wanted

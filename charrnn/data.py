@@ -16,6 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from .checks import regular_file
 from .distributed import block_of_rank
 from .errors import UsageError
 
@@ -74,6 +75,7 @@ def check_text_file(path: str) -> None:
         raise UsageError(f"data path {path} is a directory; pass --data.path with a UTF-8 text file")
     if not os.access(path, os.R_OK):
         raise UsageError(f"data file {path} is not readable")
+    regular_file(path, "data file")
 
 
 class Vocab:

@@ -10,7 +10,9 @@ class UsageError(Exception):
 
 
 class Diverged(UsageError):
-    """Training produced a non-finite loss or parameters: the learning rate (or clip) is too high for this model."""
+    """Training produced a non-finite or exploding loss, or non-finite parameters: the learning rate (or clip) is
+    too high for this model."""
 
-    def __init__(self, step: int):
-        super().__init__(f"training diverged at step {step}: the loss or the parameters are not finite")
+    def __init__(self, step: int, reason: str = "the loss or the parameters are not finite"):
+        super().__init__(f"training diverged at step {step}: {reason}")
+        self.step = step
