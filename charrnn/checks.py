@@ -154,10 +154,10 @@ def plain_parser_error(message: str) -> str:
     Python type reprs (``<class 'float'>``, ``typing.Literal[...]``)."""
     message = " ".join(message.split())
     key = re.search(r'Parser key "([^"]+)"', message)
-    value = re.findall(r"(?:Got|Given) value: (.*?)(?: - |$)", message)
+    value = re.findall(r"(?:Got|Given) value:(.*?)(?: - |$)", message)
     if not key:
         return message
-    flag, got = f"--{key.group(1)}", value[-1] if value else None
+    flag, got = f"--{key.group(1)}", (value[-1].strip() or "an empty value") if value else None
     wanted = _WANTED.get(key.group(1))
     if wanted is None and not re.search(r"<class '[\w]+\.[\w.]+'>|import path", message):  # only plain types
         words = [_TYPE_WORDS[name] for name in re.findall(r"Expected a <class '(\w+)'>", message) if name in _TYPE_WORDS]

@@ -37,7 +37,10 @@ def _decoded_chunks(path: str):
     offset, carry = 0, ""
     with open(path, "rb") as f:
         while True:
-            raw = f.read(_CHUNK_BYTES)
+            try:
+                raw = f.read(_CHUNK_BYTES)
+            except OSError as e:  # e.g. /proc/self/mem, or a disk failing
+                raise UsageError(f"cannot read data file {path} ({e.strerror})") from None
             try:
                 text = carry + decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
