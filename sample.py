@@ -19,7 +19,7 @@ if __name__ == "__main__":
 import torch
 
 from charrnn import checkpoint
-from charrnn.errors import UsageError
+from charrnn.errors import UsageError, one_line
 from charrnn.sampling import encode_prime, generate
 
 FLUSH_EVERY = 64  # characters per write: streamed to a reader, yet few enough system calls to cost nothing
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     try:
         run(sys.argv[1:] if argv is None else argv)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

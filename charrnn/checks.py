@@ -111,41 +111,43 @@ def _size(n: int) -> str:
         n /= 1024
 
 
+# Flags whose value may be a YAML file: the whole config, or one group's settings (``--model model.yaml``).
+CONFIG_FLAGS = ("--config", "--data", "--model", "--trainer")
+
+
 def config_files(args: list[str]) -> list[str]:
-    """``args`` with each ``--config FILE`` checked: a regular, readable, UTF-8 YAML mapping. An empty file means
-    no settings and is dropped (the parser would call it an unexpected config)."""
+    """``args`` with each config file (``--config FILE``, ``--model FILE`` ...) checked: a regular, readable, UTF-8
+    YAML mapping. An empty file means no settings and is dropped (the parser would call it an unexpected config)."""
     out, i = [], 0
     while i < len(args):
-        arg = args[i]
-        if arg == "--config" and i + 1 < len(args):
-            path, i = args[i + 1], i + 2
-        elif arg.startswith("--config="):
-            path, i = arg[len("--config=") :], i + 1
+        flag, _, value = args[i].partition("=")
+        if flag in CONFIG_FLAGS and (value or i + 1 < len(args)):
+            path = value if value else args[i + 1]
+            i += 1 if value else 2
+            if not os.path.lexists(path) or _settings(path, flag) is not None:  # not a file: the parser decides
+                out += [flag, path]
         else:
-            out.append(arg)
+            out.append(args[i])
             i += 1
-            continue
-        if not os.path.lexists(path) or _settings(path) is not None:  # a missing path: the parser says so
-            out += ["--config", path]
     return out
 
 
-def _settings(path: str):
-    regular_file(path, "config file")
+def _settings(path: str, flag: str):
+    regular_file(path, f"{flag} file")
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise UsageError(f"cannot read config file {path} ({e.strerror})") from None
+        raise UsageError(f"cannot read {flag} file {path} ({e.strerror})") from None
     try:
         settings = yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise UsageError(f"config file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+        raise UsageError(f"{flag} file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
     except yaml.YAMLError as e:
         where = f" (line {e.problem_mark.line + 1})" if getattr(e, "problem_mark", None) else ""
-        raise UsageError(f"config file {path} is not valid YAML{where}") from None
+        raise UsageError(f"{flag} file {path} is not valid YAML{where}") from None
     if settings is not None and not isinstance(settings, dict):
-        raise UsageError(f"config file {path} must hold settings as YAML (name: value lines, like configs/default.yaml)")
+        raise UsageError(f"{flag} file {path} must hold settings as YAML (name: value lines, like configs/default.yaml)")
     return settings
 
 

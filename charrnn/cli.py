@@ -24,7 +24,7 @@ from . import checkpoint, checks, runlock
 from .callbacks import AtomicCheckpointIO, LastCheckpoint, ProgressBar
 from .data import CharDataModule, windows_per_batch
 from .entry import Interrupted
-from .errors import Diverged, UsageError
+from .errors import Diverged, UsageError, one_line
 from .module import CharRNN
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.yaml")
@@ -243,7 +243,8 @@ def _kept(last: LastCheckpoint, trainer, ckpt_path: str | None, bad_step: int | 
     if last.saved_step is None:
         if not ckpt_path:
             return "no checkpoint was written"
-        return f"{ckpt_path} is unchanged" + (f" (step {last.start_step})" if bad_step is None else "")
+        step = f" (step {last.start_step})" if bad_step is None and last.start_step is not None else ""
+        return f"{ckpt_path} is unchanged{step}"
     if bad_step is None:
         return f"{last.path(trainer)} (step {last.saved_step}) is intact"
     if last.saved_step >= bad_step:  # saved at the step whose validation then diverged
@@ -256,12 +257,12 @@ def main(args=None) -> int:
         with _lightning_notes_on_stdout():
             run(args)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except (argparse.ArgumentError, MisconfigurationException) as e:
-        print(f"error: {checks.plain_parser_error(str(e))}", file=sys.stderr)
+        print(f"error: {one_line(checks.plain_parser_error(str(e)))}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Interrupted) as e:
-        print(str(e) or "interrupted", file=sys.stderr)
+        print(one_line(e) or "interrupted", file=sys.stderr)
         return 130
     return 0

@@ -5,6 +5,11 @@ a bug and keeps its traceback.
 """
 
 
+def one_line(message: str) -> str:
+    """``message`` with line breaks and other control characters escaped (a path may hold a newline)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(message))
+
+
 class UsageError(Exception):
     """A problem with the user's input, reported as one line: what is wrong and what to do."""
 

@@ -99,7 +99,8 @@ def damaged_file(draw) -> str:
         data = good[:at] + bytes([good[at] ^ (1 << bit)]) + good[at + 1 :]
     elif kind == "foreign zip":
         buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w") as z:
+        with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w") as z:
+            warnings.simplefilter("ignore")  # duplicate member names are part of the damage
             for name in draw(st.lists(st.sampled_from(["archive/data.pkl", "archive/version", "x", "a/b"]), max_size=3)):
                 z.writestr(name, draw(st.binary(max_size=64)))
         data = buffer.getvalue()
@@ -177,6 +178,9 @@ def _fill(value: str, root: str) -> str:
 @example(flags=[("--data.path", "{d}/fifo")])
 @example(flags=[("--ckpt_path", "/dev/zero")])
 @example(flags=[("--data.path", "/proc/self/mem")])
+@example(flags=[("--data.batch_size", "")])
+@example(flags=[("--ckpt_path", "\r")])
+@example(flags=[("--model", "{ckpt}")])
 def test_train_py_keeps_its_promise(flags):
     root = tempfile.mkdtemp(dir=WORLD, prefix="root-")
     before = snapshot(WORLD)

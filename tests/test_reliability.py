@@ -55,11 +55,12 @@ CASES = {
         ["--data.batch_size", 60, "--trainer.devices", 2, "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"],
         "too few for 120 streams",
     ),
-    "config not UTF-8": (["--config", "{d}/latin1.yaml"], "config file", "is not UTF-8 text (byte 0xe9"),
+    "config not UTF-8": (["--config", "{d}/latin1.yaml"], "--config file", "is not UTF-8 text (byte 0xe9"),
     "config not YAML": (["--config", "{d}/broken.yaml"], "is not valid YAML (line 2)"),
     "config a list": (["--config", "{d}/list.yaml"], "must hold settings as YAML"),
-    "config not a file": (["--config=/bin/ls"], "config file /bin/ls is not UTF-8 text"),
-    "config a FIFO": (["--config", "{d}/fifo"], "config file", "is not a regular file"),
+    "config not a file": (["--config=/bin/ls"], "--config file /bin/ls is not UTF-8 text"),
+    "group config not UTF-8": (["--model", "/bin/ls"], "--model file /bin/ls is not UTF-8 text"),
+    "config a FIFO": (["--config", "{d}/fifo"], "--config file", "is not a regular file"),
     "config a directory": (["--config", "{d}"], "is a directory"),
     "data a FIFO": (["--data.path", "{d}/fifo"], "data file", "is not a regular file"),
     "data a device": (["--data.path", "/dev/zero"], "data file /dev/zero is not a regular file"),
@@ -124,19 +125,23 @@ def _wait_for_checkpoint(proc, root):
         time.sleep(0.05)
 
 
-def test_a_second_writer_is_refused_and_a_killed_ones_lock_never_blocks(world, tmp_path, capsys):
+def test_a_second_writer_is_refused_and_a_killed_ones_lock_never_blocks(tmp_path, capsys):
     (tmp_path / "input.txt").write_text(corpus())
-    args = tiny_args(tmp_path / "input.txt", tmp_path, "--ckpt_path", "last", "--checkpoint_every", 5, steps=-1)
-    first = start_train_py(args)
+
+    def args(steps):
+        return tiny_args(tmp_path / "input.txt", tmp_path, "--ckpt_path", "last", "--checkpoint_every", 5, steps=steps)
+
+    first = start_train_py(args(-1))
     try:
         _wait_for_checkpoint(first, tmp_path)
-        assert train(args[:-1] + ["--trainer.max_steps", 400]) == 2
+        assert train(args(400)) == 2
         assert_one_line_error(capsys.readouterr().err, "is being written by another train.py", f"process {first.pid}")
         first.kill()
         first.wait()
     finally:
         first.kill()
-    assert train(args[:-1] + ["--trainer.max_steps", newest(tmp_path)["global_step"] + 5]) == 0
+    assert (tmp_path / "lightning_logs/version_0" / runlock.LOCK).exists()  # left behind by the killed process
+    assert train(args(newest(tmp_path)["global_step"] + 5)) == 0
     assert sorted(os.listdir(tmp_path / "lightning_logs")) == ["version_0"]
 
 
