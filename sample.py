@@ -54,6 +54,8 @@ def _check(args) -> None:
         raise UsageError(f"--length must be 0 or more, got {args.length}")
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):
         raise UsageError(f"--temperature must be a finite number >= 0 (0 means greedy), got {args.temperature}")
+    if args.temperature > 0 and not math.isfinite(1 / args.temperature):
+        raise UsageError(f"--temperature {args.temperature} is too small to divide the logits by; use 0 for greedy")
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be 1 or more, got {args.top_k}")
     if args.seed is not None and args.seed < 0:

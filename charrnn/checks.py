@@ -156,10 +156,11 @@ def plain_parser_error(message: str) -> str:
     Python type reprs (``<class 'float'>``, ``typing.Literal[...]``)."""
     message = " ".join(message.split())
     key = re.search(r'Parser key "([^"]+)"', message)
-    value = re.findall(r"(?:Got|Given) value:(.*?)(?: - |$)", message)
+    parts = re.split(r"(?:Got|Given) value:", message)
     if not key:
         return message
-    flag, got = f"--{key.group(1)}", (value[-1].strip() or "an empty value") if value else None
+    value = re.split(r" - | Given value type:", parts[-1])[0].strip() if len(parts) > 1 else None
+    flag, got = f"--{key.group(1)}", None if value is None else value or "an empty value"
     wanted = _WANTED.get(key.group(1))
     if wanted is None and not re.search(r"<class '[\w]+\.[\w.]+'>|import path", message):  # only plain types
         words = [_TYPE_WORDS[name] for name in re.findall(r"Expected a <class '(\w+)'>", message) if name in _TYPE_WORDS]

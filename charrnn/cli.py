@@ -37,6 +37,8 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 # Lightning compares log_every_n_steps with its batch count, but a batch may hold several steps and charrnn logs
 # by step (module._logging_step): the advice to lower the interval does not apply.
 warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
+# --data.val_fraction 0 turns validation off on purpose; Lightning asks whether an empty loader was intended.
+warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
 
 
 class CharRNNCLI(LightningCLI):
@@ -52,7 +54,11 @@ class CharRNNCLI(LightningCLI):
         parser.add_argument("--checkpoint_every", type=int, default=1000, help="steps between last.ckpt writes")
 
     def parse_arguments(self, parser, args):
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except (OSError, UnicodeDecodeError) as e:  # the parser reads a path given for a class (e.g. a logger)
+            reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+            raise UsageError(f"a flag names a file that cannot be read as settings ({reason})") from None
         _check_flags(self.config)  # before LightningCLI seeds (a seed out of range crashes there) or builds anything
 
     def instantiate_trainer(self, **kwargs):
