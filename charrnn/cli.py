@@ -4,8 +4,8 @@
 [--seed_everything N]``. Values come from ``configs/default.yaml`` unless a config file or flag overrides them.
 
 Exit codes: 0 when training finished, or stopped by Ctrl-C / SIGTERM with ``last.ckpt`` saved; 2 with one line
-``error: ...`` on stderr for a bad input or a diverged run (nothing on disk overwritten); 130 for Ctrl-C before
-training started. Resuming takes the learning rate from the flags, everything else from the checkpoint.
+``error: ...`` on stderr for a bad input or a diverged run (nothing on disk overwritten); 130 for Ctrl-C / SIGTERM
+outside training, or a second one during it (README.md lists every case). Resuming takes the learning rate from the flags, everything else from the checkpoint.
 """
 
 import argparse
