@@ -9,13 +9,17 @@ Imports torch and NumPy but not Lightning, so it starts about as fast as ``impor
 
 import argparse
 import math
-import os
 import sys
+
+from charrnn import entry
+
+if __name__ == "__main__":
+    entry.start()  # before torch is imported (seconds): see charrnn/entry.py
 
 import torch
 
 from charrnn import checkpoint
-from charrnn.errors import UsageError
+from charrnn.errors import UsageError, one_line
 from charrnn.sampling import encode_prime, generate
 
 FLUSH_EVERY = 64  # characters per write: streamed to a reader, yet few enough system calls to cost nothing
@@ -50,6 +54,8 @@ def _check(args) -> None:
         raise UsageError(f"--length must be 0 or more, got {args.length}")
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):
         raise UsageError(f"--temperature must be a finite number >= 0 (0 means greedy), got {args.temperature}")
+    if args.temperature > 0 and not math.isfinite(1 / args.temperature):
+        raise UsageError(f"--temperature {args.temperature} is too small to divide the logits by; use 0 for greedy")
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be 1 or more, got {args.top_k}")
     if args.seed is not None and args.seed < 0:
@@ -94,12 +100,8 @@ def main(argv=None) -> int:
     try:
         run(sys.argv[1:] if argv is None else argv)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        # The reader has what it wanted (``| head``); point stdout at /dev/null so the final flush is silent.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -107,4 +109,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry.run(main, reader_may_leave=True))  # | head: the reader has what it wanted

@@ -2,7 +2,10 @@
 
 import sys
 
-from charrnn.cli import main
+from charrnn import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry.start()  # before torch is imported (seconds): see charrnn/entry.py
+    from charrnn.cli import main
+
+    sys.exit(entry.run(main))

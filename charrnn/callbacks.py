@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from . import checkpoint
+from .entry import Interrupted
 from .errors import UsageError
 
 
@@ -37,6 +38,7 @@ class LastCheckpoint(L.Callback):
         self.every_n_steps = every_n_steps
         self.stop_signal = None
         self.saved_step = None  # the step of the checkpoint this run wrote last
+        self.start_step = None  # the step training started (or resumed) at
         self._previous_handlers = {}
 
     def path(self, trainer) -> str:
@@ -44,12 +46,12 @@ class LastCheckpoint(L.Callback):
 
     def _request_stop(self, signum, frame):
         if self.stop_signal is not None:
-            raise KeyboardInterrupt
+            raise Interrupted(f"aborted by a second {signal.Signals(signum).name}")
         self.stop_signal = signal.Signals(signum).name
 
     def on_train_start(self, trainer, pl_module):
         checkpoint.remove_temporaries(self.path(trainer))
-        self._step = trainer.global_step
+        self._step = self.start_step = trainer.global_step
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous_handlers[sig] = signal.signal(sig, self._request_stop)
 

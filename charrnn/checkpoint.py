@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import checks
 from .errors import UsageError
 from .network import Architecture
 
@@ -94,6 +95,7 @@ def resolve(path: str) -> str:
         return found
     if not os.path.exists(path):
         raise UsageError(f"checkpoint {path} does not exist")
+    checks.regular_file(path, "checkpoint")
     return path
 
 
@@ -115,7 +117,9 @@ def load(path: str, map_location="cpu") -> dict:
             "could run code; pass a checkpoint written by train.py"
         ) from None
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        # torch's own wording, without its closing appeal to report the message as a bug
+        reason = str(e).split("Could this error message be improved?")[0].strip().splitlines()
+        reason = reason[0][:200] if reason else type(e).__name__
         raise UsageError(f"{path} is damaged, truncated or not a checkpoint ({reason})") from None
     if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("charrnn"), dict) and "state_dict" in checkpoint):
         raise UsageError(f"{path} is not a charrnn checkpoint (written by train.py)")

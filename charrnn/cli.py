@@ -4,8 +4,9 @@
 [--seed_everything N]``. Values come from ``configs/default.yaml`` unless a config file or flag overrides them.
 
 Exit codes: 0 when training finished, or stopped by Ctrl-C / SIGTERM with ``last.ckpt`` saved; 2 with one line
-``error: ...`` on stderr for a bad input or a diverged run (nothing on disk overwritten); 130 for Ctrl-C before
-training started. Resuming takes the learning rate from the flags, everything else from the checkpoint.
+``error: ...`` on stderr for a bad input or a diverged run (nothing on disk overwritten); 130 for Ctrl-C / SIGTERM
+outside training, or a second one during it (README.md lists every case). Resuming takes the learning rate from the
+flags, everything else from the checkpoint.
 """
 
 import argparse
@@ -19,10 +20,11 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
-from . import resume
+from . import checks, resume, runlock
 from .callbacks import AtomicCheckpointIO, LastCheckpoint, ProgressBar
 from .data import CharDataModule
-from .errors import Diverged, UsageError
+from .entry import Interrupted
+from .errors import Diverged, UsageError, one_line
 from .module import CharRNN
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.yaml")
@@ -32,6 +34,11 @@ SUPPORTED_PRECISION = ("32-true", "32", "64-true", "64")
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 # Lightning 2.6 calls a torch pytree API that torch deprecated; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# Lightning compares log_every_n_steps with its batch count, but a batch may hold several steps and charrnn logs
+# by step (module._logging_step): the advice to lower the interval does not apply.
+warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
+# --data.val_fraction 0 turns validation off on purpose; Lightning asks whether an empty loader was intended.
+warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
 
 
 class CharRNNCLI(LightningCLI):
@@ -46,8 +53,19 @@ class CharRNNCLI(LightningCLI):
         )
         parser.add_argument("--checkpoint_every", type=int, default=1000, help="steps between last.ckpt writes")
 
-    def before_instantiate_classes(self):
-        _check_flags(self.config)
+    def parse_arguments(self, parser, args):
+        try:
+            super().parse_arguments(parser, args)
+        except (OSError, UnicodeDecodeError) as e:  # the parser reads a path given for a class (e.g. a logger)
+            reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+            raise UsageError(f"a flag names a file that cannot be read as settings ({reason})") from None
+        _check_flags(self.config)  # before LightningCLI seeds (a seed out of range crashes there) or builds anything
+
+    def instantiate_trainer(self, **kwargs):
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (TypeError, ValueError) as e:  # Lightning's own checks of the --trainer.* values
+            raise UsageError(f"the --trainer settings do not work: {' '.join(str(e).split())}") from None
 
 
 def _check_flags(config) -> None:
@@ -67,13 +85,14 @@ def _check_flags(config) -> None:
     for name in ("max_steps", "max_epochs"):
         if trainer[name] is not None and trainer[name] != -1 and trainer[name] < 1:
             raise UsageError(f"--trainer.{name} must be a positive integer, or -1 for no limit, got {trainer[name]}")
-    for name in ("log_every_n_steps", "val_check_interval"):
-        if trainer[name] is not None and not trainer[name] > 0:
-            raise UsageError(f"--trainer.{name} must be positive, got {trainer[name]}")
-    if isinstance(trainer["val_check_interval"], float):  # a fraction of an epoch: validation counts steps here
-        raise UsageError(
-            f"--trainer.val_check_interval must be a whole number of steps, got {trainer['val_check_interval']}"
-        )
+    for name in ("log_every_n_steps", "val_check_interval"):  # not a fraction of an epoch: charrnn counts steps
+        if trainer[name] is not None and not (type(trainer[name]) is int and trainer[name] > 0):
+            raise UsageError(f"--trainer.{name} must be a positive whole number of steps, got {trainer[name]}")
+    checks.seed(config["seed_everything"])
+    for name in ("learning_rate", "clip"):
+        checks.positive_float(f"--model.{name}", config["model"][name], precision)
+    devices = trainer["devices"]
+    checks.fits_in_memory(config, devices if type(devices) is int and devices > 0 else 1)
 
 
 @contextlib.contextmanager
@@ -119,7 +138,7 @@ def _build(args):
         CharRNN,
         CharDataModule,
         run=False,
-        args=args,
+        args=checks.config_files(sys.argv[1:] if args is None else args),
         parser_kwargs={"exit_on_error": False, "default_config_files": [DEFAULT_CONFIG]},
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"enable_checkpointing": False, "check_val_every_n_epoch": None},
@@ -133,14 +152,31 @@ def _build(args):
 
 
 def _fit(trainer, model, data, ckpt_path: str | None, last: LastCheckpoint) -> None:
+    lock = runlock.claim(trainer, last.path) if trainer.is_global_zero else None
     try:
         trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except Diverged as e:
-        if last.saved_step is not None:
-            kept = f"{last.path(trainer)} (step {last.saved_step}) is the last good checkpoint"
-        else:
-            kept = f"{ckpt_path} is unchanged" if ckpt_path else "no checkpoint was written"
+        kept = _kept(last, trainer, ckpt_path, e.step)
         raise UsageError(f"{e}; {kept}; lower --model.learning_rate (or --model.clip) and train again") from None
+    except Interrupted as e:
+        raise Interrupted(f"{e}; {_kept(last, trainer, ckpt_path)}") from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _kept(last: LastCheckpoint, trainer, ckpt_path: str | None, bad_step: int | None = None) -> str:
+    """Which checkpoint on disk a stopped run leaves intact (``bad_step``: where it diverged)."""
+    if last.saved_step is None:
+        if not ckpt_path:
+            return "no checkpoint was written"
+        step = f" (step {last.start_step})" if bad_step is None and last.start_step is not None else ""
+        return f"{ckpt_path} is unchanged{step}"
+    if bad_step is None:
+        return f"{last.path(trainer)} (step {last.saved_step}) is intact"
+    if last.saved_step >= bad_step:  # saved at the step whose validation then diverged
+        return f"{last.path(trainer)} (step {last.saved_step}) holds the weights that diverged"
+    return f"{last.path(trainer)} (step {last.saved_step}) is the last good checkpoint"
 
 
 def _report(trainer, last: LastCheckpoint) -> None:
@@ -162,6 +198,8 @@ def run(args=None) -> None:
     ckpt_path, finished = resume.prepare(cli.config["ckpt_path"], trainer, model, data, last.path(trainer))
     if finished:
         return
+    data.trainer = trainer  # the streams of all processes: a text too short for them is refused before any write
+    data.setup("fit")
     _check_writable(trainer.default_root_dir)
     _fit(trainer, model, data, ckpt_path, last)
     _report(trainer, last)
@@ -172,12 +210,12 @@ def main(args=None) -> int:
         with _lightning_notes_on_stdout():
             run(args)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except (argparse.ArgumentError, MisconfigurationException) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(checks.plain_parser_error(str(e)))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as e:
+        print(one_line(e) or "interrupted", file=sys.stderr)
         return 130
     return 0

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .callbacks import LastCheckpoint
+from .checks import regular_file
 from .distributed import block_of_rank
 from .errors import UsageError
 
@@ -37,7 +38,10 @@ def _decoded_chunks(path: str):
     offset, carry = 0, ""
     with open(path, "rb") as f:
         while True:
-            raw = f.read(_CHUNK_BYTES)
+            try:
+                raw = f.read(_CHUNK_BYTES)
+            except OSError as e:  # e.g. /proc/self/mem, or a disk failing
+                raise UsageError(f"cannot read data file {path} ({e.strerror})") from None
             try:
                 text = carry + decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
@@ -75,6 +79,7 @@ def check_text_file(path: str) -> None:
         raise UsageError(f"data path {path} is a directory; pass --data.path with a UTF-8 text file")
     if not os.access(path, os.R_OK):
         raise UsageError(f"data file {path} is not readable")
+    regular_file(path, "data file")
 
 
 class Vocab:

@@ -5,12 +5,19 @@ a bug and keeps its traceback.
 """
 
 
+def one_line(message: str) -> str:
+    """``message`` with line breaks and other control characters escaped (a path may hold a newline)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(message))
+
+
 class UsageError(Exception):
     """A problem with the user's input, reported as one line: what is wrong and what to do."""
 
 
 class Diverged(UsageError):
-    """Training produced a non-finite loss or parameters: the learning rate (or clip) is too high for this model."""
+    """Training produced a non-finite or exploding loss, or non-finite parameters: the learning rate (or clip) is
+    too high for this model."""
 
-    def __init__(self, step: int):
-        super().__init__(f"training diverged at step {step}: the loss or the parameters are not finite")
+    def __init__(self, step: int, reason: str = "the loss or the parameters are not finite"):
+        super().__init__(f"training diverged at step {step}: {reason}")
+        self.step = step

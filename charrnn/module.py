@@ -12,6 +12,10 @@ from .optim import Adagrad
 from .sampling import generate
 
 SMOOTHING = 0.999  # min-char-rnn's smoothed loss: smooth = 0.999 * smooth + 0.001 * loss
+# A loss above this many times ln(V), the loss of the uniform guess every run starts from, is exploding (char-rnn
+# stops at 3 times its first loss). Judged on means over many characters: a logging interval's training loss and
+# the validation loss, not one window, which may be hard text for a good model.
+EXPLODED = 3
 NO_STEP = 2**62  # first_bad_step while every loss has been finite
 
 
@@ -131,9 +135,12 @@ class CharRNN(L.LightningModule):
         """
         now, steps = time.perf_counter(), self.global_step - self._step_at_rate
         rate = steps * chars_per_step / (now - self._time_at_rate)
+        self.check_finite()  # names the first step whose loss was not finite
+        loss = float(self._loss_sum) / (steps * chars_per_step)
+        self._check_not_exploding(loss, f"the training loss over the last {steps} steps")
         self._write_metrics(
             {
-                "train/loss": float(self._loss_sum) / (steps * chars_per_step),
+                "train/loss": loss,
                 "train/smooth_loss": float(self.smooth_loss),
                 "train/chars_per_sec": rate,
             }
@@ -141,6 +148,15 @@ class CharRNN(L.LightningModule):
         self.log("train/chars_per_sec", rate, prog_bar=True, logger=False)
         self._loss_sum.zero_()
         self._step_at_rate, self._time_at_rate = self.global_step, now
+
+    def _check_not_exploding(self, loss: float, what: str):
+        limit = EXPLODED * math.log(self.hparams.vocab_size)
+        if not loss <= limit:
+            raise Diverged(
+                self.global_step,
+                f"{what} is {loss:.4g} nats per character, above {EXPLODED} x {limit / EXPLODED:.4g} (the loss it "
+                "started from)",
+            )
 
     def _write_metrics(self, metrics: dict):
         for logger in self.loggers:
@@ -173,6 +189,8 @@ class CharRNN(L.LightningModule):
         count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
         val_loss = (total / count).float()
         metrics = {"val/loss": val_loss, "val/bpc": val_loss / math.log(2)}
+        if not self.trainer.sanity_checking:
+            self._check_not_exploding(float(val_loss), "the validation loss")
         # Already reduced and equal on every rank; sync_dist only spares Lightning's warning that it is not.
         self.log_dict(metrics, prog_bar=True, logger=False, sync_dist=True)
         if not self.trainer.sanity_checking:

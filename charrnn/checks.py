@@ -1,0 +1,183 @@
+"""What train.py refuses before anything runs, said in the user's words.
+
+Each check compares a value with what the run can actually do (the seeding's range, the precision's float range,
+the machine's memory, a file that can be read as one), so a value that would crash the run minutes later, or
+leave a half-made run directory, is one line ``error: ...`` at the start instead.
+"""
+
+import math
+import os
+import re
+import stat
+
+import torch
+import yaml
+
+from .errors import UsageError
+
+MAX_SEED = 2**32 - 1  # the seeding (NumPy's) accepts 0 .. 2**32 - 1
+DTYPES = {"32-true": torch.float32, "32": torch.float32, "64-true": torch.float64, "64": torch.float64}
+
+# How a flag's accepted values are described when the parser refuses one (instead of Python's type names).
+_WANTED = {
+    "model.learning_rate": "a finite positive number",
+    "model.clip": "a finite positive number",
+    "data.val_fraction": "a number from 0 up to (not including) 1",
+    "trainer.precision": "one of 32-true, 64-true",
+    "seed_everything": f"an integer from 0 to {MAX_SEED}, or true for a random seed",
+}
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def regular_file(path: str, what: str) -> None:
+    """Refuse a pipe, device, socket or directory where a file is expected: reading one would block forever
+    (a FIFO), never end (``/dev/zero``) or fail half-way."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the caller says which, in its own words
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe, a device or a socket)"
+        raise UsageError(f"{what} {path} is {kind}; pass a regular file")
+
+
+def seed(value) -> None:
+    if not isinstance(value, bool) and not 0 <= value <= MAX_SEED:
+        raise UsageError(f"--seed_everything must be {_WANTED['seed_everything']}, got {value}")
+
+
+def positive_float(flag: str, value: float, precision: str) -> None:
+    """Finite, positive and representable in the run's precision: 1e300 overflows float32 at the first step, and
+    a rate below the smallest normal float32 rounds to 0 (training that silently never learns)."""
+    info = torch.finfo(DTYPES[precision])
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{flag} must be {_WANTED['model.learning_rate']}, got {value}")
+    if not info.tiny <= value <= info.max:
+        raise UsageError(
+            f"{flag} {value} cannot be represented in {precision} (from {info.tiny:.3g} to {info.max:.3g}); "
+            "use a value in that range, or --trainer.precision 64-true"
+        )
+
+
+def memory_needed(hidden: int, streams: int, seq_length: int, sample_length: int, precision: str, vocab: int = 1) -> int:
+    """Bytes a training process needs at least: the weights four times over (weights, gradients, Adagrad's memory,
+    the initialisation's temporary), the activations of one window (rnn.loss_and_grads keeps about six (B, T, H)
+    and two (B, T, V) tensors), those of a validation chunk (64 streams of 256), and the samples' text."""
+    item = DTYPES[precision].itemsize
+    weights = hidden * hidden + 2 * hidden * vocab + hidden + vocab
+    window = streams * seq_length * (6 * hidden + 2 * vocab)
+    validation = 64 * 256 * (2 * hidden + 3 * vocab)
+    return item * (4 * weights + max(window, validation)) + 64 * sample_length
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the kernel's MemAvailable, capped by a cgroup (container) limit."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except OSError:
+        found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+            limit = f.read().strip()
+            if limit.isdigit():
+                found.append(int(limit) - int(g.read()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def fits_in_memory(config, processes: int) -> None:
+    data, model = config["data"], config["model"]
+    precision = str(config["trainer"]["precision"] or "32-true")
+    needed = processes * memory_needed(
+        model["hidden_size"], data["batch_size"], data["seq_length"], model["sample_length"], precision
+    )
+    free = available_memory()
+    if free is not None and needed > free:
+        each = f" ({processes} processes)" if processes > 1 else ""
+        raise UsageError(
+            f"--model.hidden_size {model['hidden_size']} with --data.batch_size {data['batch_size']} and "
+            f"--data.seq_length {data['seq_length']} needs at least {_size(needed)} of memory{each}, and this "
+            f"machine has {_size(free)} available; use smaller sizes"
+        )
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.1f} {unit}" if unit != "bytes" else f"{n} bytes"
+        n /= 1024
+
+
+# Flags whose value may be a YAML file: the whole config, or one group's settings (``--model model.yaml``).
+CONFIG_FLAGS = ("--config", "--data", "--model", "--trainer")
+
+
+def config_files(args: list[str]) -> list[str]:
+    """``args`` with each config file (``--config FILE``, ``--model FILE`` ...) checked: a regular, readable, UTF-8
+    YAML mapping. An empty file means no settings and is dropped (the parser would call it an unexpected config)."""
+    out, i = [], 0
+    while i < len(args):
+        flag, _, value = args[i].partition("=")
+        if flag in CONFIG_FLAGS and (value or i + 1 < len(args)):
+            path = value if value else args[i + 1]
+            i += 1 if value else 2
+            if not os.path.lexists(path) or _settings(path, flag) is not None:  # not a file: the parser decides
+                out += [flag, path]
+        else:
+            out.append(args[i])
+            i += 1
+    return out
+
+
+def _settings(path: str, flag: str):
+    regular_file(path, f"{flag} file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read {flag} file {path} ({e.strerror})") from None
+    try:
+        settings = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{flag} file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    except yaml.YAMLError as e:
+        where = f" (line {e.problem_mark.line + 1})" if getattr(e, "problem_mark", None) else ""
+        raise UsageError(f"{flag} file {path} is not valid YAML{where}") from None
+    if settings is not None and not isinstance(settings, dict):
+        raise UsageError(f"{flag} file {path} must hold settings as YAML (name: value lines, like configs/default.yaml)")
+    return settings
+
+
+def plain_parser_error(message: str) -> str:
+    """The parser's refusal in the user's words: ``--KEY must be <what it accepts>, got VALUE`` instead of
+    Python type reprs (``<class 'float'>``, ``typing.Literal[...]``)."""
+    message = " ".join(message.split())
+    key = re.search(r'Parser key "([^"]+)"', message)
+    parts = re.split(r"(?:Got|Given) value:", message)
+    if not key:
+        return message
+    value = re.split(r" - | Given value type:", parts[-1])[0].strip() if len(parts) > 1 else None
+    flag, got = f"--{key.group(1)}", None if value is None else value or "an empty value"
+    wanted = _WANTED.get(key.group(1))
+    if wanted is None and not re.search(r"<class '[\w]+\.[\w.]+'>|import path", message):  # only plain types
+        words = [_TYPE_WORDS[name] for name in re.findall(r"Expected a <class '(\w+)'>", message) if name in _TYPE_WORDS]
+        words += ["one of " + ", ".join(re.findall(r"'([^']*)'", literal)) for literal in re.findall(r"Expected a typing\.Literal\[(.*?)\]", message)]
+        if "a number" in words and got is not None and _is_non_finite(got):
+            words = ["a finite number"]
+        wanted = " or ".join(dict.fromkeys(words))
+    if wanted and got is not None:
+        return f"{flag} must be {wanted}, got {got}"
+    if got is not None:
+        return f"{flag} cannot be {got}; python train.py --help lists what it accepts"
+    detail = re.sub(r"Parser key \"[^\"]+\":\s*", "", message)
+    return f"{flag}: {detail}"
+
+
+def _is_non_finite(text: str) -> bool:
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False

@@ -1,0 +1,222 @@
+"""Property-based fuzzing of train.py and sample.py, in-process: random flags with hostile values (wrong types,
+signs, extremes, NaN and infinities, Unicode, huge numbers, special files) and randomly damaged files.
+
+The property, for every input: the exit code is 0, 2 or 130; a failure is exactly one line ``error: ...`` on
+stderr with no traceback; no warning reaches the user; and no file that existed before is changed or lost.
+
+CI runs a few hundred fixed (derandomized) examples. For a long run, e.g. 5000 examples per test:
+``CHARRNN_FUZZ_EXAMPLES=5000 python -m pytest tests/test_fuzz.py``.
+"""
+
+import contextlib
+import io
+import os
+import pickle
+import shutil
+import tempfile
+import warnings
+import zipfile
+
+import pytest
+import torch
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
+
+import sample
+from charrnn import cli
+from tests.train_helpers import corpus, snapshot, tiny_args, train
+
+LONG = int(os.environ.get("CHARRNN_FUZZ_EXAMPLES", "0"))
+FUZZ = settings(
+    max_examples=LONG or 600,  # about 50 s on 2 cores
+    deadline=None,
+    derandomize=not LONG,  # CI: the same examples every run; a long run explores
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+
+WORLD = tempfile.mkdtemp(prefix="charrnn-fuzz-")
+
+
+def _build_world() -> str:
+    """A text, a finished run and files a user might pass by mistake, shared (read-only) by every example."""
+    d = WORLD
+    with open(f"{d}/input.txt", "w") as f:
+        f.write(corpus())
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert train(tiny_args(f"{d}/input.txt", f"{d}/runs", steps=4)) == 0
+    os.mkfifo(f"{d}/fifo")
+    os.mkdir(f"{d}/empty-dir")
+    return d
+
+
+@pytest.fixture(scope="module", autouse=True)
+def world():
+    _build_world()
+    yield WORLD
+    shutil.rmtree(WORLD, ignore_errors=True)
+
+
+def _ckpt() -> str:
+    return f"{WORLD}/runs/lightning_logs/version_0/checkpoints/last.ckpt"
+
+
+# Values: wrong types, signs, extremes, non-finite numbers, Unicode and special files. Huge sizes are chosen
+# far beyond any machine's memory (refused up front), never merely slow.
+WORDS = ["0", "-1", "1", "2", "3", "1.5", "-0.0", "1e300", "-1e300", "1e-320", "nan", "-nan", "inf", "-inf", "x", "",
+         " ", "true", "false", "null", "[1]", "{a: 1}", "- 1", "💥", "ß\u0301", "\x00", "4294967296", "-5",
+         str(2**63), str(2**70), str(-2**70), "9" * 40, "0x10", "1_000", "32-true", "64-true", "16-mixed", "auto"]
+SPECIAL_PATHS = ["/dev/null", "/dev/zero", "/dev/full", "/bin/ls", "/proc/self/status", "/proc/self/mem", "/",
+                 "/nonexistent/x", "{d}/fifo", "{d}/empty-dir", "{d}/input.txt", "{d}/runs", "{ckpt}"]
+values = st.one_of(
+    st.sampled_from(WORDS),
+    st.sampled_from(SPECIAL_PATHS),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-(2**70), 2**70).filter(lambda n: not 8 < n < 2**40).map(str),  # tiny, or far too big
+    st.text(max_size=6),
+)
+
+TRAIN_FLAGS = ["--data.batch_size", "--data.seq_length", "--data.val_fraction", "--data.path", "--model.hidden_size",
+               "--model.learning_rate", "--model.clip", "--model.sample_length", "--model.print_every",
+               "--trainer.max_steps", "--trainer.max_epochs", "--trainer.log_every_n_steps",
+               "--trainer.val_check_interval", "--trainer.precision", "--trainer.accelerator", "--trainer.logger",
+               "--trainer.gradient_clip_val", "--trainer.limit_val_batches", "--trainer.num_sanity_val_steps",
+               "--trainer.default_root_dir", "--checkpoint_every", "--seed_everything", "--config", "--ckpt_path",
+               "--bogus", "--model", "--trainer.devices"]  # fmt: skip
+SAFE_DEVICES = ["0", "1", "nan", "true", "auto", "x", "[0]", "1.5", "/dev/null"]  # never more than one process
+
+
+@st.composite
+def damaged_file(draw) -> str:
+    """A file written for this example: a damaged checkpoint, a foreign zip or pickle, random bytes, or nothing."""
+    good = open(_ckpt(), "rb").read()
+    kind = draw(st.sampled_from(["truncated", "bit-flipped", "foreign zip", "foreign pickle", "torch.save",
+                                 "random bytes", "empty", "text"]))  # fmt: skip
+    if kind == "truncated":
+        data = good[: draw(st.integers(0, len(good) - 1))]
+    elif kind == "bit-flipped":
+        at, bit = draw(st.integers(0, len(good) - 1)), draw(st.integers(0, 7))
+        data = good[:at] + bytes([good[at] ^ (1 << bit)]) + good[at + 1 :]
+    elif kind == "foreign zip":
+        buffer = io.BytesIO()
+        with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w") as z:
+            warnings.simplefilter("ignore")  # duplicate member names are part of the damage
+            for name in draw(st.lists(st.sampled_from(["archive/data.pkl", "archive/version", "x", "a/b"]), max_size=3)):
+                z.writestr(name, draw(st.binary(max_size=64)))
+        data = buffer.getvalue()
+    elif kind == "foreign pickle":
+        data = pickle.dumps(draw(st.dictionaries(st.text(max_size=4), st.integers() | st.text(), max_size=3)))
+    elif kind == "torch.save":
+        buffer = io.BytesIO()
+        payload = draw(st.sampled_from([{}, [], {"charrnn": {}}, {"state_dict": {}, "charrnn": {"vocab": 3}},
+                                        {"charrnn": {"vocab": ["a"]}, "state_dict": {"Wxh": torch.zeros(2)}}]))
+        torch.save(payload, buffer)
+        data = buffer.getvalue()
+    elif kind == "random bytes":
+        data = draw(st.binary(max_size=256))
+    elif kind == "empty":
+        data = b""
+    else:
+        data = draw(st.text(max_size=200)).encode("utf-8", "surrogatepass")
+    path = os.path.join(tempfile.mkdtemp(dir=WORLD, prefix="file-"), "f")
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _flag_value(flag: str):
+    if flag == "--trainer.devices":
+        return st.sampled_from(SAFE_DEVICES)
+    if flag == "--trainer.default_root_dir":  # anywhere but the existing run, which a resume may rightly change
+        return st.sampled_from(["{root}/sub", "{root}/é 💥", "/dev/null", "/proc", "/nonexistent/x", "{d}/input.txt", ""])
+    if flag in ("--data.path", "--config", "--ckpt_path"):
+        return st.one_of(values, damaged_file())
+    return values
+
+
+train_flags = st.lists(st.sampled_from(TRAIN_FLAGS).flatmap(lambda f: st.tuples(st.just(f), _flag_value(f))), max_size=3)
+
+
+def _run(main, args) -> tuple[int, str, list]:
+    """``main(args)`` with stdout and stderr captured; every warning recorded (any would reach the user)."""
+    out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    return code, err.getvalue(), [str(w.message) for w in caught]
+
+
+def _check(code, err, caught, before):
+    event(f"exit code {code}")
+    assert code in (0, 2, 130), (code, err)
+    assert "Traceback" not in err and not caught, (err, caught)
+    if code != 0:
+        lines = err.splitlines()
+        assert len(lines) == 1 and (lines[0].startswith("error: ") or code == 130), err
+        for jargon in ("<class '", "typing.", "Could this error message be improved"):
+            assert jargon not in err, err
+    after = snapshot(WORLD)
+    assert {name: after.get(name) for name in before} == before, "a file that existed before was changed or lost"
+
+
+def _fill(value: str, root: str) -> str:
+    return value.replace("{d}", WORLD).replace("{ckpt}", _ckpt()).replace("{root}", root)
+
+
+@FUZZ
+@given(flags=train_flags)
+@example(flags=[("--trainer.devices", "nan")])
+@example(flags=[("--trainer.devices", "true")])
+@example(flags=[("--trainer.devices", "/dev/null")])
+@example(flags=[("--trainer.accelerator", "junk")])
+@example(flags=[("--config", "/bin/ls")])
+@example(flags=[("--trainer.val_check_interval", "true")])
+@example(flags=[("--seed_everything", "-5")])
+@example(flags=[("--seed_everything", "4294967296")])
+@example(flags=[("--model.learning_rate", "1e300")])
+@example(flags=[("--model.hidden_size", str(2**40))])
+@example(flags=[("--model.learning_rate", "nan")])
+@example(flags=[("--trainer.log_every_n_steps", "50")])
+@example(flags=[("--data.path", "{d}/fifo")])
+@example(flags=[("--ckpt_path", "/dev/zero")])
+@example(flags=[("--data.path", "/proc/self/mem")])
+@example(flags=[("--data.batch_size", "")])
+@example(flags=[("--ckpt_path", "\r")])
+@example(flags=[("--model", "{ckpt}")])
+@example(flags=[("--trainer.max_epochs", "true")])
+@example(flags=[("--trainer.accelerator", "/proc/self/mem")])
+@example(flags=[("--trainer.logger", "/bin/ls")])
+@example(flags=[("--data.val_fraction", "0")])
+def test_train_py_keeps_its_promise(flags):
+    root = tempfile.mkdtemp(dir=WORLD, prefix="root-")
+    before = snapshot(WORLD)
+    extra = [arg for flag, value in flags for arg in (flag, _fill(value, root))]
+    # A time limit, so that a flag asking for endless training ends the example (and saves, like Ctrl-C would).
+    args = tiny_args(f"{WORLD}/input.txt", root, "--model.hidden_size", 8, "--trainer.max_time", "00:00:00:03",
+                     *extra, steps=3)  # fmt: skip
+    try:
+        _check(*_run(cli.main, args), before)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+SAMPLE_FLAGS = ["--length", "--prime", "--temperature", "--top-k", "--seed", "--device", "--greedy", "--bogus"]
+small_lengths = st.sampled_from(["-1", "0", "1", "5", "x", "nan", "1e3", "", "2.5"])
+sample_flags = st.lists(
+    st.sampled_from(SAMPLE_FLAGS).flatmap(
+        lambda f: st.tuples(st.just(f), small_lengths if f == "--length" else st.just(None) if f == "--greedy" else values)
+    ),
+    max_size=4,
+)
+
+
+@FUZZ
+@given(target=st.one_of(st.sampled_from(["{ckpt}", "{d}/runs", *SPECIAL_PATHS]), damaged_file(), values), flags=sample_flags)
+@example(target="/dev/zero", flags=[])
+@example(target="{d}/fifo", flags=[])
+@example(target="{ckpt}", flags=[("--top-k", str(2**70)), ("--seed", str(2**70))])
+@example(target="{ckpt}", flags=[("--temperature", "1e-320")])
+def test_sample_py_keeps_its_promise(target, flags):
+    before = snapshot(WORLD)
+    extra = [arg for flag, value in flags for arg in ((flag,) if value is None else (flag, value))]
+    args = [_fill(target, WORLD), "--length", "50", *extra]
+    _check(*_run(sample.main, args), before)
