@@ -9,7 +9,7 @@ the same model (one-hot input, L layers of the cell, a linear output layer), car
 ``backward()``, gradients set to None before each window. No optimizer: its cost is the same on both sides. The
 text is random (speed does not depend on it), V = 65 as tinyshakespeare's.
 
-Rounds alternate the two sides, so load from other users of the machine hits both alike; the ratio h / t is taken
+Rates are per CPU second of this process. Rounds alternate the two sides, so load from other users of the machine hits both alike; the ratio h / t is taken
 per round and its median printed. Also: the hand-written side's matrix-product rate (GFLOP/s) as a share of one
 large torch.mm on the same threads, the ceiling for this work.
 
@@ -44,15 +44,16 @@ def batches(B, T, n=4):
 
 
 def windows_per_second(step, seconds, warmup=0.5):
-    """Windows per second of ``step()``, timed after ``warmup`` seconds of it."""
+    """Windows per CPU second of ``step()`` (this process, one thread), timed after ``warmup`` seconds of it: the
+    time slices that other users of a shared machine take do not count, their cache pressure still does."""
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < warmup:
         step()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    n, t0 = 0, time.process_time()
+    while time.process_time() - t0 < seconds:
         step()
         n += 1
-    return n / (time.perf_counter() - t0)
+    return n / (time.process_time() - t0)
 
 
 def hand_written(name, H, L, B, T, p):

@@ -73,18 +73,20 @@ def backward(p: dict, acts: dict, dh_out: torch.Tensor):
     # With dh the gradient w.r.t. h_t: d pre_n = dh (1 - z)(1 - n^2), d pre_r = d pre_n * hn * r (1 - r),
     # d pre_z = dh (h_{t-1} - n) z (1 - z), and the recurrent n product gets d pre_n * r.
     dn = (1.0 - z) * (1.0 - n * n)
-    factors = torch.empty((T, B, GATES, H), dtype=dh_out.dtype, device=dh_out.device)
-    torch.mul(dn * hn, r * (1.0 - r), out=factors[:, :, R])
-    torch.mul(acts["h_minus_n"], z * (1.0 - z), out=factors[:, :, Z])
-    torch.mul(dn, r, out=factors[:, :, N])
-    # dh_{t-1} = dh_out[t-1] + dh_t z_t + drec_t @ Whh, with drec_t = dh_t * factors[t].
-    dh, drec = torch.empty_like(dh_out), torch.empty_like(factors)
-    d_out, d_h, d_rec, by_dh, z_t = dh_out.unbind(0), dh.unbind(0), drec.view(T, B, -1).unbind(0), factors.unbind(0), z.unbind(0)
+    # drec[t] starts as the factors [dn hn r (1 - r), (h_{t-1} - n) z (1 - z), dn r] and the loop multiplies them by
+    # dh_t in place: dh_{t-1} = dh_out[t-1] + dh_t z_t + drec_t @ Whh.
+    drec = torch.empty((T, B, GATES, H), dtype=dh_out.dtype, device=dh_out.device)
+    torch.mul(dn, hn, out=drec[:, :, R]).mul_(r).mul_(1.0 - r)
+    torch.mul(acts["h_minus_n"], z, out=drec[:, :, Z]).mul_(1.0 - z)
+    torch.mul(dn, r, out=drec[:, :, N])
+    dh = torch.empty_like(dh_out)
     dh[T - 1] = dh_out[T - 1]
-    torch.mul(dh[T - 1].unsqueeze(1), factors[T - 1], out=drec[T - 1])
+    d_out, d_h, dh1, z_t = dh_out.unbind(0), dh.unbind(0), dh.unsqueeze(2).unbind(0), z.unbind(0)
+    d_rec, by_dh = drec.view(T, B, -1).unbind(0), drec.unbind(0)
+    by_dh[T - 1].mul_(dh1[T - 1])
     for t in range(T - 2, -1, -1):
         torch.addcmul(d_out[t], d_h[t + 1], z_t[t + 1], out=d_h[t]).addmm_(d_rec[t + 1], p["Whh"])
-        torch.mul(d_h[t].unsqueeze(1), by_dh[t], out=drec[t])
+        by_dh[t].mul_(dh1[t])
     drec_flat = drec.view(T * B, -1)
     grads = {
         "Whh": drec_flat.t() @ hs[:-1].reshape(T * B, -1),

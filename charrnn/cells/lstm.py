@@ -75,33 +75,31 @@ def backward(p: dict, acts: dict, dh_out: torch.Tensor):
     hs, cs, gates, tc = acts["h"], acts["c"], acts["gates"], acts["tanh_c"]
     T, B, H = dh_out.shape
     o, i, f, g = gates.unbind(2)
-    # factors[t] = [o (1 - tc^2), tc o (1 - o), g i (1 - i), c_{t-1} f (1 - f), i (1 - g^2)]: the first two multiply
-    # dh (into dc and d pre_o), the last three multiply dc (into d pre_i, d pre_f, d pre_g).
-    factors = torch.empty((T, B, 5, H), dtype=dh_out.dtype, device=dh_out.device)
+    # work[t] starts as [o (1 - tc^2), tc o (1 - o), g i (1 - i), c_{t-1} f (1 - f), i (1 - g^2)]: the first two
+    # multiply dh (into dc and d pre_o), the last three dc (into d pre_i, d pre_f, d pre_g). The loop multiplies
+    # them in place, leaving [dh o (1 - tc^2), d pre_o, d pre_i, d pre_f, d pre_g]: one buffer, no temporaries.
+    work = torch.empty((T, B, 5, H), dtype=dh_out.dtype, device=dh_out.device)
     one = torch.ones((), dtype=dh_out.dtype, device=dh_out.device)
     sig = gates[:, :, :3]
-    dsig = torch.addcmul(sig, sig, sig, value=-1.0)  # s (1 - s)
-    torch.mul(o, torch.addcmul(one, tc, tc, value=-1.0), out=factors[:, :, 0])
-    torch.mul(tc, dsig[:, :, O], out=factors[:, :, 1])
-    torch.mul(g, dsig[:, :, I], out=factors[:, :, 2])
-    torch.mul(cs[:-1], dsig[:, :, F], out=factors[:, :, 3])
-    torch.mul(i, torch.addcmul(one, g, g, value=-1.0), out=factors[:, :, 4])
-    # work[t] = [dh * o (1 - tc^2), d pre_o, d pre_i, d pre_f, d pre_g]; its last four are the gradient w.r.t. pre.
-    work = torch.empty_like(factors)
+    torch.addcmul(sig, sig, sig, value=-1.0, out=work[:, :, 1:4])  # s (1 - s) for o, i, f
+    work[:, :, 1].mul_(tc)
+    work[:, :, 2].mul_(g)
+    work[:, :, 3].mul_(cs[:-1])
+    torch.addcmul(one, tc, tc, value=-1.0, out=work[:, :, 0]).mul_(o)
+    torch.addcmul(one, g, g, value=-1.0, out=work[:, :, 4]).mul_(i)
     dpre = work[:, :, 1:].flatten(2)
     dh, dc = torch.empty_like(dh_out[0]), torch.empty_like(dh_out[0])
     dh1, dc1 = dh.unsqueeze(1), dc.unsqueeze(1)
     d_out, d_pre, f_t = dh_out.unbind(0), dpre.unbind(0), f.unbind(0)
-    into_c, from_dh, from_dc = work[:, :, 0].unbind(0), work[:, :, :2].unbind(0), work[:, :, 2:].unbind(0)
-    by_dh, by_dc = factors[:, :, :2].unbind(0), factors[:, :, 2:].unbind(0)
-    torch.mul(d_out[T - 1].unsqueeze(1), by_dh[T - 1], out=from_dh[T - 1])
+    into_c, by_dh, by_dc = work[:, :, 0].unbind(0), work[:, :, :2].unbind(0), work[:, :, 2:].unbind(0)
+    by_dh[T - 1].mul_(d_out[T - 1].unsqueeze(1))
     dc.copy_(into_c[T - 1])
-    torch.mul(dc1, by_dc[T - 1], out=from_dc[T - 1])
+    by_dc[T - 1].mul_(dc1)
     for t in range(T - 2, -1, -1):
         torch.addmm(d_out[t], d_pre[t + 1], p["Whh"], out=dh)
-        torch.mul(dh1, by_dh[t], out=from_dh[t])
+        by_dh[t].mul_(dh1)
         torch.addcmul(into_c[t], dc, f_t[t + 1], out=dc)
-        torch.mul(dc1, by_dc[t], out=from_dc[t])
+        by_dc[t].mul_(dc1)
     dWhh = dpre.reshape(T * B, -1).t() @ hs[:-1].reshape(T * B, -1)
     return dpre, {"Whh": dWhh}
 
