@@ -17,7 +17,6 @@ import functools
 import numpy as np
 import torch
 
-from .cells import CELLS  # noqa: F401  (the registry, re-exported for callers of the stack)
 
 
 def param_name(name: str, layer: int) -> str:
