@@ -1,0 +1,131 @@
+"""One LSTM layer, hand-written forward and backward over a window.
+
+    i, f, o = sigmoid(pre_i), sigmoid(pre_f), sigmoid(pre_o);  g = tanh(pre_g);  pre = x Wxh^T + bh + h_{t-1} Whh^T
+    c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
+
+The gates are stored in the order (o, i, f, g), so one sigmoid covers the three sigmoid gates and, backward, one
+multiply gives the gradients of the three gates that ``dc`` reaches (i, f, g). Every factor of the backward that
+does not depend on the incoming gradient (``o (1 - tanh^2 c)``, ``i (1 - i) g``, ...) is computed for all T steps
+at once before the loop, which then holds one product and three small multiplies per step.
+
+Initialisation: weights uniform in (-1/sqrt(H), 1/sqrt(H)), PyTorch's choice for nn.LSTM, which keeps the
+pre-activations' scale independent of H (char-rnn's fixed (-0.08, 0.08) is that of H ~ 150 and grows relatively
+too large for H = 512); biases zero except the forget gate's, 1, as in char-rnn and torch-rnn, so that the cell
+starts by remembering and gradients flow through c over the first windows.
+"""
+
+import numpy as np
+import torch
+
+GATES = 4  # Wxh is (GATES * H, in), rows in gate order (o, i, f, g)
+NUM_STATES = 2  # h, c
+SIGMOID_GATES = 3  # the first gates that are sigmoids
+O, I, F, G = range(4)
+
+
+def init_weight(rows: int, cols: int, hidden_size: int, generator=None, dtype=torch.float32) -> torch.Tensor:
+    bound = hidden_size**-0.5
+    return (torch.rand(rows, cols, generator=generator, dtype=dtype) * 2 - 1) * bound
+
+
+def init_layer(in_size: int, hidden_size: int, generator=None, dtype=torch.float32) -> dict:
+    H = hidden_size
+    bh = torch.zeros(GATES * H, 1, dtype=dtype)
+    bh[F * H : (F + 1) * H] = 1.0
+    return {
+        "Wxh": init_weight(GATES * H, in_size, H, generator, dtype),
+        "Whh": init_weight(GATES * H, H, H, generator, dtype),
+        "bh": bh,
+    }
+
+
+def forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
+    """Run the layer over ``xw`` (T, B, 4H) from ``state`` (B, 2, H) = (h, c); return ``(acts, new_state)``.
+
+    ``acts``: ``h`` and ``c`` (T + 1, B, H), starting state first; ``gates`` (T, B, 4, H) in the order (o, i, f, g)
+    (``xw``'s storage, overwritten); ``tanh_c`` (T, B, H).
+    """
+    T, B, GH = xw.shape
+    H = GH // GATES
+    Whh_t = p["Whh"].t()
+    hs = torch.empty((T + 1, B, H), dtype=xw.dtype, device=xw.device)
+    cs, tanh_c = torch.empty_like(hs), torch.empty_like(hs[1:])
+    hs[0], cs[0] = state[:, 0], state[:, 1]
+    gates = xw
+    # Per-step views made once.
+    pre, sig, tg = gates.unbind(0), gates[..., : 3 * H].unbind(0), gates[..., 3 * H :].unbind(0)
+    o, i, f, g = (gates[..., k * H : (k + 1) * H].unbind(0) for k in range(GATES))
+    h, c, tc = hs.unbind(0), cs.unbind(0), tanh_c.unbind(0)
+    for t in range(T):
+        pre[t].addmm_(h[t], Whh_t)
+        sig[t].sigmoid_()
+        tg[t].tanh_()
+        torch.mul(f[t], c[t], out=c[t + 1]).addcmul_(i[t], g[t])
+        torch.mul(o[t], torch.tanh(c[t + 1], out=tc[t]), out=h[t + 1])
+    acts = {"h": hs, "c": cs, "gates": gates.view(T, B, GATES, H), "tanh_c": tanh_c}
+    return acts, torch.stack((hs[T], cs[T]), 1)
+
+
+def backward(p: dict, acts: dict, dh_out: torch.Tensor):
+    """Gradients from ``dh_out`` (T, B, H), the loss's gradient w.r.t. each output h_t (not through the recurrence).
+
+    Returns ``(dxw, grads)``: the gradient w.r.t. the pre-activations (T, B, 4H) and ``{"Whh": ...}``. The
+    window's last state gets no gradient from later windows (truncated backpropagation through time).
+    """
+    hs, cs, gates, tc = acts["h"], acts["c"], acts["gates"], acts["tanh_c"]
+    T, B, H = dh_out.shape
+    o, i, f, g = gates.unbind(2)
+    # work[t] starts as [o (1 - tc^2), tc o (1 - o), g i (1 - i), c_{t-1} f (1 - f), i (1 - g^2)]: the first two
+    # multiply dh (into dc and d pre_o), the last three dc (into d pre_i, d pre_f, d pre_g). The loop multiplies
+    # them in place, leaving [dh o (1 - tc^2), d pre_o, d pre_i, d pre_f, d pre_g]: one buffer, no temporaries.
+    work = torch.empty((T, B, 5, H), dtype=dh_out.dtype, device=dh_out.device)
+    one = torch.ones((), dtype=dh_out.dtype, device=dh_out.device)
+    sig = gates[:, :, :3]
+    torch.addcmul(sig, sig, sig, value=-1.0, out=work[:, :, 1:4])  # s (1 - s) for o, i, f
+    work[:, :, 1].mul_(tc)
+    work[:, :, 2].mul_(g)
+    work[:, :, 3].mul_(cs[:-1])
+    torch.addcmul(one, tc, tc, value=-1.0, out=work[:, :, 0]).mul_(o)
+    torch.addcmul(one, g, g, value=-1.0, out=work[:, :, 4]).mul_(i)
+    dpre = work[:, :, 1:].flatten(2)
+    dh, dc = torch.empty_like(dh_out[0]), torch.empty_like(dh_out[0])
+    dh1, dc1 = dh.unsqueeze(1), dc.unsqueeze(1)
+    d_out, d_pre, f_t = dh_out.unbind(0), dpre.unbind(0), f.unbind(0)
+    into_c, by_dh, by_dc = work[:, :, 0].unbind(0), work[:, :, :2].unbind(0), work[:, :, 2:].unbind(0)
+    by_dh[T - 1].mul_(d_out[T - 1].unsqueeze(1))
+    dc.copy_(into_c[T - 1])
+    by_dc[T - 1].mul_(dc1)
+    for t in range(T - 2, -1, -1):
+        torch.addmm(d_out[t], d_pre[t + 1], p["Whh"], out=dh)
+        by_dh[t].mul_(dh1)
+        torch.addcmul(into_c[t], dc, f_t[t + 1], out=dc)
+        by_dc[t].mul_(dc1)
+    dWhh = dpre.reshape(T * B, -1).t() @ hs[:-1].reshape(T * B, -1)
+    return dpre, {"Whh": dWhh}
+
+
+def recurrent_bias(p: dict):
+    """The bias inside the recurrent pre-activation; none: the LSTM's one bias bh is in ``xw``."""
+    return None
+
+
+def numpy_step(hidden_size: int, dtype=np.float64):
+    """The layer's update for one character in NumPy: ``(h, c)`` in place from ``inp`` (the input pre-activation,
+    bh included) and ``rec`` (``Whh h``), both with the sigmoid gates' rows halved by the caller, so that one tanh
+    gives every gate: ``sigmoid(x) = (tanh(x / 2) + 1) / 2``."""
+    H = hidden_size
+    pre, ig = np.empty(GATES * H, dtype), np.empty(H, dtype)
+    sig = pre[: 3 * H]
+    o, i, f, g = (pre[k * H : (k + 1) * H] for k in range(GATES))
+
+    def step(inp: np.ndarray, rec: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
+        np.add(inp, rec, out=pre)
+        np.tanh(pre, out=pre)
+        np.multiply(sig, 0.5, out=sig)
+        np.add(sig, 0.5, out=sig)
+        c *= f
+        c += np.multiply(i, g, out=ig)
+        np.tanh(c, out=h)
+        h *= o
+
+    return step

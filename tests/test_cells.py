@@ -1,0 +1,187 @@
+"""The cells' hand-written BPTT (charrnn/cells, charrnn/stack.py) against autograd through nn.RNN / nn.LSTM / nn.GRU
+and against finite differences in float64; the one-layer rnn against charrnn/rnn.py bit for bit; the dropout masks;
+the NumPy sampling step against the torch forward."""
+
+import numpy as np
+import pytest
+import torch
+
+from charrnn import rnn, stack
+from charrnn.cells import CELLS, lstm
+
+F64 = torch.float64
+NN_LSTM_ORDER = [lstm.I, lstm.F, lstm.G, lstm.O]  # nn.LSTM's gate k is our gate NN_LSTM_ORDER[k]
+
+
+def make_case(cell, L, B, T, H, V, p=0.0, seed=0):
+    """Parameters moved off their initialisation so every gate is partly saturated, a random carried state (h and
+    c), random text, and dropout masks for ``p`` > 0."""
+    g = torch.Generator().manual_seed(seed)
+    params = stack.init_params(cell, V, H, L, generator=g, dtype=F64)
+    params = {k: v + 0.3 * torch.randn(v.shape, generator=g, dtype=F64) for k, v in params.items()}
+    inputs = torch.randint(V, (B, T), generator=g)
+    targets = torch.randint(V, (B, T), generator=g)
+    state = 0.5 * torch.randn(B, L * cell.NUM_STATES, H, generator=g, dtype=F64)
+    masks = stack.dropout_masks(p, seed, 7, 0, B, T, L, H, dtype=F64)
+    return params, inputs, targets, state, masks
+
+
+def torch_layer(name, p, in_size, H):
+    """nn.RNN / nn.LSTM / nn.GRU with the layer's weights copied (rows reordered to PyTorch's gate order), and the
+    map of its gradients' rows back to our gate order."""
+    module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[name](in_size, H, dtype=F64)
+    order = NN_LSTM_ORDER if name == "lstm" else list(range(module.weight_hh_l0.shape[0] // H))
+    to_nn = lambda w: torch.cat([w[k * H : (k + 1) * H] for k in order])  # noqa: E731
+    back = lambda w: torch.cat([w[order.index(k) * H : (order.index(k) + 1) * H] for k in range(len(order))])  # noqa: E731
+    bias_hh = torch.zeros_like(module.bias_hh_l0)
+    if name == "gru":
+        bias_hh[2 * H :] = p["bhn"].view(-1)
+    with torch.no_grad():
+        module.weight_ih_l0.copy_(to_nn(p["Wxh"]))
+        module.weight_hh_l0.copy_(to_nn(p["Whh"]))
+        module.bias_ih_l0.copy_(to_nn(p["bh"].view(-1)))
+        module.bias_hh_l0.copy_(bias_hh)
+    return module, back
+
+
+def reference(name, params, inputs, targets, state, masks):
+    """Loss, gradients (as our parameters) and new state by autograd through single-layer nn modules stacked with
+    the same dropout masks, a linear output layer and cross-entropy summed over time, averaged over streams."""
+    B, T = inputs.shape
+    V, H = params["Why"].shape
+    L, K = stack.num_layers(params), CELLS[name].NUM_STATES
+    x = torch.nn.functional.one_hot(inputs.t(), V).to(F64)
+    modules, new_state = [], []
+    for layer in range(L):
+        p = stack.layer_params(params, layer)
+        module, rows = torch_layer(name, p, x.shape[-1], H)
+        modules.append((module, rows))
+        s = state[:, layer * K : (layer + 1) * K].transpose(0, 1).contiguous()
+        out, last = module(x, (s[:1], s[1:]) if K == 2 else s)
+        new_state += [last[0][0], last[1][0]] if K == 2 else [last[0]]
+        x = out if masks is None else out * masks[layer]
+    Why = params["Why"].clone().requires_grad_()
+    by = params["by"].clone().requires_grad_()
+    logits = x @ Why.t() + by.view(-1)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(T * B, V), targets.t().reshape(-1), reduction="sum")
+    (loss / B).backward()
+    grads = {"Why": Why.grad, "by": by.grad}
+    for layer, (module, rows) in enumerate(modules):
+        g = {"Wxh": rows(module.weight_ih_l0.grad), "Whh": rows(module.weight_hh_l0.grad),
+             "bh": rows(module.bias_ih_l0.grad).unsqueeze(1)}  # fmt: skip
+        if name == "gru":
+            g["bhn"] = module.bias_hh_l0.grad[2 * H :].unsqueeze(1)
+        grads.update({stack.param_name(k, layer): v for k, v in g.items()})
+    return loss.detach(), grads, torch.stack(new_state, 1).detach()
+
+
+CONFIGS = [  # (L, B, dropout)
+    (1, 1, 0.0),
+    (1, 4, 0.0),
+    (3, 1, 0.0),
+    (3, 3, 0.3),
+    (2, 2, 0.5),
+]
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("L,B,p", CONFIGS)
+def test_gradients_equal_autograd(name, L, B, p):
+    cell = CELLS[name]
+    params, inputs, targets, state, masks = make_case(cell, L, B, T=9, H=6, V=7, p=p)
+    loss, grads, new_state = stack.loss_and_grads(cell, params, inputs, targets, state, masks)
+    ref_loss, ref_grads, ref_state = reference(name, params, inputs, targets, state, masks)
+
+    assert abs(loss - ref_loss) <= 1e-12 * abs(ref_loss)
+    assert new_state.shape == state.shape
+    assert (new_state - ref_state).abs().max() <= 1e-12
+    assert grads.keys() == params.keys() == ref_grads.keys()
+    for k, expected in ref_grads.items():
+        assert grads[k].shape == params[k].shape
+        rel = (grads[k] - expected).abs().max() / expected.abs().max()
+        assert rel <= 1e-10, f"{k}: relative error {rel:.1e}"
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("L,B,p", [(1, 1, 0.0), (3, 3, 0.3)])
+def test_gradients_equal_finite_differences(name, L, B, p):
+    cell = CELLS[name]
+    params, inputs, targets, state, masks = make_case(cell, L, B, T=5, H=4, V=5, p=p, seed=1)
+    _, grads, _ = stack.loss_and_grads(cell, params, inputs, targets, state, masks)
+    g, eps = torch.Generator().manual_seed(2), 1e-6
+    for k, param in params.items():
+        flat = param.view(-1)
+        for i in torch.randperm(flat.numel(), generator=g)[:4].tolist():  # a few entries of every tensor
+            saved = flat[i].item()
+            flat[i] = saved + eps
+            plus = stack.loss_and_grads(cell, params, inputs, targets, state, masks)[0] / B
+            flat[i] = saved - eps
+            minus = stack.loss_and_grads(cell, params, inputs, targets, state, masks)[0] / B
+            flat[i] = saved
+            numeric = (plus - minus).item() / (2 * eps)
+            analytic = grads[k].reshape(-1)[i].item()
+            assert abs(numeric - analytic) <= 1e-7 * max(1.0, abs(numeric)), f"{k}[{i}]: {analytic} vs {numeric}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B", [1, 4])
+def test_one_layer_rnn_is_bit_identical_to_rnn_py(dtype, B):
+    g = torch.Generator().manual_seed(3)
+    params = stack.init_params(CELLS["rnn"], 65, 100, 1, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    old = rnn.init_params(65, 100, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    assert params.keys() == old.keys() and all(torch.equal(params[k], old[k]) for k in old)
+    params = {k: v + 0.1 * torch.randn(v.shape, generator=g, dtype=dtype) for k, v in params.items()}
+    inputs, targets = torch.randint(65, (B, 25), generator=g), torch.randint(65, (B, 25), generator=g)
+    h0 = 0.5 * torch.randn(B, 100, generator=g, dtype=dtype)
+
+    loss, grads, state = stack.loss_and_grads(CELLS["rnn"], params, inputs, targets, h0.unsqueeze(1))
+    old_loss, old_grads, old_h = rnn.loss_and_grads(params, inputs, targets, h0)
+    assert torch.equal(loss, old_loss) and torch.equal(state, old_h.unsqueeze(1))
+    assert all(torch.equal(grads[k], old_grads[k]) for k in old_grads) and grads.keys() == old_grads.keys()
+
+    logits, state, _ = stack.forward(CELLS["rnn"], params, inputs, h0.unsqueeze(1))
+    hs = rnn.hidden_states(params, inputs, h0)
+    assert torch.equal(logits, rnn.logits_of(params, hs[1:].transpose(0, 1)))
+    assert torch.equal(state, hs[-1].unsqueeze(1))
+
+
+def test_forward_matches_loss_path_and_exposes_activations():
+    cell = CELLS["lstm"]
+    params, inputs, targets, state, _ = make_case(cell, 2, 3, T=6, H=5, V=7)
+    logits, new_state, acts = stack.forward(cell, params, inputs, state)
+    loss, _, loss_state = stack.loss_and_grads(cell, params, inputs, targets, state)
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), targets.reshape(-1), reduction="sum")
+    torch.testing.assert_close(loss, ref, rtol=1e-13, atol=0)
+    assert torch.equal(new_state, loss_state)
+    assert [tuple(a["h"].shape) for a in acts] == [(7, 3, 5)] * 2 and acts[1]["gates"].shape == (6, 3, 4, 5)
+    assert torch.equal(acts[1]["c"][-1], new_state[:, 3])
+
+
+def test_dropout_masks_are_a_function_of_seed_step_and_global_stream():
+    p, L, T, H = 0.3, 2, 20, 64
+    everyone = stack.dropout_masks(p, 11, 5, 0, 8, T, L, H)
+    assert everyone.shape == (L, T, 8, H)
+    for first, B in [(0, 4), (4, 4), (3, 2)]:  # a process's block of streams draws what the whole batch drew there
+        assert torch.equal(stack.dropout_masks(p, 11, 5, first, B, T, L, H), everyone[:, :, first : first + B])
+    assert everyone.unique().tolist() == [0.0, torch.tensor(1 / 0.7).item()]  # inverted dropout, float32
+    keep = (everyone > 0).double().mean().item()
+    assert abs(keep - 0.7) < 0.01  # 20480 units: standard deviation 0.003
+    for other in [stack.dropout_masks(p, 12, 5, 0, 8, T, L, H), stack.dropout_masks(p, 11, 6, 0, 8, T, L, H)]:
+        assert (other != everyone).double().mean() > 0.3  # another seed or step: independent masks (0.42 expected)
+    assert (everyone[0] != everyone[1]).double().mean() > 0.3  # layers, times and streams differ too
+    assert (everyone[:, 0] != everyone[:, 1]).double().mean() > 0.3
+    assert (everyone[:, :, 0] != everyone[:, :, 1]).double().mean() > 0.3
+    assert stack.dropout_masks(0.0, 11, 5, 0, 8, T, L, H) is None
+    big = stack.dropout_masks(p, 2**40 + 1, 2**33, 2**31, 2, 3, 1, 4, dtype=torch.float64)  # 64-bit counters work
+    assert big.dtype == torch.float64 and not torch.equal(big, stack.dropout_masks(p, 1, 2**33, 2**31, 2, 3, 1, 4))
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_numpy_step_equals_torch_forward(name):
+    cell = CELLS[name]
+    params, inputs, _, state, _ = make_case(cell, 2, 1, T=300, H=16, V=11, seed=5)
+    logits, new_state, _ = stack.forward(cell, params, inputs, state)
+    stepper = stack.NumpyStack(cell, params, state[0].numpy())
+    got = np.stack([stepper.advance(x).copy() for x in inputs[0].tolist()])
+    np.testing.assert_allclose(got, logits[0].numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(stepper.state(), new_state[0].numpy(), rtol=0, atol=1e-12)
