@@ -7,7 +7,6 @@ Prints the prime text, then exactly ``--length`` new characters as UTF-8, stream
 Imports torch and NumPy but not Lightning, so it starts about as fast as ``import torch``.
 """
 
-import argparse
 import math
 import sys
 
@@ -19,7 +18,8 @@ if __name__ == "__main__":
 import torch
 
 from charrnn import checkpoint
-from charrnn.errors import UsageError, one_line
+from charrnn.command import ArgumentParser, exit_code
+from charrnn.errors import UsageError
 from charrnn.sampling import encode_prime, generate
 
 FLUSH_EVERY = 64  # characters per write: streamed to a reader, yet few enough system calls to cost nothing
@@ -28,13 +28,8 @@ FLUSH_EVERY = 64  # characters per write: streamed to a reader, yet few enough s
 AUTO_CUDA_HIDDEN = 1024
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(description=__doc__.split("\n\n")[0])
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .ckpt file, or a run directory (its newest last.ckpt)")
     p.add_argument("--length", metavar="N", type=int, default=1000,
                    help="new characters after the prime (default 1000; 0 prints the prime only)")
@@ -91,21 +86,13 @@ def run(argv) -> None:
     prime_ids = encode_prime(net.vocab, args.prime)
     temperature = 0.0 if args.greedy else args.temperature
     device = _device(args.device, net.arch.hidden_size)
-    ids = generate(net.params, args.length, prime_ids=prime_ids, temperature=temperature, top_k=args.top_k,
-                   seed=args.seed, device=device)
+    ids = generate(net.arch.cell, net.params, args.length, prime_ids=prime_ids, temperature=temperature,
+                   top_k=args.top_k, seed=args.seed, device=device)
     _stream(sys.stdout.buffer, net.vocab, args.prime, ids)
 
 
 def main(argv=None) -> int:
-    try:
-        run(sys.argv[1:] if argv is None else argv)
-    except UsageError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_code(run, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

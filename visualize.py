@@ -94,8 +94,9 @@ def _read_start(path: str, limit: int) -> tuple[str, bool]:
     return text[:limit], more or len(text) > limit
 
 
-def _text_ids(args, params, vocab) -> list[int]:
+def _text_ids(args, net) -> list[int]:
     """The characters the page shows, as ids: the start of --text, or --prime and the model's continuation."""
+    vocab = net.vocab
     limit = min(args.length, MAX_CHARS)
     if args.length > MAX_CHARS:
         print(f"note: --length {args.length} is more than a page shows; it shows {MAX_CHARS} characters",
@@ -116,7 +117,7 @@ def _text_ids(args, params, vocab) -> list[int]:
         print(f"note: showing the first {MAX_CHARS} characters of --prime; the rest is cut", file=sys.stderr)
         return prime_ids[:MAX_CHARS]
     new = min(args.length, MAX_CHARS - len(prime_ids))
-    return prime_ids + list(generate(params, new, prime_ids=prime_ids, seed=args.seed))
+    return prime_ids + list(generate(net.arch.cell, net.params, new, prime_ids=prime_ids, seed=args.seed))
 
 
 def _write_atomic(text: str, path: str) -> None:
@@ -136,10 +137,10 @@ def run(argv) -> None:
     args = _parser().parse_args(argv)
     _check(args)
     path = checkpoint.resolve(args.checkpoint)
-    params, vocab = checkpoint.load_network(path)[1:]
+    net = checkpoint.load_network(path)
     _check_out(args.out)
-    ids = _text_ids(args, params, vocab)
-    html = page(trace(params, ids), ids, vocab, title=path)
+    ids = _text_ids(args, net)
+    html = page(trace(net.arch, net.params, ids), ids, net.vocab, title=path)
     try:
         _write_atomic(html, args.out)
     except OSError as e:

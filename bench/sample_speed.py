@@ -3,7 +3,9 @@
 ``python -m bench.sample_speed [--repeats N] [--chars N]``
 
 The model is the default configuration's (hidden 256) with tinyshakespeare's vocabulary (65 characters, read
-from ../shared/data when present), randomly initialised: speed does not depend on what the weights learned.
+from ../shared/data when present), randomly initialised: speed does not depend on what the weights learned. Then
+the generation speed of each cell, at the sizes with a speed goal (LSTM: >= 20k characters/s for one layer of 256,
+>= 5k for two of 512, one core).
 Start-up times are interleaved with the baseline and compared by median, so a busy machine slows both alike.
 """
 
@@ -48,10 +50,15 @@ def wall(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def chars_per_second(params, n: int, repeats: int, **kwargs) -> float:
+# (cell, hidden size, layers, goal in characters per second or None)
+NETWORKS = [("rnn", 256, 1, None), ("lstm", 256, 1, 20_000), ("gru", 256, 1, None), ("lstm", 512, 2, 5_000),
+            ("gru", 512, 2, None)]  # fmt: skip
+
+
+def chars_per_second(cell, params, n: int, repeats: int, **kwargs) -> float:
     best = 0.0
     for _ in range(repeats):
-        sampler = Sampler(params, seed=0, **kwargs)
+        sampler = Sampler(cell, params, seed=0, **kwargs)
         start = time.perf_counter()
         for _ in sampler.generate(n):
             pass
@@ -87,8 +94,14 @@ def main() -> None:
 
         for label, kwargs in (("temperature 1", {}), ("temperature 0.8, top-k 10", {"temperature": 0.8, "top_k": 10}),
                               ("greedy", {"temperature": 0.0})):
-            rate = chars_per_second(params, args.chars, min(args.repeats, 3), **kwargs)
+            rate = chars_per_second("rnn", params, args.chars, min(args.repeats, 3), **kwargs)
             print(f"generation, {label}: {rate:,.0f} chars/s (best of {min(args.repeats, 3)} x {args.chars:,})")
+        for cell, H, L, goal in NETWORKS:
+            weights = Architecture(len(vocab), H, cell, L).init_params(generator=torch.Generator().manual_seed(0))
+            n = max(1000, args.chars // (H * L // 128))
+            rate = chars_per_second(cell, weights, n, min(args.repeats, 3))
+            goal = f"; goal >= {goal:,}" if goal else ""
+            print(f"generation, {cell} {L} x {H}: {rate:,.0f} chars/s (best of {min(args.repeats, 3)} x {n:,}{goal})")
 
         n = 5 * args.chars
         cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)

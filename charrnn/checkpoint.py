@@ -23,9 +23,10 @@ from .errors import UsageError
 from .network import Architecture
 
 LAST = "last.ckpt"
-# The layout of checkpoint["charrnn"] this version writes. Format 1 (vocab, hidden_size, hidden_state; the tanh
-# RNN of one layer) is read too, upgraded on reading.
-FORMAT = 2
+# The layout of checkpoint["charrnn"] this version writes. Earlier ones are read too, upgraded on reading: format 1
+# (vocab, hidden_size, hidden_state (B, H); the tanh RNN of one layer) and format 2 (the architecture recorded, the
+# state still (B, H), no dropout seed).
+FORMAT = 3
 
 
 def _temporary_prefix(path: str) -> str:
@@ -127,11 +128,13 @@ def load(path: str, map_location="cpu") -> dict:
 
 
 class Metadata(NamedTuple):
-    """charrnn's entry of a checkpoint: what the network is, its characters, and every stream's carried state."""
+    """charrnn's entry of a checkpoint: what the network is, its characters, every stream's carried state
+    (N * B, L * K, H), and the seed of the run's dropout masks (None without dropout)."""
 
     arch: Architecture
     vocab: list[str] | None
     hidden_state: torch.Tensor | None
+    dropout_seed: int | None = None
 
 
 class Network(NamedTuple):
@@ -140,9 +143,10 @@ class Network(NamedTuple):
     vocab: list[str]
 
 
-def write_metadata(ckpt: dict, arch: Architecture, vocab: list[str] | None, hidden_state) -> None:
+def write_metadata(ckpt: dict, arch: Architecture, vocab: list[str] | None, hidden_state, dropout_seed=None) -> None:
     """Put charrnn's entry into ``ckpt`` (Lightning's checkpoint dict, or one built by hand)."""
-    ckpt["charrnn"] = {"format": FORMAT, "architecture": arch.as_dict(), "vocab": vocab, "hidden_state": hidden_state}
+    ckpt["charrnn"] = {"format": FORMAT, "architecture": arch.as_dict(), "vocab": vocab, "hidden_state": hidden_state,
+                       "dropout_seed": dropout_seed}  # fmt: skip
 
 
 def _upgrade_format1(meta: dict) -> dict:
@@ -151,11 +155,19 @@ def _upgrade_format1(meta: dict) -> dict:
     return {**meta, "format": 2, "architecture": size}
 
 
+def _upgrade_format2(meta: dict) -> dict:
+    """One layer of one state tensor: (B, H) becomes (B, 1, H)."""
+    h = meta.get("hidden_state")
+    return {**meta, "format": 3, "hidden_state": h.unsqueeze(1) if isinstance(h, torch.Tensor) and h.dim() == 2 else h}
+
+
 def read_metadata(ckpt: dict, source: str) -> Metadata:
     """charrnn's entry of a loaded checkpoint, in this version's terms; a UsageError naming ``source`` if unreadable."""
     meta = ckpt["charrnn"]
     if meta.get("format") == 1:
         meta = _upgrade_format1(meta)
+    if meta.get("format") == 2:
+        meta = _upgrade_format2(meta)
     if meta.get("format") != FORMAT:
         raise UsageError(
             f"{source} has checkpoint format {meta.get('format')!r}, which this charrnn cannot read (it reads 1 to "
@@ -169,18 +181,24 @@ def read_metadata(ckpt: dict, source: str) -> Metadata:
     chars_ok = isinstance(vocab, list) and all(isinstance(c, str) and len(c) == 1 for c in vocab)
     if vocab is not None and not (chars_ok and len(vocab) == len(set(vocab)) == arch.vocab_size):
         raise UsageError(f"{source} is damaged: its vocabulary does not match its {arch.vocab_size} outputs")
-    return Metadata(arch, vocab, meta.get("hidden_state"))
+    h, seed = meta.get("hidden_state"), meta.get("dropout_seed")
+    rows = arch.num_layers * arch.cell_math.NUM_STATES
+    if h is not None and not (isinstance(h, torch.Tensor) and h.dim() == 3 and h.shape[1:] == (rows, arch.hidden_size)):
+        raise UsageError(f"{source} is damaged: its carried state does not fit its network")
+    if arch.dropout > 0 and not (type(seed) is int and seed >= 0):
+        raise UsageError(f"{source} is damaged: it trains with dropout but has no dropout seed")
+    return Metadata(arch, vocab, h, seed)
 
 
 def check_resumable_by(meta: Metadata, arch: Architecture, vocab: list[str] | None, source: str) -> None:
     """A UsageError unless a run of ``arch`` on a text of ``vocab`` can continue the checkpoint ``meta`` came from."""
     if meta.vocab != vocab:
         raise UsageError(f"{source} was trained on a text with a different vocabulary; resume with the same --data.path")
-    for name, saved in meta.arch.as_dict().items():
-        if saved != getattr(arch, name):
-            raise UsageError(
-                f"{source} has {name.replace('_', ' ')} {saved}, not {getattr(arch, name)}; resume with --model.{name} {saved}"
-            )
+    differ = {name: saved for name, saved in meta.arch.as_dict().items() if saved != getattr(arch, name)}
+    if differ:
+        has = ", ".join(f"{name.replace('_', ' ')} {saved} (not {getattr(arch, name)})" for name, saved in differ.items())
+        flags = " ".join(f"--model.{name} {saved}" for name, saved in differ.items())
+        raise UsageError(f"{source} has {has}; resume with {flags}")
 
 
 def load_network(path: str) -> Network:
@@ -191,7 +209,7 @@ def load_network(path: str) -> Network:
     """
     path = resolve(path)
     ckpt = load(path)
-    arch, vocab, _ = read_metadata(ckpt, path)
+    arch, vocab = read_metadata(ckpt, path)[:2]
     if vocab is None:
         raise UsageError(f"{path} has no vocabulary; pass a last.ckpt written by train.py")
     state = ckpt["state_dict"]

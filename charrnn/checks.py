@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from .errors import UsageError
+from .network import Architecture
 
 MAX_SEED = 2**32 - 1  # the seeding (NumPy's) accepts 0 .. 2**32 - 1
 DTYPES = {"32-true": torch.float32, "32": torch.float32, "64-true": torch.float64, "64": torch.float64}
@@ -23,6 +24,7 @@ _WANTED = {
     "model.learning_rate": "a finite positive number",
     "model.clip": "a finite positive number",
     "data.val_fraction": "a number from 0 up to (not including) 1",
+    "model.dropout": "a number from 0 up to (not including) 1",
     "trainer.precision": "one of 32-true, 64-true",
     "seed_everything": f"an integer from 0 to {MAX_SEED}, or true for a random seed",
 }
@@ -59,14 +61,17 @@ def positive_float(flag: str, value: float, precision: str) -> None:
         )
 
 
-def memory_needed(hidden: int, streams: int, seq_length: int, sample_length: int, precision: str, vocab: int = 1) -> int:
+def memory_needed(arch, streams: int, seq_length: int, sample_length: int, precision: str) -> int:
     """Bytes a training process needs at least: the weights four times over (weights, gradients, Adagrad's memory,
-    the initialisation's temporary), the activations of one window (rnn.loss_and_grads keeps about six (B, T, H)
-    and two (B, T, V) tensors), those of a validation chunk (64 streams of 256), and the samples' text."""
+    the initialisation's temporary), the activations of one window, those of a validation chunk (64 streams of
+    256), and the samples' text. Per character, a layer of G gates keeps about 3G + 3 vectors of H for its
+    backward (the tanh RNN: 6; the input projection, the gates' factors, states, dropout mask and gradients) and
+    its forward alone G + 1; the output layer two (training) or three (validation) of V."""
     item = DTYPES[precision].itemsize
-    weights = hidden * hidden + 2 * hidden * vocab + hidden + vocab
-    window = streams * seq_length * (6 * hidden + 2 * vocab)
-    validation = 64 * 256 * (2 * hidden + 3 * vocab)
+    weights = sum(math.prod(shape) for shape in arch.param_shapes().values())
+    H, V, G, L = arch.hidden_size, arch.vocab_size, arch.cell_math.GATES, arch.num_layers
+    window = streams * seq_length * (L * (3 * G + 3) * H + 2 * V)
+    validation = 64 * 256 * (L * (G + 1) * H + 3 * V)
     return item * (4 * weights + max(window, validation)) + 64 * sample_length
 
 
@@ -91,14 +96,15 @@ def available_memory() -> int | None:
 def fits_in_memory(config, processes: int) -> None:
     data, model = config["data"], config["model"]
     precision = str(config["trainer"]["precision"] or "32-true")
-    needed = processes * memory_needed(
-        model["hidden_size"], data["batch_size"], data["seq_length"], model["sample_length"], precision
-    )
+    # The vocabulary is not known before the text is read: one character stands for it (the hidden layers dominate).
+    arch = Architecture(1, model["hidden_size"], model["cell"], model["num_layers"], model["dropout"])
+    needed = processes * memory_needed(arch, data["batch_size"], data["seq_length"], model["sample_length"], precision)
     free = available_memory()
     if free is not None and needed > free:
         each = f" ({processes} processes)" if processes > 1 else ""
+        layers = f" ({arch.num_layers} layers of {arch.cell})" if arch.num_layers > 1 or arch.cell != "rnn" else ""
         raise UsageError(
-            f"--model.hidden_size {model['hidden_size']} with --data.batch_size {data['batch_size']} and "
+            f"--model.hidden_size {model['hidden_size']}{layers} with --data.batch_size {data['batch_size']} and "
             f"--data.seq_length {data['seq_length']} needs at least {_size(needed)} of memory{each}, and this "
             f"machine has {_size(free)} available; use smaller sizes"
         )

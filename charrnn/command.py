@@ -7,7 +7,7 @@ exit code 2; Ctrl-C as ``interrupted`` and 130; anything else is a bug and keeps
 import argparse
 import sys
 
-from .errors import UsageError
+from .errors import UsageError, one_line
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -22,7 +22,7 @@ def exit_code(run, argv) -> int:
     try:
         run(argv)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

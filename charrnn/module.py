@@ -2,6 +2,7 @@
 
 import math
 import time
+from typing import Literal
 
 import lightning as L
 import torch
@@ -20,11 +21,16 @@ NO_STEP = 2**62  # first_bad_step while every loss has been finite
 
 
 class CharRNN(L.LightningModule):
-    """min-char-rnn's tanh RNN trained by hand-written BPTT with manual optimization.
+    """A character model of L layers of a tanh RNN, LSTM or GRU cell trained by hand-written BPTT with manual
+    optimization; the default is min-char-rnn's one-layer tanh RNN.
 
     Args:
         vocab_size: number of distinct characters (linked from the data).
-        hidden_size: hidden units.
+        hidden_size: hidden units (per layer).
+        cell: the recurrent cell: ``rnn`` (min-char-rnn's tanh RNN), ``lstm`` or ``gru`` (PyTorch's form).
+        num_layers: layers of the cell, each feeding the next.
+        dropout: probability of dropping a unit in training (0 for none), on the input of every layer above the
+            first and on the top layer's output; never on the recurrent connection, never in validation or sampling.
         learning_rate: Adagrad learning rate.
         clip: gradients are clipped element-wise to [-clip, clip] (min-char-rnn: 5).
         sample_length: characters generated at each validation (TensorBoard text) and console sample.
@@ -36,6 +42,9 @@ class CharRNN(L.LightningModule):
         self,
         vocab_size: int = 65,
         hidden_size: int = 100,
+        cell: Literal["rnn", "lstm", "gru"] = "rnn",
+        num_layers: int = 1,
+        dropout: float = 0.0,
         learning_rate: float = 0.1,
         clip: float = 5.0,
         sample_length: int = 200,
@@ -43,7 +52,7 @@ class CharRNN(L.LightningModule):
         vocab: list[str] | None = None,
     ):
         super().__init__()
-        self.arch = network.Architecture(vocab_size, hidden_size)
+        self.arch = network.Architecture(vocab_size, hidden_size, cell, num_layers, dropout)
         if not (learning_rate > 0 and math.isfinite(learning_rate)):
             raise UsageError(f"--model.learning_rate must be a positive number, got {learning_rate}")
         if not clip > 0:
@@ -58,6 +67,9 @@ class CharRNN(L.LightningModule):
         for name, value in self.arch.init_params().items():
             self.register_parameter(name, torch.nn.Parameter(value))
         self.h = None  # hidden state of every stream, carried (detached) from one window to the next
+        # The dropout masks' seed, drawn from the run's seeded generator after the weights (so a run without dropout
+        # draws exactly what it always drew) and kept in the checkpoint: a resumed run draws the same masks.
+        self.dropout_seed = int(torch.randint(2**62, ())) if dropout > 0 else None
         self.register_buffer("smooth_loss", torch.tensor(-math.log(1.0 / vocab_size), dtype=torch.float64))
         # The first step whose loss was not finite. Kept on the device and read only by check_finite, so watching
         # for divergence costs no host sync per step.
@@ -97,9 +109,11 @@ class CharRNN(L.LightningModule):
         if printing:
             # As min-char-rnn: a sample from the carried state, seeded with the window's first character.
             print(f"----\n {self.sample(self.h[0], int(inputs[0, 0]))} \n----")
+        # This rank's streams are global streams rank * B ... rank * B + B - 1 (data.py's layout).
+        masks = self.arch.dropout_masks(self.dropout_seed, step, self.global_rank * B, B, T, self.dtype, self.device)
         loss, self.h = network.train_step(
             self.arch, self.params, self.optimizers(), inputs, targets, self.h, self.hparams.clip,
-            over_ranks=self.trainer.world_size > 1,
+            over_ranks=self.trainer.world_size > 1, masks=masks,
         )  # fmt: skip
         torch.minimum(self.first_bad_step, torch.where(loss.isfinite(), NO_STEP, step + 1), out=self.first_bad_step)
 
@@ -166,7 +180,7 @@ class CharRNN(L.LightningModule):
         """Text from the model; reproducible for a given step (the seed defaults to the step)."""
         prime = [first_id] if first_id is not None else []
         seed = self.global_step if seed is None else seed
-        ids = generate(self.params, length or self.hparams.sample_length, h, prime, seed=seed)
+        ids = generate(self.arch.cell, self.params, length or self.hparams.sample_length, h, prime, seed=seed)
         return "".join(self.vocab[i] for i in ids) if self.vocab else " ".join(map(str, ids))
 
     def on_validation_epoch_start(self):
@@ -204,7 +218,7 @@ class CharRNN(L.LightningModule):
     def on_save_checkpoint(self, ckpt):
         # Every rank's streams, in stream order, so a resume on any number of ranks gets its own rows back.
         h = None if self.h is None else distributed.gather_rows(self.h).cpu()
-        checkpoint.write_metadata(ckpt, self.arch, self.vocab, h)
+        checkpoint.write_metadata(ckpt, self.arch, self.vocab, h, self.dropout_seed)
 
     def configure_model(self):
         # Take the run's dtype before a checkpoint is restored into the module: float64 weights restored into
@@ -215,8 +229,9 @@ class CharRNN(L.LightningModule):
         distributed.release_process_group()
 
     def on_load_checkpoint(self, ckpt):
-        h = checkpoint.read_metadata(ckpt, "the checkpoint").hidden_state
-        self.h = None if h is None else distributed.rows_of_rank(h)
+        meta = checkpoint.read_metadata(ckpt, "the checkpoint")
+        self.h = None if meta.hidden_state is None else distributed.rows_of_rank(meta.hidden_state)
+        self.dropout_seed = meta.dropout_seed
         # The learning rate is this run's --model.learning_rate, not the checkpoint's, so a run that diverged can
         # go on from its last good checkpoint with a lower one. (Same rate: the resume stays exact.)
         for state in ckpt.get("optimizer_states", []):

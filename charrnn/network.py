@@ -1,18 +1,18 @@
 """What the model is: the one description of the network that training, checkpoints and sampling ask.
 
-``Architecture`` names the network (cell, depth, sizes) and knows its parameters and its carried state; the
-functions below are the training step and the forward pass that everything outside the math calls. The math itself
-is plain tensor code (today min-char-rnn's tanh RNN in ``rnn.py``).
+``Architecture`` names the network (cell, depth, sizes, dropout) and knows its parameters and its carried state;
+the functions below are the training step and the forward pass that everything outside the math calls. The math
+itself is plain tensor code: one file per cell in ``cells/`` and their stacking, dropout and output layer in
+``stack.py``.
 """
 
 import dataclasses
 
 import torch
 
-from . import distributed, rnn
+from . import distributed, stack
+from .cells import CELLS
 from .errors import UsageError
-
-CELLS = ("rnn",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,29 +24,38 @@ class Architecture:
     dropout: float = 0.0
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size"):
+        for name in ("vocab_size", "hidden_size", "num_layers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"--model.{name} must be a positive integer, got {value}")
         if self.cell not in CELLS:
-            raise UsageError(f"--model.cell {self.cell} is not supported; use one of: {', '.join(CELLS)}")
-        if self.num_layers != 1:
-            raise UsageError(f"--model.num_layers {self.num_layers} is not supported; use 1")
-        if self.dropout != 0:
-            raise UsageError(f"--model.dropout {self.dropout} is not supported; use 0")
+            raise UsageError(f"--model.cell must be one of {', '.join(CELLS)}, got {self.cell}")
+        p = self.dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise UsageError(f"--model.dropout must be a number from 0 up to (not including) 1, got {p}")
+
+    @property
+    def cell_math(self):
+        """The cell's module in ``cells/`` (its gates, carried tensors and layer math)."""
+        return CELLS[self.cell]
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Parameter name -> shape, in the order the parameters are created (and initialised)."""
-        V, H = self.vocab_size, self.hidden_size
-        return {"Wxh": (H, V), "Whh": (H, H), "Why": (V, H), "bh": (H, 1), "by": (V, 1)}
+        return stack.param_shapes(self.cell_math, self.vocab_size, self.hidden_size, self.num_layers)
 
     def init_params(self, generator=None, dtype=torch.float32) -> dict:
-        return rnn.init_params(self.vocab_size, self.hidden_size, generator=generator, dtype=dtype)
+        return stack.init_params(self.cell_math, self.vocab_size, self.hidden_size, self.num_layers, generator, dtype)
 
     def zero_state(self, batch: int, dtype=torch.float32, device=None) -> torch.Tensor:
-        """The state a stream starts from: (batch, H), one row per stream (streams first, as distributed.gather_rows
-        and rows_of_rank expect)."""
-        return torch.zeros((batch, self.hidden_size), dtype=dtype, device=device)
+        """The state a stream starts from: (batch, L * K, H), streams first (as distributed.gather_rows and
+        rows_of_rank expect); row j of a stream is layer j // K's state j % K (h, then the LSTM's c)."""
+        return stack.zero_state(self.cell_math, batch, self.num_layers, self.hidden_size, dtype, device)
+
+    def dropout_masks(self, seed: int, step: int, first_stream: int, batch: int, seq_length: int, dtype, device):
+        """The training masks of streams ``first_stream ...`` at ``step`` (None without dropout): a function of
+        (seed, step, global stream), so any split of the streams over processes, and a resumed run, draw the same."""
+        return stack.dropout_masks(self.dropout, seed, step, first_stream, batch, seq_length, self.num_layers,
+                                   self.hidden_size, dtype, device)  # fmt: skip
 
     def check_params(self, params: dict, source: str) -> None:
         """A UsageError naming ``source`` unless ``params`` are finite floating tensors of this network's shapes."""
@@ -61,26 +70,31 @@ class Architecture:
         return dataclasses.asdict(self)
 
 
-def loss_and_grads(arch: Architecture, params: dict, inputs, targets, state):
-    """``(loss summed over the batch, gradients averaged over streams, state after the batch)``: see rnn.py."""
-    return rnn.loss_and_grads(params, inputs, targets, state)
+def loss_and_grads(arch: Architecture, params: dict, inputs, targets, state, masks=None):
+    """``(loss summed over the batch, gradients averaged over streams, state after the batch)``: see stack.py."""
+    return stack.loss_and_grads(arch.cell_math, params, inputs, targets, state, masks)
+
+
+def forward(arch: Architecture, params: dict, inputs, state):
+    """The forward pass alone, without dropout: ``(logits (B, T, V), state after them, every layer's activations)``."""
+    return stack.forward(arch.cell_math, params, inputs, state)
 
 
 def logits(arch: Architecture, params: dict, inputs, state):
-    """The forward pass alone: next-character scores (B, T, V) for ``inputs`` (B, T), and the state after them."""
-    hs = rnn.hidden_states(params, inputs, state)
-    return rnn.logits_of(params, hs[1:].transpose(0, 1)), hs[-1]
+    """Next-character scores (B, T, V) for ``inputs`` (B, T), and the state after them."""
+    return forward(arch, params, inputs, state)[:2]
 
 
-def train_step(arch: Architecture, params: dict, optimizer, inputs, targets, state, clip=5.0, over_ranks=False):
+def train_step(arch: Architecture, params: dict, optimizer, inputs, targets, state, clip=5.0, over_ranks=False,
+               masks=None):  # fmt: skip
     """min-char-rnn's update for one window: BPTT, element-wise clip to [-clip, clip], then the optimizer's step.
 
     With ``over_ranks`` the loss and gradients are first averaged over the processes, before clipping, so N ranks of
-    B streams step exactly as one process with N * B streams. Returns ``(loss, state)``; ``params`` must be the
-    tensors the optimizer steps.
+    B streams step exactly as one process with N * B streams. ``masks``: the window's dropout masks
+    (``Architecture.dropout_masks``). Returns ``(loss, state)``; ``params`` must be the tensors the optimizer steps.
     """
     with torch.no_grad():
-        loss, grads, state = loss_and_grads(arch, params, inputs, targets, state)
+        loss, grads, state = loss_and_grads(arch, params, inputs, targets, state, masks)
         if over_ranks:
             loss, *averaged = distributed.mean_over_ranks([loss, *grads.values()])
             grads = dict(zip(grads, averaged))
@@ -89,4 +103,3 @@ def train_step(arch: Architecture, params: dict, optimizer, inputs, targets, sta
             params[name].grad = grad.clamp_(-clip, clip)
     optimizer.step()
     return loss, state
-

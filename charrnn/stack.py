@@ -2,7 +2,8 @@
 
 Parameters: layer 0 ``Wxh`` (G*H, V), ``Whh`` (G*H, H), ``bh`` (G*H, 1) and the cell's extras, layer i >= 1 the
 same names with the suffix ``_i`` and input size H; the output layer ``Why`` (V, H), ``by`` (V, 1). So the
-one-layer ``rnn`` has exactly min-char-rnn's parameters, and the same operations as charrnn/rnn.py.
+one-layer ``rnn`` has exactly min-char-rnn's parameters, and the operations of charrnn's earlier single-layer
+model in the same order: it trains bit-identically (tests/test_old_checkpoints.py).
 
 State: one tensor (B, L * K, H), streams first; row j is layer j // K's state j % K (h, then c for the LSTM).
 
@@ -16,7 +17,6 @@ import functools
 
 import numpy as np
 import torch
-
 
 
 def param_name(name: str, layer: int) -> str:
@@ -38,8 +38,10 @@ def layer_params(params: dict, layer: int) -> dict:
 
 
 def init_params(cell, vocab_size: int, hidden_size: int, num_layers: int = 1, generator=None, dtype=torch.float32):
-    """Layer by layer (``Wxh``, ``Whh``, biases, extras), then ``Why``, ``by``: the one-layer ``rnn`` draws exactly
-    what charrnn/rnn.py's ``init_params`` draws."""
+    """Drawn layer by layer (``Wxh``, ``Whh``, biases, extras), then ``Why``, ``by``: the one-layer ``rnn`` draws
+    exactly what min-char-rnn's initialisation draws. Returned weights first, then biases (one layer's ``rnn``:
+    ``Wxh, Whh, Why, bh, by``, the order of its parameters, and of the optimizer's state, in every checkpoint
+    charrnn has written)."""
     V, H = vocab_size, hidden_size
     params = {}
     for layer in range(num_layers):
@@ -47,7 +49,7 @@ def init_params(cell, vocab_size: int, hidden_size: int, num_layers: int = 1, ge
             params[param_name(name, layer)] = p
     params["Why"] = cell.init_weight(V, H, H, generator, dtype)
     params["by"] = torch.zeros(V, 1, dtype=dtype)
-    return params
+    return dict(sorted(params.items(), key=lambda item: not item[0].startswith("W")))  # stable: weights first
 
 
 def param_shapes(cell, vocab_size: int, hidden_size: int, num_layers: int = 1) -> dict:
@@ -100,7 +102,7 @@ def loss_and_grads(cell, params: dict, inputs: torch.Tensor, targets: torch.Tens
                    dropout_masks=None):
     """Cross-entropy over a (B, T) batch and its gradients, by hand-written backpropagation through time.
 
-    Returns ``(loss, grads, new_state)`` with charrnn/rnn.py's contract: ``loss`` summed over all B * T characters
+    Returns ``(loss, grads, new_state)``: ``loss`` summed over all B * T characters
     (a 0-d tensor, never synchronised to the host here); ``grads`` the gradients of the loss summed over time and
     averaged over the B streams; ``new_state`` (B, L * K, H) to carry into the next window. ``dropout_masks``:
     ``dropout_masks(...)``'s (L, T, B, H) masks, or None for no dropout.
@@ -187,9 +189,11 @@ class NumpyStack:
         cell: a module of charrnn/cells; params: the stack's parameters (tensors or arrays, any device).
         state: (L * K, H) or (1, L * K, H) starting state; zeros by default.
         dtype: float64 (default: the same text from a seed on any machine) or float32.
+        device: ``None`` runs the products in NumPy; a torch device (e.g. ``"cuda"``) runs them there, which pays a
+            host round trip per layer and character and so only helps very large hidden sizes.
     """
 
-    def __init__(self, cell, params: dict, state=None, dtype=np.float64):
+    def __init__(self, cell, params: dict, state=None, dtype=np.float64, device=None):
         def array(x):
             x = x.detach().to("cpu", torch.float64) if isinstance(x, torch.Tensor) else x
             return np.array(x, dtype=np.float64)
@@ -214,7 +218,7 @@ class NumpyStack:
             h1[H] = 1.0
             self.h1.append(h1)
             self.c.append(np.zeros(H, dtype) if K == 2 else None)
-            self.matvecs.append(_matvec(W, h1, out))
+            self.matvecs.append(_matvec(W, h1, out) if device is None else _device_matvec(W, h1, out, device))
             self.recs.append(out[:GH])
             self.aboves.append(out[GH:])
             self.steps.append(cell.numpy_step(H, dtype))
@@ -257,3 +261,16 @@ def _matvec(W: np.ndarray, v: np.ndarray, out: np.ndarray):
     if W.nbytes < 4 * 2**20:
         return functools.partial(np.dot, W, v, out=out)
     return functools.partial(torch.mv, torch.from_numpy(W), torch.from_numpy(v), out=torch.from_numpy(out))
+
+
+def _device_matvec(W: np.ndarray, v: np.ndarray, out: np.ndarray, device):
+    """``out = W @ v`` on a torch device, reading and writing the same host buffers."""
+    W_dev = torch.from_numpy(W).to(device)
+    v_dev = torch.empty(len(v), dtype=W_dev.dtype, device=device)
+    v_host, out_host = torch.from_numpy(v), torch.from_numpy(out)
+
+    def matvec():
+        v_dev.copy_(v_host)
+        out_host.copy_(torch.mv(W_dev, v_dev))
+
+    return matvec

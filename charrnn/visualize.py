@@ -11,12 +11,14 @@ Networks" (2015): single units of character models track quotes, brackets or the
 
 import html
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import rnn
+from . import network
+from .cells import gru, lstm
 
 TOP_K = 5  # the model's most likely characters shown for each position
 PER_FEATURE = 5  # units ranked for each feature
@@ -39,16 +41,40 @@ class Trace:
     probs: np.ndarray
 
 
-def trace(params: dict, ids) -> Trace:
+GATES = {  # cell -> the gates shown, and each one's row in stack.forward's acts["gates"]
+    "lstm": {"input gate": lstm.I, "forget gate": lstm.F, "output gate": lstm.O, "candidate": lstm.G},
+    "gru": {"reset gate": gru.R, "update gate": gru.Z},  # its third row is h W_hn + b_hn, not a gate
+}
+
+
+def trace(arch, params: dict, ids) -> Trace:
     """Run the network from a zero state over the character ids with training's own forward pass
-    (``rnn.hidden_states``, ``rnn.logits_of``), in float64 as the sampler does."""
-    params = {name: torch.as_tensor(params[name], dtype=torch.float64) for name in rnn.PARAM_NAMES}
+    (``network.forward``, no dropout), in float64 as the sampler does.
+
+    Groups, per layer (named ``layer N ...`` when there are several): the state ``h``; for an LSTM also the cell
+    ``c`` and the gates (input, forget, output in (0, 1), the candidate in (-1, 1)); for a GRU its reset and update
+    gates and its candidate ``n``.
+    """
+    params = {name: torch.as_tensor(params[name], dtype=torch.float64) for name in arch.param_shapes()}
     inputs = torch.as_tensor(ids, dtype=torch.long).view(1, -1)
-    h0 = torch.zeros(1, params["Whh"].shape[0], dtype=torch.float64)
     with torch.no_grad():
-        hs = rnn.hidden_states(params, inputs, h0)[:, 0]  # (T + 1, H): the zero state, then after each character
-        probs = torch.softmax(rnn.logits_of(params, hs[:-1]), dim=-1)
-    return Trace(groups={"h": hs[1:].numpy()}, ranges={"h": (-1.0, 1.0)}, probs=probs.numpy())
+        logits, _, acts = network.forward(arch, params, inputs, arch.zero_state(1, torch.float64))
+        probs = torch.softmax(logits[0], dim=-1)
+    groups, ranges = {}, {}
+    for layer, a in enumerate(acts):
+        prefix = f"layer {layer + 1} " if arch.num_layers > 1 else ""
+        found = {"h": (a["h"][1:, 0], (-1.0, 1.0))}  # (T, H): the state after each character
+        if arch.cell == "lstm":
+            c = a["c"][1:, 0]
+            bound = max(1.0, math.ceil(float(c.abs().max())))  # unbounded: the smallest whole bound that holds it
+            found["c"] = (c, (-bound, bound))
+        for name, k in GATES.get(arch.cell, {}).items():
+            found[name] = (a["gates"][:, 0, k], (-1.0, 1.0) if name == "candidate" else (0.0, 1.0))
+        if arch.cell == "gru":
+            found["candidate"] = (a["n"][:, 0], (-1.0, 1.0))
+        for name, (values, bounds) in found.items():
+            groups[prefix + name], ranges[prefix + name] = values.numpy(), bounds
+    return Trace(groups=groups, ranges=ranges, probs=probs.numpy())
 
 
 def text_features(text: str) -> dict[str, np.ndarray]:

@@ -4,14 +4,14 @@ import os
 
 import numpy as np
 
-from charrnn import rnn
+PARAM_NAMES = ("Wxh", "Whh", "Why", "bh", "by")  # min-char-rnn's order
 
 
 class MinCharRNN:
     """min-char-rnn.py transcribed: one-hot inputs, dict-per-step forward, BPTT, clip [-5, 5], its Adagrad, and a
     200-character sample plus the loss line every 100 iterations (written to /dev/null instead of the console).
 
-    Started from given ``params`` (a dict of arrays keyed like ``charrnn.rnn.PARAM_NAMES``), it is the reference
+    Started from given ``params`` (a dict of arrays keyed by ``PARAM_NAMES``), it is the reference
     test_min_char_rnn.py holds charrnn to; the benchmarks time it as the NumPy baseline.
     """
 
@@ -25,7 +25,7 @@ class MinCharRNN:
             self.bh = np.zeros((H, 1))
             self.by = np.zeros((V, 1))
         else:
-            self.Wxh, self.Whh, self.Why, self.bh, self.by = (np.array(params[k]) for k in rnn.PARAM_NAMES)
+            self.Wxh, self.Whh, self.Why, self.bh, self.by = (np.array(params[k]) for k in PARAM_NAMES)
             H = self.Whh.shape[0]
         self.vocab_size, self.hidden_size, self.learning_rate = V, H, learning_rate
         self.rng = rng

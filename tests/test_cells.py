@@ -1,12 +1,12 @@
 """The cells' hand-written BPTT (charrnn/cells, charrnn/stack.py) against autograd through nn.RNN / nn.LSTM / nn.GRU
-and against finite differences in float64; the one-layer rnn against charrnn/rnn.py bit for bit; the dropout masks;
-the NumPy sampling step against the torch forward."""
+and against finite differences in float64; the dropout masks; the NumPy sampling step against the torch forward.
+(The one-layer rnn trains bit-identically to charrnn's earlier model: tests/test_old_checkpoints.py.)"""
 
 import numpy as np
 import pytest
 import torch
 
-from charrnn import rnn, stack
+from charrnn import stack
 from charrnn.cells import CELLS, lstm
 
 F64 = torch.float64
@@ -121,28 +121,6 @@ def test_gradients_equal_finite_differences(name, L, B, p):
             numeric = (plus - minus).item() / (2 * eps)
             analytic = grads[k].reshape(-1)[i].item()
             assert abs(numeric - analytic) <= 1e-7 * max(1.0, abs(numeric)), f"{k}[{i}]: {analytic} vs {numeric}"
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("B", [1, 4])
-def test_one_layer_rnn_is_bit_identical_to_rnn_py(dtype, B):
-    g = torch.Generator().manual_seed(3)
-    params = stack.init_params(CELLS["rnn"], 65, 100, 1, generator=torch.Generator().manual_seed(4), dtype=dtype)
-    old = rnn.init_params(65, 100, generator=torch.Generator().manual_seed(4), dtype=dtype)
-    assert params.keys() == old.keys() and all(torch.equal(params[k], old[k]) for k in old)
-    params = {k: v + 0.1 * torch.randn(v.shape, generator=g, dtype=dtype) for k, v in params.items()}
-    inputs, targets = torch.randint(65, (B, 25), generator=g), torch.randint(65, (B, 25), generator=g)
-    h0 = 0.5 * torch.randn(B, 100, generator=g, dtype=dtype)
-
-    loss, grads, state = stack.loss_and_grads(CELLS["rnn"], params, inputs, targets, h0.unsqueeze(1))
-    old_loss, old_grads, old_h = rnn.loss_and_grads(params, inputs, targets, h0)
-    assert torch.equal(loss, old_loss) and torch.equal(state, old_h.unsqueeze(1))
-    assert all(torch.equal(grads[k], old_grads[k]) for k in old_grads) and grads.keys() == old_grads.keys()
-
-    logits, state, _ = stack.forward(CELLS["rnn"], params, inputs, h0.unsqueeze(1))
-    hs = rnn.hidden_states(params, inputs, h0)
-    assert torch.equal(logits, rnn.logits_of(params, hs[1:].transpose(0, 1)))
-    assert torch.equal(state, hs[-1].unsqueeze(1))
 
 
 def test_forward_matches_loss_path_and_exposes_activations():

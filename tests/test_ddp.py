@@ -17,7 +17,7 @@ import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 
-from charrnn import checkpoint, rnn
+from charrnn import checkpoint, network
 from charrnn.callbacks import AtomicCheckpointIO, LastCheckpoint
 from charrnn.data import CharDataModule, _pydoc_text
 from charrnn.distributed import mean_over_ranks
@@ -36,10 +36,11 @@ def write_text(directory) -> str:
     return path
 
 
-def data_and_model(path, batch_size):
+def data_and_model(path, batch_size, **model):
+    """``model``: CharRNN's other arguments (cell, num_layers, dropout)."""
     data = CharDataModule(path, seq_length=T, batch_size=batch_size, val_fraction=0.3)
     torch.manual_seed(0)
-    return data, CharRNN(data.vocab_size, H, vocab=data.chars)
+    return data, CharRNN(data.vocab_size, H, vocab=data.chars, **model)
 
 
 class Record(L.Callback):
@@ -63,11 +64,11 @@ class Record(L.Callback):
         torch.save(state, os.path.join(self.out, f"rank{trainer.global_rank}.pt"))
 
 
-def fit(out, batch_size, accelerator="cpu", devices=1, steps=STEPS, val_every=1000, callbacks=()):
+def fit(out, batch_size, accelerator="cpu", devices=1, steps=STEPS, val_every=1000, callbacks=(), **model):
     """Train; with devices > 1 as ddp_spawn ranks, whose collectives time out rather than hang on a mismatch."""
     os.makedirs(out, exist_ok=True)
     strategy = DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)) if devices > 1 else "auto"
-    data, model = data_and_model(write_text(out), batch_size)
+    data, model = data_and_model(write_text(out), batch_size, **model)
     trainer = quiet_trainer(
         accelerator=accelerator,
         devices=devices,
@@ -109,7 +110,7 @@ def test_two_ranks_train_exactly_as_one_process_with_twice_the_streams(single, t
     for name in rank0["params"]:
         assert torch.equal(rank0["params"][name], rank1["params"][name]), name
     assert_close(rank0["params"], single["params"])  # smooth_loss included: the logged loss is averaged too
-    assert rank0["h"].shape == (STREAMS // 2, H)
+    assert rank0["h"].shape == (STREAMS // 2, 1, H)
     # Rank r carried streams r*B .. r*B+B-1 of the one-process layout.
     assert torch.allclose(torch.cat([rank0["h"], rank1["h"]]), single["h"], rtol=0, atol=TOL)
 
@@ -127,7 +128,7 @@ def test_ddp_checkpoint_holds_every_rank_and_loads_in_one_cpu_process(single, tw
     out, (rank0, rank1) = two_ranks
     saved = checkpoint.load(str(out))
     assert saved["global_step"] == STEPS
-    assert saved["charrnn"]["hidden_state"].shape == (STREAMS, H)  # the one-process format, all ranks' rows
+    assert saved["charrnn"]["hidden_state"].shape == (STREAMS, 1, H)  # the one-process format, all ranks' rows
     assert torch.equal(saved["charrnn"]["hidden_state"], torch.cat([rank0["h"], rank1["h"]]))
     assert_close(saved["state_dict"], rank0["params"])
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["last.ckpt"]
@@ -231,13 +232,13 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_device_gradients_equal_cpu_gradients(device):
-    generator = torch.Generator().manual_seed(0)
-    params = {k: v * 10 for k, v in rnn.init_params(65, 64, generator, torch.float64).items()}
+    generator, arch = torch.Generator().manual_seed(0), network.Architecture(65, 64)
+    params = {k: v * 10 for k, v in arch.init_params(generator, torch.float64).items()}
     inputs, targets = torch.randint(65, (2, 8, 25), generator=generator)
-    h0 = torch.randn(8, 64, generator=generator, dtype=torch.float64)
-    loss, grads, h = rnn.loss_and_grads(params, inputs, targets, h0)
+    h0 = torch.randn(8, 1, 64, generator=generator, dtype=torch.float64)
+    loss, grads, h = network.loss_and_grads(arch, params, inputs, targets, h0)
     to = {k: v.to(device) for k, v in params.items()}
-    on_device = rnn.loss_and_grads(to, inputs.to(device), targets.to(device), h0.to(device))
+    on_device = network.loss_and_grads(arch, to, inputs.to(device), targets.to(device), h0.to(device))
     assert torch.allclose(on_device[0].cpu(), loss, rtol=1e-12)
     assert_close({k: v.cpu() for k, v in on_device[1].items()}, grads)
     assert torch.allclose(on_device[2].cpu(), h, rtol=0, atol=1e-12)
@@ -289,8 +290,8 @@ def test_device_run_resumes_on_device_equals_cpu_and_samples_on_cpu(single, tmp_
     assert all(not v.is_cuda for v in saved["state_dict"].values())
     assert_close(saved["state_dict"], single["params"])
     assert torch.allclose(saved["charrnn"]["hidden_state"], single["h"], rtol=0, atol=TOL)
-    params = {k: saved["state_dict"][k] for k in rnn.PARAM_NAMES}
-    text = generate(params, 50, saved["charrnn"]["hidden_state"][0], seed=0)
+    params = {k: saved["state_dict"][k] for k in network.Architecture(*saved["state_dict"]["Why"].shape).param_shapes()}
+    text = generate("rnn", params, 50, saved["charrnn"]["hidden_state"][0], seed=0)
     assert len(list(text)) == 50
 
 

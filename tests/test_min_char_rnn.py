@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn import network, rnn
+from charrnn import network
 from charrnn.callbacks import AtomicCheckpointIO
 from charrnn.data import CharDataModule
 from charrnn.module import CharRNN
 from charrnn.optim import Adagrad
-from tests.min_char_rnn import MinCharRNN
+from tests.min_char_rnn import PARAM_NAMES, MinCharRNN
 from tests.train_helpers import quiet_trainer
 
 STEPS, T, H = 50, 25, 16
@@ -28,7 +28,7 @@ def min_char_rnn(data_ids, vocab_size, params, steps):
         losses.append(loss)
         smooth.append(smooth_loss)
         if n == steps:
-            return losses, smooth, dict(zip(rnn.PARAM_NAMES, model.params))
+            return losses, smooth, dict(zip(PARAM_NAMES, model.params))
 
 
 def make_text(n=4000):
@@ -40,7 +40,7 @@ def make_text(n=4000):
 @pytest.fixture
 def initial_params():
     g = torch.Generator().manual_seed(0)
-    return lambda V: {k: v.double() for k, v in rnn.init_params(V, H, generator=g).items()}
+    return lambda V: {k: v.double() for k, v in network.Architecture(V, H).init_params(generator=g).items()}
 
 
 def test_bare_math_equals_min_char_rnn(initial_params):
@@ -59,7 +59,7 @@ def test_bare_math_equals_min_char_rnn(initial_params):
         x, y = data[n * T : (n + 1) * T].view(1, T), data[n * T + 1 : (n + 1) * T + 1].view(1, T)
         loss, h = network.train_step(arch, params, opt, x, y, h, clip=5.0)
         assert loss.item() == pytest.approx(losses[n], rel=1e-12)
-    for k in rnn.PARAM_NAMES:
+    for k in PARAM_NAMES:
         np.testing.assert_allclose(params[k].detach().numpy(), expected[k], rtol=1e-10, atol=1e-13)
 
 
@@ -82,7 +82,7 @@ def test_lightning_training_equals_min_char_rnn(tmp_path, initial_params):
     ids = np.array([data.vocab.index[c] for c in text])
     _, smooth, expected = min_char_rnn(ids, data.vocab_size, {k: v.numpy() for k, v in params0.items()}, STEPS)
     assert trainer.global_step == STEPS
-    for k in rnn.PARAM_NAMES:
+    for k in PARAM_NAMES:
         np.testing.assert_allclose(getattr(model, k).detach().numpy(), expected[k], rtol=1e-10, atol=1e-13)
     assert model.smooth_loss.item() == pytest.approx(smooth[-1] / T, rel=1e-12)
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from charrnn import checkpoint, checks, runlock
+from charrnn.network import Architecture
 from tests.train_helpers import ROOT, assert_one_line_error, corpus, newest, run_train_py, snapshot
 from tests.train_helpers import start_train_py, tiny_args, train
 
@@ -86,10 +87,15 @@ def test_an_empty_config_means_no_settings(world, tmp_path):
 
 
 def test_memory_estimate_grows_with_every_size():
-    base = checks.memory_needed(256, 32, 25, 200, "32-true")
-    assert checks.memory_needed(512, 32, 25, 200, "32-true") > 2 * base
-    assert checks.memory_needed(256, 32, 25, 200, "64-true") > 1.9 * base
-    assert checks.memory_needed(256, 3200, 25, 200, "32-true") > 10 * base
+    rnn = Architecture(1, 256)
+    base = checks.memory_needed(rnn, 32, 25, 200, "32-true")
+    assert checks.memory_needed(Architecture(1, 512), 32, 25, 200, "32-true") > 2 * base
+    assert checks.memory_needed(rnn, 32, 25, 200, "64-true") > 1.9 * base
+    assert checks.memory_needed(rnn, 3200, 25, 200, "32-true") > 10 * base
+    # The cell's gates and the layers: an LSTM holds 4 gates' weights and more activations per layer than a GRU's 3.
+    lstm, gru = (checks.memory_needed(Architecture(1, 256, cell), 32, 25, 200, "32-true") for cell in ("lstm", "gru"))
+    assert lstm > gru > 1.9 * base
+    assert checks.memory_needed(Architecture(1, 256, "lstm", 3), 32, 25, 200, "32-true") > 2.9 * lstm
     assert 0 < checks.available_memory() < 2**50
 
 

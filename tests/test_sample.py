@@ -91,9 +91,9 @@ def test_prime_comes_first_and_sets_the_state(capsysbinary, ckpt):
     from charrnn.sampling import generate
 
     ids = [vocab.index(c) for c in prime]
-    expected = "".join(vocab[i] for i in generate(params, 150, prime_ids=ids, seed=3))
+    expected = "".join(vocab[i] for i in generate("rnn", params, 150, prime_ids=ids, seed=3))
     assert out[len(prime):] == expected
-    assert expected != "".join(vocab[i] for i in generate(params, 150, seed=3))
+    assert expected != "".join(vocab[i] for i in generate("rnn", params, 150, seed=3))
 
 
 def test_non_ascii_text_round_trips(capsysbinary, ckpt):

@@ -1,4 +1,4 @@
-"""The sampler's statistics and state, checked against the torch forward pass in ``rnn.py``."""
+"""The sampler's statistics and state for every cell, checked against the torch forward pass (``network.forward``)."""
 
 import math
 
@@ -6,26 +6,49 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn import rnn, sampling
+from charrnn import network, sampling, stack
 
 V, H = 40, 16
+NETWORKS = [("rnn", 1), ("lstm", 2), ("gru", 2)]  # (cell, layers)
+
+
+@pytest.fixture(scope="module", params=NETWORKS, ids=[f"{c}-{n}" for c, n in NETWORKS])
+def arch(request):
+    return network.Architecture(V, H, *request.param)
 
 
 @pytest.fixture(scope="module")
-def params():
+def params(arch):
     """A small network whose next-character distribution is neither flat nor nearly one-hot."""
     g = torch.Generator().manual_seed(0)
-    p = rnn.init_params(V, H, generator=g, dtype=torch.float64)
-    p["Wxh"] = torch.randn(H, V, generator=g, dtype=torch.float64)
-    p["Whh"] = torch.randn(H, H, generator=g, dtype=torch.float64) * 0.4
+    p = arch.init_params(generator=g, dtype=torch.float64)
+    p = {k: v + 0.4 * torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in p.items()}
+    p["Wxh"] = torch.randn(p["Wxh"].shape, generator=g, dtype=torch.float64)
     p["Why"] = torch.randn(V, H, generator=g, dtype=torch.float64) * 0.5
     p["by"] = torch.randn(V, 1, generator=g, dtype=torch.float64) * 0.5
     return p
 
 
 @pytest.fixture(scope="module")
-def state():
-    return torch.tanh(torch.randn(H, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1.5)
+def state(arch):
+    """A carried state (L * K, H) of one stream."""
+    rows = arch.zero_state(1, torch.float64).shape[1]
+    return torch.tanh(torch.randn(rows, H, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1.5)
+
+
+def sampler_of(arch, params, **kwargs):
+    return sampling.Sampler(arch.cell, params, **kwargs)
+
+
+def logits_after(arch, params, state):
+    """The logits of the top layer's h in ``state`` (L * K, H)."""
+    return stack.logits_of(params, state[(arch.num_layers - 1) * arch.cell_math.NUM_STATES].view(1, H)).view(-1)
+
+
+def forward(arch, params, ids):
+    """The forward pass from a zero state: the logits after each character and the final state (L * K, H)."""
+    logits, state = network.logits(arch, params, torch.tensor([ids]), arch.zero_state(1, torch.float64))
+    return logits[0], state[0]
 
 
 def draws(sampler, n: int, seed: int = 1234) -> np.ndarray:
@@ -33,8 +56,8 @@ def draws(sampler, n: int, seed: int = 1234) -> np.ndarray:
     return np.array([sampler.choose(u) for u in np.random.default_rng(seed).random(n)])
 
 
-def expected_probs(params, h, temperature, top_k):
-    logits = rnn.logits_of(params, h.view(1, H)).view(-1) / temperature
+def expected_probs(arch, params, state, temperature, top_k):
+    logits = logits_after(arch, params, state) / temperature
     if top_k is not None:
         logits[logits < torch.topk(logits, top_k).values[-1]] = -math.inf
     return torch.softmax(logits, 0).numpy()
@@ -58,86 +81,85 @@ def chi2_statistic(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
 
 
 @pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.5, None), (1.8, None), (1.0, 5), (0.7, 12)])
-def test_draws_follow_the_softmax(params, state, temperature, top_k):
+def test_draws_follow_the_softmax(arch, params, state, temperature, top_k):
     n = 40_000
-    sampler = sampling.Sampler(params, h=state, temperature=temperature, top_k=top_k)
+    sampler = sampler_of(arch, params, h=state, temperature=temperature, top_k=top_k)
     counts = np.bincount(draws(sampler, n), minlength=V)
-    probs = expected_probs(params, state, temperature, top_k)
+    probs = expected_probs(arch, params, state, temperature, top_k)
 
     assert counts[probs == 0].sum() == 0, "drew a character outside the top k"
     stat, df = chi2_statistic(counts, probs)
     assert stat < chi2_critical(df), (stat, df)
     # The same counts are far from the distribution of a neighbouring temperature: the test can fail.
-    wrong = expected_probs(params, state, temperature * 1.25, top_k)
+    wrong = expected_probs(arch, params, state, temperature * 1.25, top_k)
     assert chi2_statistic(counts, wrong)[0] > 3 * chi2_critical(df)
 
 
-def test_greedy_and_top1_pick_the_most_likely(params, state):
-    best = int(rnn.logits_of(params, state.view(1, H)).argmax())
+def test_greedy_and_top1_pick_the_most_likely(arch, params, state):
+    best = int(logits_after(arch, params, state).argmax())
     for kwargs in ({"temperature": 0.0}, {"top_k": 1}, {"temperature": 3.0, "top_k": 1}):
-        assert set(draws(sampling.Sampler(params, h=state, **kwargs), 200)) == {best}
+        assert set(draws(sampler_of(arch, params, h=state, **kwargs), 200)) == {best}
 
 
-def test_state_after_prime_equals_forward_pass(params):
-    ids = torch.randint(0, V, (57,), generator=torch.Generator().manual_seed(2))
-    sampler = sampling.Sampler(params)
-    for x in ids.tolist():
+def test_state_after_prime_equals_forward_pass(arch, params):
+    ids = torch.randint(0, V, (57,), generator=torch.Generator().manual_seed(2)).tolist()
+    sampler = sampler_of(arch, params)
+    for x in ids:
         sampler.advance(x)
-    hs = rnn.hidden_states(params, ids.view(1, -1), torch.zeros(1, H, dtype=torch.float64))
-    np.testing.assert_allclose(sampler.state, hs[-1, 0].numpy(), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(sampler.next_logits, rnn.logits_of(params, hs[-1]).view(-1).numpy(), rtol=0, atol=1e-12)
+    logits, state = forward(arch, params, ids)
+    np.testing.assert_allclose(sampler.state, state.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(sampler.next_logits, logits[-1].numpy(), rtol=0, atol=1e-12)
 
 
-def test_generated_text_drives_the_state(params):
+def test_generated_text_drives_the_state(arch, params):
     """Each generated character is fed back: the final state is the forward pass over prime + output."""
     prime = [3, 1, 4, 1, 5]
-    sampler = sampling.Sampler(params, seed=9)
+    sampler = sampler_of(arch, params, seed=9)
     for x in prime:
         sampler.advance(x)
     out = list(sampler.generate(300))
-    hs = rnn.hidden_states(params, torch.tensor([prime + out]), torch.zeros(1, H, dtype=torch.float64))
-    np.testing.assert_allclose(sampler.state, hs[-1, 0].numpy(), rtol=0, atol=1e-12)
-    assert out == list(sampling.generate(params, 300, prime_ids=prime, seed=9))
+    np.testing.assert_allclose(sampler.state, forward(arch, params, prime + out)[1].numpy(), rtol=0, atol=1e-12)
+    assert out == list(sampling.generate(arch.cell, params, 300, prime_ids=prime, seed=9))
 
 
-def test_seed_fixes_the_text_and_a_longer_run_extends_it(params, monkeypatch):
-    long = list(sampling.generate(params, 9000, seed=42))
-    assert long[:100] == list(sampling.generate(params, 100, seed=42))
+def test_seed_fixes_the_text_and_a_longer_run_extends_it(arch, params, monkeypatch):
+    long = list(sampling.generate(arch.cell, params, 9000, seed=42))
+    assert long[:100] == list(sampling.generate(arch.cell, params, 100, seed=42))
     monkeypatch.setattr(sampling, "_BLOCK", 7)  # how the uniforms are blocked must not change the text
-    assert long == list(sampling.generate(params, 9000, seed=42))
-    assert long[:100] != list(sampling.generate(params, 100, seed=43))
+    assert long == list(sampling.generate(arch.cell, params, 9000, seed=42))
+    assert long[:100] != list(sampling.generate(arch.cell, params, 100, seed=43))
 
 
-def test_float32_params_and_starting_state_are_accepted(params, state):
-    """Training hands over float32 parameters (possibly requiring grad) and a (1, H) state."""
+def test_float32_params_and_starting_state_are_accepted(arch, params, state):
+    """Training hands over float32 parameters (possibly requiring grad) and a (1, L * K, H) state."""
     p32 = {k: torch.nn.Parameter(v.float()) for k, v in params.items()}
     plain = {k: v.float() for k, v in params.items()}
-    a = list(sampling.generate(p32, 500, h=state.float().view(1, H), seed=3, top_k=7, temperature=0.8))
-    b = list(sampling.generate(plain, 500, h=state.float(), seed=3, top_k=7, temperature=0.8))
+    a = list(sampling.generate(arch.cell, p32, 500, h=state.float().unsqueeze(0), seed=3, top_k=7, temperature=0.8))
+    b = list(sampling.generate(arch.cell, plain, 500, h=state.float(), seed=3, top_k=7, temperature=0.8))
     assert a == b and len(a) == 500
 
 
-def test_torch_device_matvec_matches_numpy(params):
+def test_torch_device_matvec_matches_numpy(arch, params):
     """The path used for --device cuda, run on the CPU: same products, hence the same text."""
-    host = sampling.Sampler(params, seed=11, temperature=0.9)
-    device = sampling.Sampler(params, seed=11, temperature=0.9, device="cpu")
+    host = sampler_of(arch, params, seed=11, temperature=0.9)
+    device = sampler_of(arch, params, seed=11, temperature=0.9, device="cpu")
     assert list(host.generate(2000)) == list(device.generate(2000))
     np.testing.assert_allclose(host.state, device.state, rtol=0, atol=1e-12)
 
 
-def test_huge_and_tiny_temperatures_stay_finite(params, state):
+def test_huge_and_tiny_temperatures_stay_finite(arch, params, state):
     """Logits are shifted by their maximum before scaling, so 1/T cannot overflow exp()."""
-    best = int(rnn.logits_of(params, state.view(1, H)).argmax())
-    assert set(draws(sampling.Sampler(params, h=state, temperature=1e-300), 100)) == {best}
-    wide = draws(sampling.Sampler(params, h=state, temperature=1e300), 20_000)
+    best = int(logits_after(arch, params, state).argmax())
+    assert set(draws(sampler_of(arch, params, h=state, temperature=1e-300), 100)) == {best}
+    wide = draws(sampler_of(arch, params, h=state, temperature=1e300), 20_000)
     assert len(set(wide)) == V  # effectively uniform
 
 
 @pytest.mark.parametrize("top_k", [None, 3])
-def test_extreme_uniforms_land_on_possible_characters(params, state, top_k):
+def test_extreme_uniforms_land_on_possible_characters(arch, params, state, top_k):
     """u = 0 and the largest u below 1 (where u * total may round up to total) still pick a drawable character."""
-    probs = expected_probs(params, state, 1.0, top_k)
-    sampler = sampling.Sampler(params, h=state, top_k=top_k)
+    probs = expected_probs(arch, params, state, 1.0, top_k)
+    sampler = sampler_of(arch, params, h=state, top_k=top_k)
     for u in (0.0, 1.0 - 2.0**-53):
         assert probs[sampler.choose(u)] > 0
     assert sampler.choose(1.0 - 2.0**-53) == np.flatnonzero(probs)[-1]

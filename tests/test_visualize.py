@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import visualize
-from charrnn import checkpoint, rnn
+from charrnn import checkpoint, network
 from charrnn.sampling import generate
 from charrnn.visualize import Trace, correlations, page_data, rank_units, text_features
 from charrnn.visualize import page as html_page
@@ -31,8 +31,8 @@ def run(tmp_path_factory):
     (d / "input.txt").write_text(TEXT, encoding="utf-8")
     assert train(tiny_args(d / "input.txt", d / "run", steps=40)) == 0
     ckpt = checkpoint.newest_last_checkpoint(str(d / "run"))
-    params, vocab = checkpoint.load_network(ckpt)[1:]
-    return {"dir": d, "ckpt": ckpt, "text": d / "input.txt", "params": params, "vocab": vocab}
+    arch, params, vocab = checkpoint.load_network(ckpt)
+    return {"dir": d, "ckpt": ckpt, "text": d / "input.txt", "arch": arch, "params": params, "vocab": vocab}
 
 
 def visualize_main(capsys, *args) -> tuple[int, str, str]:
@@ -47,13 +47,12 @@ def embedded(path) -> dict:
     return json.loads(found.group(1))
 
 
-def forward(params, ids):
-    """The reference: training's forward pass in the checkpoint's own dtype, from a zero state."""
-    inputs = torch.tensor([ids])
+def forward(arch, params, ids):
+    """The reference: training's forward pass in the checkpoint's own dtype, from a zero state; every layer's
+    activations (time-major, the starting state first) and the next-character distributions."""
     with torch.no_grad():
-        hs = rnn.hidden_states(params, inputs, torch.zeros(1, params["Whh"].shape[0]))[:, 0]
-        probs = torch.softmax(rnn.logits_of(params, hs[:-1]), dim=-1)
-    return hs[1:].numpy(), probs.numpy()
+        logits, _, acts = network.forward(arch, params, torch.tensor([ids]), arch.zero_state(1))
+    return acts, torch.softmax(logits[0], dim=-1).numpy()
 
 
 ROUNDING = 5e-4 + 1e-5  # three decimals, plus float32 against the page's float64
@@ -66,7 +65,8 @@ def test_page_holds_the_models_forward_pass(capsys, run, tmp_path):
     data = embedded(out)
     assert data["text"] == TEXT[:900] and data["vocab"] == run["vocab"]
     ids = [run["vocab"].index(c) for c in data["text"]]
-    hs, probs = forward(run["params"], ids)
+    [acts], probs = forward(run["arch"], run["params"], ids)
+    hs = acts["h"][1:, 0].numpy()
 
     [group] = data["groups"]
     assert group["name"] == "h" and group["range"] == [-1.0, 1.0]
@@ -152,12 +152,12 @@ def test_generated_text_is_the_samplers(capsys, run, tmp_path):
     out = tmp_path / "page.html"
     vocab, params = run["vocab"], run["params"]
     assert visualize_main(capsys, run["ckpt"], "--length", 120, "--seed", 4, "--out", out)[0] == 0
-    assert embedded(out)["text"] == "".join(vocab[i] for i in generate(params, 120, seed=4))
+    assert embedded(out)["text"] == "".join(vocab[i] for i in generate("rnn", params, 120, seed=4))
 
     prime = "The (first"
     assert visualize_main(capsys, run["ckpt"], "--prime", prime, "--length", 80, "--out", out)[0] == 0
     ids = [vocab.index(c) for c in prime]
-    assert embedded(out)["text"] == prime + "".join(vocab[i] for i in generate(params, 80, prime_ids=ids, seed=0))
+    assert embedded(out)["text"] == prime + "".join(vocab[i] for i in generate("rnn", params, 80, prime_ids=ids, seed=0))
 
 
 def test_long_text_is_cut_with_a_note(capsys, run, tmp_path):

@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 
-from charrnn import cli, network, optim, rnn
+from charrnn import cli, network, optim
 from charrnn.data import CharDataModule, TrainBatches, choose_windows_per_batch
 from charrnn.module import CharRNN
 from tests.train_helpers import quiet_trainer
@@ -66,7 +66,7 @@ def test_training_is_identical_whatever_the_windows_per_batch(tmp_path):
     assert runs[0][2].train_inputs.shape[1] // 5 < max_steps
     for trainer, model, _ in runs:
         assert trainer.global_step == max_steps
-        for name in rnn.PARAM_NAMES:
+        for name in model.params:
             assert torch.equal(getattr(model, name), getattr(runs[0][1], name)), name
         assert torch.equal(model.h, runs[0][1].h)
 

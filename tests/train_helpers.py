@@ -99,7 +99,7 @@ def newest(root) -> dict:
 
 
 def assert_same_training_state(a: dict, b: dict) -> None:
-    """Bitwise: parameters, smoothed loss, Adagrad memory, carried hidden state and step. (Not Lightning's epoch
+    """Bitwise: parameters, smoothed loss, Adagrad memory, carried hidden state, dropout seed and step. (Not Lightning's epoch
     counter: it counts trainer batches, which group several windows in a number that depends on the run's step
     counts; the position in the text is a function of the step.)"""
     assert a["global_step"] == b["global_step"]
@@ -108,8 +108,10 @@ def assert_same_training_state(a: dict, b: dict) -> None:
         assert torch.equal(a["state_dict"][name], b["state_dict"][name]), name
     mems_a = [s["mem"] for s in a["optimizer_states"][0]["state"].values()]
     mems_b = [s["mem"] for s in b["optimizer_states"][0]["state"].values()]
-    assert len(mems_a) == len(mems_b) == 5 and all(map(torch.equal, mems_a, mems_b))
-    assert torch.equal(a["charrnn"]["hidden_state"], b["charrnn"]["hidden_state"])
+    assert len(mems_a) == len(mems_b) == len(a["state_dict"]) - 1  # every parameter (all but smooth_loss)
+    assert all(map(torch.equal, mems_a, mems_b))
+    meta_a, meta_b = (checkpoint.read_metadata(ckpt, "a checkpoint") for ckpt in (a, b))
+    assert torch.equal(meta_a.hidden_state, meta_b.hidden_state) and meta_a.dropout_seed == meta_b.dropout_seed
 
 
 def snapshot(directory) -> dict:

@@ -2,7 +2,8 @@
 
 A layer sees its input only as ``xw``, the input projection of all T steps (computed by charrnn/stack.py), so
 the loop over time holds just ``h @ Whh^T`` and the tanh forward, ``dpre @ Whh`` and one multiply backward.
-The operations are those of charrnn/rnn.py in the same order, so the one-layer network is bit-identical to it.
+The operations are those of charrnn's earlier single-layer model in the same order, so the one-layer network
+trains bit-identically to it.
 """
 
 import numpy as np
