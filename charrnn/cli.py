@@ -20,7 +20,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
-from . import checks, resume, runlock
+from . import checks, resume, runlock, summary
 from .callbacks import AtomicCheckpointIO, LastCheckpoint, ProgressBar
 from .data import CharDataModule
 from .entry import Interrupted
@@ -95,6 +95,11 @@ def _check_flags(config) -> None:
     checks.fits_in_memory(config, devices if type(devices) is int and devices > 0 else 1)
 
 
+def _no_advert(record: logging.LogRecord) -> bool:
+    """Lightning advertises a cloud logging service at every start; that is not a note about this run."""
+    return "litlogger" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def _lightning_notes_on_stdout():
     """Lightning logs its progress notes ("Seed set to", "GPU available") on stderr; train.py keeps stderr for
@@ -106,10 +111,13 @@ def _lightning_notes_on_stdout():
         if type(handler) is logging.StreamHandler
     ]
     previous = [handler.setStream(sys.stdout) for handler in handlers]
+    for handler in handlers:
+        handler.addFilter(_no_advert)
     try:
         yield
     finally:
         for handler, stream in zip(handlers, previous):
+            handler.removeFilter(_no_advert)
             if stream is not None:
                 handler.setStream(stream)
 
@@ -141,7 +149,8 @@ def _build(args):
         args=checks.config_files(sys.argv[1:] if args is None else args),
         parser_kwargs={"exit_on_error": False, "default_config_files": [DEFAULT_CONFIG]},
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"enable_checkpointing": False, "check_val_every_n_epoch": None},
+        # Lightning's model summary sees no submodules in charrnn ("0 Modules", "n/a"): summary.lines says more.
+        trainer_defaults={"enable_checkpointing": False, "check_val_every_n_epoch": None, "enable_model_summary": False},
     )
     trainer = cli.trainer
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # not a trainer default: jsonargparse cannot dump it
@@ -201,6 +210,8 @@ def run(args=None) -> None:
     data.trainer = trainer  # the streams of all processes: a text too short for them is refused before any write
     data.setup("fit")
     _check_writable(trainer.default_root_dir)
+    if trainer.is_global_zero:
+        print("\n".join(summary.lines(model, data, trainer.world_size)))
     _fit(trainer, model, data, ckpt_path, last)
     _report(trainer, last)
 
