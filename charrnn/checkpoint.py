@@ -23,6 +23,7 @@ from .errors import UsageError
 from .network import Architecture
 
 LAST = "last.ckpt"
+BEST = "best.ckpt"  # beside last.ckpt: the state after the validation with the lowest loss (callbacks.BestCheckpoint)
 # The layout of checkpoint["charrnn"] this version writes. Format 1 (vocab, hidden_size, hidden_state; the tanh
 # RNN of one layer) is read too, upgraded on reading.
 FORMAT = 2

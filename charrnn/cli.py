@@ -19,9 +19,10 @@ import warnings
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from . import checks, resume, runlock, summary
-from .callbacks import AtomicCheckpointIO, LastCheckpoint, ProgressBar
+from .callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, ProgressBar
 from .data import CharDataModule
 from .entry import Interrupted
 from .errors import Diverged, UsageError, one_line
@@ -141,7 +142,8 @@ def _default_threads() -> None:
 
 
 def _build(args):
-    """The CLI's trainer, model and data, with charrnn's checkpoint writer, LastCheckpoint and progress bar."""
+    """The CLI's trainer, model and data, with charrnn's checkpoint writer, its checkpoints, HPARAMS and progress
+    bar."""
     cli = CharRNNCLI(
         CharRNN,
         CharDataModule,
@@ -155,7 +157,10 @@ def _build(args):
     trainer = cli.trainer
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # not a trainer default: jsonargparse cannot dump it
     last = LastCheckpoint(cli.config["checkpoint_every"])
-    trainer.callbacks.append(last)
+    trainer.callbacks += [last, BestCheckpoint(), summary.HParams(summary.settings(cli.config, cli.model, cli.datamodule, trainer))]
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger._default_hp_metric = False  # no "hp_metric" placeholder card: summary.HParams writes the metrics
     ProgressBar.replace_default(trainer)
     return cli, last
 

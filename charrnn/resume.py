@@ -38,10 +38,11 @@ def check_resumable(ckpt: dict, path: str, model, data, trainer) -> None:
 
 def log_version(path: str, root: str) -> int | None:
     """``<root>/lightning_logs/version_N/checkpoints/last.ckpt`` -> N, so a resumed run keeps writing the same
-    curves. A checkpoint from anywhere else starts a new version: its N may belong to another run under root."""
+    curves. A checkpoint from anywhere else starts a new version: its N may belong to another run under root. So
+    does any other checkpoint of a run (``best.ckpt``): continuing there would overwrite that run's newer last.ckpt."""
     version_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     name = os.path.basename(version_dir)
-    if not (name.startswith("version_") and name[len("version_") :].isdigit()):
+    if os.path.basename(path) != checkpoint.LAST or not (name.startswith("version_") and name[len("version_") :].isdigit()):
         return None
     logs = os.path.join(root, "lightning_logs")
     same_root = os.path.isdir(logs) and os.path.samefile(os.path.dirname(version_dir), logs)
