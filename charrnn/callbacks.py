@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from . import checkpoint
+from . import checkpoint, optim
 from .entry import Interrupted
 from .errors import UsageError
 
@@ -126,6 +126,38 @@ class BestCheckpoint(L.Callback):
             trainer.save_checkpoint(self.path(trainer), weights_only=False)
         for logger in trainer.loggers:
             logger.log_metrics({"val/loss_best": self.val_loss}, step=trainer.global_step)
+
+
+class OptimizerFromFlags(L.Callback):
+    """The optimizer and schedule are this run's flags': a checkpoint resumes only with the classes it was trained
+    with (its state means nothing to another), and the learning rate is the flags' (``optim.take_base_rates``), so a
+    run that diverged can go on from its last good checkpoint with a lower one. Their state (Adagrad's memory, Adam's
+    moments, the schedule's position) comes from the checkpoint."""
+
+    def __init__(self, optimizer: str = optim.ADAGRAD, lr_scheduler: str | None = None):
+        self.classes = {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
+        self._base_rates = []
+
+    def state_dict(self):
+        return dict(self.classes)
+
+    def check_resumable(self, ckpt: dict, path: str) -> None:
+        saved = ckpt.get("callbacks", {}).get(self.state_key, OptimizerFromFlags().classes)  # older: the default
+        for group, name in self.classes.items():
+            if saved.get(group) != name:
+                raise UsageError(
+                    f"{path} was trained with {group} {saved.get(group) or 'none'}, not {name or 'none'}; "
+                    f"resume with the same --{group}"
+                )
+
+    def on_fit_start(self, trainer, pl_module):
+        """The optimizers are built from the flags here, and restored from the checkpoint only after this hook."""
+        self._base_rates = [[g.get("initial_lr", g["lr"]) for g in o.param_groups] for o in trainer.optimizers]
+
+    def on_train_start(self, trainer, pl_module):
+        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        for optimizer, rates in zip(trainer.optimizers, self._base_rates):
+            optim.take_base_rates(optimizer, schedulers, rates)
 
 
 class ProgressBar(TQDMProgressBar):

@@ -11,6 +11,7 @@ flags, everything else from the checkpoint.
 
 import argparse
 import contextlib
+import importlib
 import logging
 import os
 import sys
@@ -21,8 +22,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from . import checks, resume, runlock, summary
-from .callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, ProgressBar
+from . import checks, optim, resume, runlock, summary
+from .callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, OptimizerFromFlags, ProgressBar
 from .data import CharDataModule
 from .entry import Interrupted
 from .errors import Diverged, UsageError, one_line
@@ -38,6 +39,8 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 # Lightning compares log_every_n_steps with its batch count, but a batch may hold several steps and charrnn logs
 # by step (module._logging_step): the advice to lower the interval does not apply.
 warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
+# --optimizer replaces CharRNN.configure_optimizers (min-char-rnn's Adagrad) by design.
+warnings.filterwarnings("ignore", message=r"`CharRNN.configure_optimizers` will be overridden")
 # --data.val_fraction 0 turns validation off on purpose; Lightning asks whether an empty loader was intended.
 warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
 
@@ -61,6 +64,8 @@ class CharRNNCLI(LightningCLI):
             reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
             raise UsageError(f"a flag names a file that cannot be read as settings ({reason})") from None
         _check_flags(self.config)  # before LightningCLI seeds (a seed out of range crashes there) or builds anything
+        if self.config["optimizer"] and parser.parse_args(args, defaults=False).get("model.learning_rate") is not None:
+            raise UsageError("--model.learning_rate is the rate of the default optimizer; with --optimizer set --optimizer.lr")
 
     def instantiate_trainer(self, **kwargs):
         try:
@@ -92,6 +97,7 @@ def _check_flags(config) -> None:
     checks.seed(config["seed_everything"])
     for name in ("learning_rate", "clip"):
         checks.positive_float(f"--model.{name}", config["model"][name], precision)
+    _check_optimization(config["optimizer"], config["lr_scheduler"], precision)
     devices = trainer["devices"]
     checks.fits_in_memory(config, devices if type(devices) is int and devices > 0 else 1)
 
@@ -99,6 +105,26 @@ def _check_flags(config) -> None:
 def _no_advert(record: logging.LogRecord) -> bool:
     """Lightning advertises a cloud logging service at every start; that is not a note about this run."""
     return "litlogger" not in record.getMessage()
+
+
+def _check_optimization(optimizer, scheduler, precision: str) -> None:
+    if scheduler is None:
+        pass
+    elif optimizer is None:
+        raise UsageError(
+            "--lr_scheduler needs --optimizer; for min-char-rnn's Adagrad: --optimizer charrnn.optim.Adagrad --optimizer.lr X"
+        )
+    elif issubclass(_class(scheduler), torch.optim.lr_scheduler.ReduceLROnPlateau):
+        # It would step at validations, and a last.ckpt written just before one could not resume it exactly.
+        raise UsageError("--lr_scheduler ReduceLROnPlateau is not supported: use a schedule that counts steps (e.g. StepLR)")
+    if optimizer is not None and optimizer["init_args"].get("lr") is not None:
+        checks.positive_float("--optimizer.lr", optimizer["init_args"]["lr"], precision)
+
+
+def _class(chosen) -> type:
+    """The class a class-path setting (``--optimizer``, ``--lr_scheduler``) names; the parser imported it already."""
+    module, name = chosen["class_path"].rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
 
 
 @contextlib.contextmanager
@@ -157,7 +183,13 @@ def _build(args):
     trainer = cli.trainer
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # not a trainer default: jsonargparse cannot dump it
     last = LastCheckpoint(cli.config["checkpoint_every"])
-    trainer.callbacks += [last, BestCheckpoint(), summary.HParams(summary.settings(cli.config, cli.model, cli.datamodule, trainer))]
+    chosen = [(cli.config[group] or {}).get("class_path") for group in ("optimizer", "lr_scheduler")]
+    trainer.callbacks += [
+        last,
+        BestCheckpoint(),
+        OptimizerFromFlags(chosen[0] or optim.ADAGRAD, chosen[1]),
+        summary.HParams(summary.settings(cli.config, cli.model, cli.datamodule, trainer)),
+    ]
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger._default_hp_metric = False  # no "hp_metric" placeholder card: summary.HParams writes the metrics

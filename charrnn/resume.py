@@ -9,6 +9,7 @@ import os
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from . import checkpoint
+from .callbacks import OptimizerFromFlags
 from .errors import UsageError
 
 
@@ -27,6 +28,9 @@ def resolve(ckpt_path: str | None, root: str) -> str | None:
 def check_resumable(ckpt: dict, path: str, model, data, trainer) -> None:
     """Everything Lightning would otherwise find wrong only after it has started writing into the run directory."""
     checkpoint.check_resumable_by(checkpoint.read_metadata(ckpt, path), model.arch, model.vocab, path)
+    for callback in trainer.callbacks:
+        if isinstance(callback, OptimizerFromFlags):
+            callback.check_resumable(ckpt, path)
     layouts = ckpt.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
     if not (layouts and ckpt.get("optimizer_states") and type(data).__qualname__ in ckpt):
         raise UsageError(f"{path} holds weights but no training state, so it cannot be resumed; sample from it instead")
