@@ -1,7 +1,7 @@
 """``train.py``: LightningCLI without subcommands, and its one-line errors.
 
-``python train.py [--config configs/X.yaml] [--data.*] [--model.*] [--trainer.*] [--ckpt_path last|PATH]
-[--seed_everything N]``. Values come from ``configs/default.yaml`` unless a config file or flag overrides them.
+``python train.py [--config configs/X.yaml] [--data.*] [--model.*] [--trainer.*] [--optimizer CLASS]
+[--lr_scheduler CLASS] [--ckpt_path last|PATH] [--seed_everything N]``. Values come from ``configs/default.yaml`` unless a config file or flag overrides them.
 
 Exit codes: 0 when training finished, or stopped by Ctrl-C / SIGTERM with ``last.ckpt`` saved; 2 with one line
 ``error: ...`` on stderr for a bad input or a diverged run (nothing on disk overwritten); 130 for Ctrl-C / SIGTERM
