@@ -1,5 +1,6 @@
 """Training-side checkpointing: when ``last.ckpt`` is written, how (atomically), and what Ctrl-C / SIGTERM do."""
 
+import math
 import os
 import signal
 import time
@@ -9,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from . import checkpoint
+from . import checkpoint, optim
 from .entry import Interrupted
 from .errors import UsageError
 
@@ -30,6 +31,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
+def checkpoint_path(trainer, name: str) -> str:
+    """Where this run keeps its checkpoint ``name``: its TensorBoard version's, or the root's, ``checkpoints``."""
+    return os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints", name)
+
+
 class LastCheckpoint(L.Callback):
     """Keeps ``<log_dir>/checkpoints/last.ckpt`` current (every ``every_n_steps`` steps and where training stops),
     and turns the first Ctrl-C / SIGTERM into a stop after the batch in progress, saved: a second one aborts."""
@@ -42,7 +48,7 @@ class LastCheckpoint(L.Callback):
         self._previous_handlers = {}
 
     def path(self, trainer) -> str:
-        return os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints", checkpoint.LAST)
+        return checkpoint_path(trainer, checkpoint.LAST)
 
     def _request_stop(self, signum, frame):
         if self.stop_signal is not None:
@@ -86,6 +92,72 @@ class LastCheckpoint(L.Callback):
             pl_module.check_finite()  # a diverged run never replaces a good checkpoint
             trainer.save_checkpoint(self.path(trainer), weights_only=False)  # full state, for exact resume
             self.saved_step = step
+
+
+class BestCheckpoint(L.Callback):
+    """Keeps ``best.ckpt`` beside ``last.ckpt``: the full training state right after the validation with the lowest
+    ``val/loss`` of this run directory, and logs that loss as ``val/loss_best``.
+
+    The loss to beat is read from the ``best.ckpt`` already there, not from the checkpoint a run resumes: that
+    ``last.ckpt`` is written before the validation of its own step, which may have improved on it.
+    """
+
+    def __init__(self):
+        self.val_loss = math.inf
+
+    def path(self, trainer) -> str:
+        return checkpoint_path(trainer, checkpoint.BEST)
+
+    def state_dict(self):
+        return {"val_loss": self.val_loss}
+
+    def on_train_start(self, trainer, pl_module):
+        path = self.path(trainer)
+        checkpoint.remove_temporaries(path)
+        saved = checkpoint.load(path).get("callbacks", {}).get(self.state_key) if os.path.exists(path) else None
+        self.val_loss = saved["val_loss"] if saved else math.inf
+
+    def on_validation_end(self, trainer, pl_module):
+        loss = trainer.callback_metrics.get("val/loss")
+        if trainer.sanity_checking or loss is None:
+            return
+        if float(loss) < self.val_loss:
+            self.val_loss = float(loss)
+            trainer.save_checkpoint(self.path(trainer), weights_only=False)
+        for logger in trainer.loggers:
+            logger.log_metrics({"val/loss_best": self.val_loss}, step=trainer.global_step)
+
+
+class OptimizerFromFlags(L.Callback):
+    """The optimizer and schedule are this run's flags': a checkpoint resumes only with the classes it was trained
+    with (its state means nothing to another), and the learning rate is the flags' (``optim.take_base_rates``), so a
+    run that diverged can go on from its last good checkpoint with a lower one. Their state (Adagrad's memory, Adam's
+    moments, the schedule's position) comes from the checkpoint."""
+
+    def __init__(self, optimizer: str = optim.ADAGRAD, lr_scheduler: str | None = None):
+        self.classes = {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
+        self._base_rates = []
+
+    def state_dict(self):
+        return dict(self.classes)
+
+    def check_resumable(self, ckpt: dict, path: str) -> None:
+        saved = ckpt.get("callbacks", {}).get(self.state_key, OptimizerFromFlags().classes)  # older: the default
+        for group, name in self.classes.items():
+            if saved.get(group) != name:
+                raise UsageError(
+                    f"{path} was trained with {group} {saved.get(group) or 'none'}, not {name or 'none'}; "
+                    f"resume with the same --{group}"
+                )
+
+    def on_fit_start(self, trainer, pl_module):
+        """The optimizers are built from the flags here, and restored from the checkpoint only after this hook."""
+        self._base_rates = [[g.get("initial_lr", g["lr"]) for g in o.param_groups] for o in trainer.optimizers]
+
+    def on_train_start(self, trainer, pl_module):
+        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        for optimizer, rates in zip(trainer.optimizers, self._base_rates):
+            optim.take_base_rates(optimizer, schedulers, rates)
 
 
 class ProgressBar(TQDMProgressBar):

@@ -23,6 +23,7 @@ from .errors import UsageError
 from .network import Architecture
 
 LAST = "last.ckpt"
+BEST = "best.ckpt"  # beside last.ckpt: the state after the validation with the lowest loss (callbacks.BestCheckpoint)
 # The layout of checkpoint["charrnn"] this version writes. Earlier ones are read too, upgraded on reading: format 1
 # (vocab, hidden_size, hidden_state (B, H); the tanh RNN of one layer) and format 2 (the architecture recorded, the
 # state still (B, H), no dropout seed).

@@ -1,7 +1,7 @@
 """``train.py``: LightningCLI without subcommands, and its one-line errors.
 
-``python train.py [--config configs/X.yaml] [--data.*] [--model.*] [--trainer.*] [--ckpt_path last|PATH]
-[--seed_everything N]``. Values come from ``configs/default.yaml`` unless a config file or flag overrides them.
+``python train.py [--config configs/X.yaml] [--data.*] [--model.*] [--trainer.*] [--optimizer CLASS]
+[--lr_scheduler CLASS] [--ckpt_path last|PATH] [--seed_everything N]``. Values come from ``configs/default.yaml`` unless a config file or flag overrides them.
 
 Exit codes: 0 when training finished, or stopped by Ctrl-C / SIGTERM with ``last.ckpt`` saved; 2 with one line
 ``error: ...`` on stderr for a bad input or a diverged run (nothing on disk overwritten); 130 for Ctrl-C / SIGTERM
@@ -11,6 +11,7 @@ flags, everything else from the checkpoint.
 
 import argparse
 import contextlib
+import importlib
 import logging
 import os
 import sys
@@ -19,9 +20,10 @@ import warnings
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
-from . import checks, resume, runlock
-from .callbacks import AtomicCheckpointIO, LastCheckpoint, ProgressBar
+from . import checks, optim, resume, runlock, summary
+from .callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, OptimizerFromFlags, ProgressBar
 from .data import CharDataModule
 from .entry import Interrupted
 from .errors import Diverged, UsageError, one_line
@@ -37,6 +39,8 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 # Lightning compares log_every_n_steps with its batch count, but a batch may hold several steps and charrnn logs
 # by step (module._logging_step): the advice to lower the interval does not apply.
 warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
+# --optimizer replaces CharRNN.configure_optimizers (min-char-rnn's Adagrad) by design.
+warnings.filterwarnings("ignore", message=r"`CharRNN.configure_optimizers` will be overridden")
 # --data.val_fraction 0 turns validation off on purpose; Lightning asks whether an empty loader was intended.
 warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
 
@@ -60,6 +64,8 @@ class CharRNNCLI(LightningCLI):
             reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
             raise UsageError(f"a flag names a file that cannot be read as settings ({reason})") from None
         _check_flags(self.config)  # before LightningCLI seeds (a seed out of range crashes there) or builds anything
+        if self.config["optimizer"] and parser.parse_args(args, defaults=False).get("model.learning_rate") is not None:
+            raise UsageError("--model.learning_rate is the rate of the default optimizer; with --optimizer set --optimizer.lr")
 
     def instantiate_trainer(self, **kwargs):
         try:
@@ -91,8 +97,34 @@ def _check_flags(config) -> None:
     checks.seed(config["seed_everything"])
     for name in ("learning_rate", "clip"):
         checks.positive_float(f"--model.{name}", config["model"][name], precision)
+    _check_optimization(config["optimizer"], config["lr_scheduler"], precision)
     devices = trainer["devices"]
     checks.fits_in_memory(config, devices if type(devices) is int and devices > 0 else 1)
+
+
+def _no_advert(record: logging.LogRecord) -> bool:
+    """Lightning advertises a cloud logging service at every start; that is not a note about this run."""
+    return "litlogger" not in record.getMessage()
+
+
+def _check_optimization(optimizer, scheduler, precision: str) -> None:
+    if scheduler is None:
+        pass
+    elif optimizer is None:
+        raise UsageError(
+            "--lr_scheduler needs --optimizer; for min-char-rnn's Adagrad: --optimizer charrnn.optim.Adagrad --optimizer.lr X"
+        )
+    elif issubclass(_class(scheduler), torch.optim.lr_scheduler.ReduceLROnPlateau):
+        # It would step at validations, and a last.ckpt written just before one could not resume it exactly.
+        raise UsageError("--lr_scheduler ReduceLROnPlateau is not supported: use a schedule that counts steps (e.g. StepLR)")
+    if optimizer is not None and optimizer["init_args"].get("lr") is not None:
+        checks.positive_float("--optimizer.lr", optimizer["init_args"]["lr"], precision)
+
+
+def _class(chosen) -> type:
+    """The class a class-path setting (``--optimizer``, ``--lr_scheduler``) names; the parser imported it already."""
+    module, name = chosen["class_path"].rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
 
 
 @contextlib.contextmanager
@@ -106,10 +138,13 @@ def _lightning_notes_on_stdout():
         if type(handler) is logging.StreamHandler
     ]
     previous = [handler.setStream(sys.stdout) for handler in handlers]
+    for handler in handlers:
+        handler.addFilter(_no_advert)
     try:
         yield
     finally:
         for handler, stream in zip(handlers, previous):
+            handler.removeFilter(_no_advert)
             if stream is not None:
                 handler.setStream(stream)
 
@@ -133,7 +168,8 @@ def _default_threads() -> None:
 
 
 def _build(args):
-    """The CLI's trainer, model and data, with charrnn's checkpoint writer, LastCheckpoint and progress bar."""
+    """The CLI's trainer, model and data, with charrnn's checkpoint writer, its checkpoints, HPARAMS and progress
+    bar."""
     cli = CharRNNCLI(
         CharRNN,
         CharDataModule,
@@ -141,12 +177,22 @@ def _build(args):
         args=checks.config_files(sys.argv[1:] if args is None else args),
         parser_kwargs={"exit_on_error": False, "default_config_files": [DEFAULT_CONFIG]},
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"enable_checkpointing": False, "check_val_every_n_epoch": None},
+        # Lightning's model summary sees no submodules in charrnn ("0 Modules", "n/a"): summary.lines says more.
+        trainer_defaults={"enable_checkpointing": False, "check_val_every_n_epoch": None, "enable_model_summary": False},
     )
     trainer = cli.trainer
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # not a trainer default: jsonargparse cannot dump it
     last = LastCheckpoint(cli.config["checkpoint_every"])
-    trainer.callbacks.append(last)
+    chosen = [(cli.config[group] or {}).get("class_path") for group in ("optimizer", "lr_scheduler")]
+    trainer.callbacks += [
+        last,
+        BestCheckpoint(),
+        OptimizerFromFlags(chosen[0] or optim.ADAGRAD, chosen[1]),
+        summary.HParams(summary.settings(cli.config, cli.model, cli.datamodule, trainer)),
+    ]
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger._default_hp_metric = False  # no "hp_metric" placeholder card: summary.HParams writes the metrics
     ProgressBar.replace_default(trainer)
     return cli, last
 
@@ -201,6 +247,8 @@ def run(args=None) -> None:
     data.trainer = trainer  # the streams of all processes: a text too short for them is refused before any write
     data.setup("fit")
     _check_writable(trainer.default_root_dir)
+    if trainer.is_global_zero:
+        print("\n".join(summary.lines(model, data, trainer.world_size)))
     _fit(trainer, model, data, ckpt_path, last)
     _report(trainer, last)
 

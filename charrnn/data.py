@@ -22,6 +22,7 @@ from .distributed import block_of_rank
 from .errors import UsageError
 
 DEFAULT_PATH = "data/raw/input.txt"
+BUILTIN_TEXT = "pydoc_data.topics"  # the text a fresh clone trains on: Python's reference documentation
 _CHUNK_BYTES = 1 << 23
 VAL_STREAMS = 64
 VAL_CHUNK = 256
@@ -263,10 +264,12 @@ class CharDataModule(L.LightningDataModule):
         self.path, self.seq_length, self.batch_size, self.val_fraction = path, seq_length, batch_size, val_fraction
         self.windows_per_batch = None  # fixed by the first setup("fit"); one window per batch until then
         if path == DEFAULT_PATH and not os.path.exists(path):
-            print(f"{path} not found: training on Python's reference documentation (pydoc_data.topics) instead")
+            print(f"{path} not found: training on Python's reference documentation ({BUILTIN_TEXT}) instead")
             vocab, ids = corpus_from_text(_pydoc_text())
+            self.source = BUILTIN_TEXT
         else:
             vocab, ids = read_corpus(path)
+            self.source = path  # what the run learned from, as the run summary and TensorBoard name it
         self.vocab = vocab
         ids = torch.from_numpy(ids)
         n_val = int(len(ids) * val_fraction)

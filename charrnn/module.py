@@ -1,4 +1,5 @@
-"""The LightningModule: thin glue that feeds batches to the network (``network.py``) and steps Adagrad."""
+"""The LightningModule: thin glue that feeds batches to the network (``network.py``) and steps the optimizer
+(min-char-rnn's Adagrad, or train.py's ``--optimizer`` and ``--lr_scheduler``)."""
 
 import math
 import time
@@ -31,7 +32,7 @@ class CharRNN(L.LightningModule):
         num_layers: layers of the cell, each feeding the next.
         dropout: probability of dropping a unit in training (0 for none), on the input of every layer above the
             first and on the top layer's output; never on the recurrent connection, never in validation or sampling.
-        learning_rate: Adagrad learning rate.
+        learning_rate: the default optimizer's (min-char-rnn's Adagrad) learning rate; ``--optimizer`` has its own.
         clip: gradients are clipped element-wise to [-clip, clip] (min-char-rnn: 5).
         sample_length: characters generated at each validation (TensorBoard text) and console sample.
         print_every: when > 0, print a sample and min-char-rnn's ``iter N, loss: X`` line every N steps.
@@ -89,6 +90,8 @@ class CharRNN(L.LightningModule):
         # A checkpoint is restored before the strategy moves the module to its device and precision.
         if self.h is not None:
             self.h = self.h.to(device=self.device, dtype=self.dtype)
+        # Stepped here after every optimizer step: charrnn counts steps, and manual optimization steps no schedule.
+        self._schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
 
     def training_step(self, batch, batch_idx):
         """One optimizer step per window of the batch (see data.TrainBatches), stopping exactly at max_steps."""
@@ -115,6 +118,8 @@ class CharRNN(L.LightningModule):
             self.arch, self.params, self.optimizers(), inputs, targets, self.h, self.hparams.clip,
             over_ranks=self.trainer.world_size > 1, masks=masks,
         )  # fmt: skip
+        for scheduler in self._schedulers:
+            scheduler.step()
         torch.minimum(self.first_bad_step, torch.where(loss.isfinite(), NO_STEP, step + 1), out=self.first_bad_step)
 
         self.smooth_loss.mul_(SMOOTHING).add_(loss, alpha=(1 - SMOOTHING) / (B * T))  # per character
@@ -232,8 +237,3 @@ class CharRNN(L.LightningModule):
         meta = checkpoint.read_metadata(ckpt, "the checkpoint")
         self.h = None if meta.hidden_state is None else distributed.rows_of_rank(meta.hidden_state)
         self.dropout_seed = meta.dropout_seed
-        # The learning rate is this run's --model.learning_rate, not the checkpoint's, so a run that diverged can
-        # go on from its last good checkpoint with a lower one. (Same rate: the resume stays exact.)
-        for state in ckpt.get("optimizer_states", []):
-            for group in state["param_groups"]:
-                group["lr"] = self.hparams.learning_rate

@@ -8,6 +8,8 @@ charrnn with one stream reproduces min-char-rnn step for step (pinned by tests/t
 
 import torch
 
+ADAGRAD = f"{__name__}.Adagrad"  # the optimizer without --optimizer, by the class path --optimizer would name it
+
 
 class Adagrad(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 0.1, eps: float = 1e-8):
@@ -36,3 +38,17 @@ class Adagrad(torch.optim.Optimizer):
             torch._foreach_sqrt_(denominators)
             torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
         return loss
+
+
+def take_base_rates(optimizer: torch.optim.Optimizer, schedulers, base_rates) -> None:
+    """Make ``base_rates`` (this run's flags) the base learning rates of ``optimizer`` and its ``schedulers``, as
+    restored from a checkpoint. Without a schedule the rate is the base; with one the schedule's factor at the
+    restored step is kept, the rate scaled by new base / saved base. Unchanged rates leave every value as saved."""
+    for i, (group, base) in enumerate(zip(optimizer.param_groups, base_rates)):
+        if "initial_lr" not in group:  # set by a schedule: its base
+            group["lr"] = base
+        elif group["initial_lr"] != base:
+            group["lr"] *= base / group["initial_lr"]
+            group["initial_lr"] = base
+            for scheduler in schedulers:
+                scheduler.base_lrs[i] = base

@@ -9,6 +9,7 @@ import os
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from . import checkpoint
+from .callbacks import OptimizerFromFlags
 from .errors import UsageError
 
 
@@ -27,6 +28,9 @@ def resolve(ckpt_path: str | None, root: str) -> str | None:
 def check_resumable(ckpt: dict, path: str, model, data, trainer) -> None:
     """Everything Lightning would otherwise find wrong only after it has started writing into the run directory."""
     checkpoint.check_resumable_by(checkpoint.read_metadata(ckpt, path), model.arch, model.vocab, path)
+    for callback in trainer.callbacks:
+        if isinstance(callback, OptimizerFromFlags):
+            callback.check_resumable(ckpt, path)
     layouts = ckpt.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
     if not (layouts and ckpt.get("optimizer_states") and type(data).__qualname__ in ckpt):
         raise UsageError(f"{path} holds weights but no training state, so it cannot be resumed; sample from it instead")
@@ -38,10 +42,11 @@ def check_resumable(ckpt: dict, path: str, model, data, trainer) -> None:
 
 def log_version(path: str, root: str) -> int | None:
     """``<root>/lightning_logs/version_N/checkpoints/last.ckpt`` -> N, so a resumed run keeps writing the same
-    curves. A checkpoint from anywhere else starts a new version: its N may belong to another run under root."""
+    curves. A checkpoint from anywhere else starts a new version: its N may belong to another run under root. So
+    does any other checkpoint of a run (``best.ckpt``): continuing there would overwrite that run's newer last.ckpt."""
     version_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     name = os.path.basename(version_dir)
-    if not (name.startswith("version_") and name[len("version_") :].isdigit()):
+    if os.path.basename(path) != checkpoint.LAST or not (name.startswith("version_") and name[len("version_") :].isdigit()):
         return None
     logs = os.path.join(root, "lightning_logs")
     same_root = os.path.isdir(logs) and os.path.samefile(os.path.dirname(version_dir), logs)

@@ -1,0 +1,104 @@
+"""--optimizer and --lr_scheduler (LightningCLI's own flags, and their YAML twins) with the hand-written gradients:
+schedules step with every optimizer step, resumes are exact, and the learning rate of a resume is the flags'."""
+
+import pytest
+import torch
+
+from charrnn import checkpoint
+from tests.train_helpers import assert_one_line_error, newest, snapshot, tiny_args, train
+
+N = 50
+ADAM = ("--optimizer", "torch.optim.Adam", "--optimizer.lr", 0.01)
+STEP_LR = ("--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size", 7, "--lr_scheduler.gamma", 0.5)
+
+
+def assert_equal_state(a, b) -> None:
+    """Bitwise, every tensor and number of what a resume restores: weights, optimizer, schedule, streams."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_equal_state(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_equal_state(x, y)
+    else:
+        assert a == b
+
+
+def training_state(ckpt: dict) -> dict:
+    keys = ("global_step", "state_dict", "optimizer_states", "lr_schedulers")
+    return {**{key: ckpt[key] for key in keys}, "hidden_state": ckpt["charrnn"]["hidden_state"]}
+
+
+@pytest.mark.parametrize("k", [17, 21], ids=["mid-schedule", "at-a-schedule-step"])
+def test_adam_with_a_step_schedule_resumes_bitwise_exact(text, tmp_path, k):
+    assert train(tiny_args(text, tmp_path / "straight", *ADAM, *STEP_LR, steps=N)) == 0
+    assert train(tiny_args(text, tmp_path / "resumed", *ADAM, *STEP_LR, steps=k)) == 0
+    assert train(tiny_args(text, tmp_path / "resumed", *ADAM, *STEP_LR, "--ckpt_path", "last", steps=N)) == 0
+    straight, resumed = newest(tmp_path / "straight"), newest(tmp_path / "resumed")
+    assert_equal_state(training_state(straight), training_state(resumed))
+    # The schedule stepped once per optimizer step (not per epoch nor per trainer batch).
+    assert straight["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.5 ** (N // 7))
+    assert set(straight["optimizer_states"][0]["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+
+
+def test_yaml_twins_train_the_same_run(text, tmp_path):
+    config = tmp_path / "adam.yaml"
+    config.write_text(
+        "optimizer:\n  class_path: torch.optim.Adam\n  init_args:\n    lr: 0.01\n"
+        "lr_scheduler:\n  class_path: torch.optim.lr_scheduler.StepLR\n  init_args:\n    step_size: 7\n    gamma: 0.5\n"
+    )
+    assert train(tiny_args(text, tmp_path / "flags", *ADAM, *STEP_LR, steps=20)) == 0
+    assert train(tiny_args(text, tmp_path / "yaml", "--config", config, steps=20)) == 0
+    assert_equal_state(training_state(newest(tmp_path / "flags")), training_state(newest(tmp_path / "yaml")))
+
+
+def test_a_resume_takes_the_base_rate_from_the_flags_and_keeps_the_schedule(text, tmp_path):
+    assert train(tiny_args(text, tmp_path, *ADAM, *STEP_LR, steps=10)) == 0
+    lower = ("--optimizer", "torch.optim.Adam", "--optimizer.lr", 0.004)
+    assert train(tiny_args(text, tmp_path, *lower, *STEP_LR, "--ckpt_path", "last", steps=12)) == 0
+    ckpt = newest(tmp_path)
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.004 * 0.5)  # one decay at step 7
+    assert ckpt["lr_schedulers"][0]["base_lrs"] == [0.004]
+
+
+def test_a_checkpoint_resumes_only_with_its_own_optimizer_and_schedule(text, tmp_path, capsys):
+    assert train(tiny_args(text, tmp_path, steps=10)) == 0
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert train(tiny_args(text, tmp_path, *ADAM, "--ckpt_path", "last", steps=12)) == 2
+    assert_one_line_error(capsys.readouterr().err, "trained with optimizer charrnn.optim.Adagrad, not torch.optim.Adam")
+    same_class = ("--optimizer", "charrnn.optim.Adagrad", "--optimizer.lr", 0.1)
+    assert train(tiny_args(text, tmp_path, *same_class, *STEP_LR, "--ckpt_path", "last", steps=12)) == 2
+    assert_one_line_error(capsys.readouterr().err, "lr_scheduler none, not torch.optim.lr_scheduler.StepLR")
+    assert snapshot(tmp_path) == before
+    # The default optimizer by its class path is the default: the run continues.
+    assert train(tiny_args(text, tmp_path, *same_class, "--ckpt_path", "last", steps=12)) == 0
+    assert checkpoint.load(str(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"))["global_step"] == 12
+
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        ((*ADAM, "--model.learning_rate", 0.1), ["--model.learning_rate", "--optimizer.lr"]),
+        (STEP_LR, ["--lr_scheduler needs --optimizer"]),
+        ((*ADAM, "--lr_scheduler", "ReduceLROnPlateau", "--lr_scheduler.monitor", "val/loss"), ["not supported"]),
+        (("--optimizer", "torch.optim.Adam", "--optimizer.lr", 1e300), ["--optimizer.lr", "cannot be represented"]),
+        (("--optimizer", "torch.optim.SGD", "--optimizer.lr", -0.5), ["--optimizer.lr must be"]),
+    ],
+    ids=["learning_rate-with-optimizer", "scheduler-alone", "plateau", "huge-lr", "negative-lr"],
+)
+def test_ambiguous_or_bad_optimizer_flags_are_one_line(text, tmp_path, capsys, flags, fragments):
+    assert train(tiny_args(text, tmp_path, *flags, steps=5)) == 2
+    assert_one_line_error(capsys.readouterr().err, *fragments)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_model_learning_rate_in_a_config_file_with_an_optimizer_is_refused(text, tmp_path, capsys):
+    config = tmp_path / "both.yaml"
+    config.write_text("model:\n  learning_rate: 0.1\noptimizer:\n  class_path: torch.optim.Adam\n")
+    assert train(tiny_args(text, tmp_path / "D", "--config", config, steps=5)) == 2
+    assert_one_line_error(capsys.readouterr().err, "--optimizer.lr")
