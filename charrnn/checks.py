@@ -68,7 +68,7 @@ def memory_needed(arch, streams: int, seq_length: int, sample_length: int, preci
     backward (the tanh RNN: 6; the input projection, the gates' factors, states, dropout mask and gradients) and
     its forward alone G + 1; the output layer two (training) or three (validation) of V."""
     item = DTYPES[precision].itemsize
-    weights = sum(math.prod(shape) for shape in arch.param_shapes().values())
+    weights = arch.num_weights()
     H, V, G, L = arch.hidden_size, arch.vocab_size, arch.cell_math.GATES, arch.num_layers
     window = streams * seq_length * (L * (3 * G + 3) * H + 2 * V)
     validation = 64 * 256 * (L * (G + 1) * H + 3 * V)

@@ -45,6 +45,8 @@ def _build_world() -> str:
         f.write(corpus())
     with contextlib.redirect_stdout(io.StringIO()):
         assert train(tiny_args(f"{d}/input.txt", f"{d}/runs", steps=4)) == 0
+        lstm = ("--model.cell", "lstm", "--model.num_layers", 2, "--model.dropout", 0.2)
+        assert train(tiny_args(f"{d}/input.txt", f"{d}/lstm-runs", *lstm, steps=4)) == 0
     os.mkfifo(f"{d}/fifo")
     os.mkdir(f"{d}/empty-dir")
     return d
@@ -67,7 +69,7 @@ WORDS = ["0", "-1", "1", "2", "3", "1.5", "-0.0", "1e300", "-1e300", "1e-320", "
          " ", "true", "false", "null", "[1]", "{a: 1}", "- 1", "💥", "ß\u0301", "\x00", "4294967296", "-5",
          str(2**63), str(2**70), str(-2**70), "9" * 40, "0x10", "1_000", "32-true", "64-true", "16-mixed", "auto"]
 SPECIAL_PATHS = ["/dev/null", "/dev/zero", "/dev/full", "/bin/ls", "/proc/self/status", "/proc/self/mem", "/",
-                 "/nonexistent/x", "{d}/fifo", "{d}/empty-dir", "{d}/input.txt", "{d}/runs", "{ckpt}"]
+                 "/nonexistent/x", "{d}/fifo", "{d}/empty-dir", "{d}/input.txt", "{d}/runs", "{ckpt}", "{d}/lstm-runs"]
 values = st.one_of(
     st.sampled_from(WORDS),
     st.sampled_from(SPECIAL_PATHS),
@@ -82,7 +84,10 @@ TRAIN_FLAGS = ["--data.batch_size", "--data.seq_length", "--data.val_fraction", 
                "--trainer.val_check_interval", "--trainer.precision", "--trainer.accelerator", "--trainer.logger",
                "--trainer.gradient_clip_val", "--trainer.limit_val_batches", "--trainer.num_sanity_val_steps",
                "--trainer.default_root_dir", "--checkpoint_every", "--seed_everything", "--config", "--ckpt_path",
-               "--bogus", "--model", "--trainer.devices"]  # fmt: skip
+               "--bogus", "--model", "--trainer.devices", "--model.cell", "--model.num_layers", "--model.dropout"]  # fmt: skip
+# Besides hostile values, the values a model flag is meant to take (so that good runs of every cell happen too).
+MODEL_VALUES = {"--model.cell": ["rnn", "lstm", "gru", "LSTM"], "--model.num_layers": ["1", "2", "3"],
+                "--model.dropout": ["0", "0.2", "0.5", "0.999", "1"]}  # fmt: skip
 SAFE_DEVICES = ["0", "1", "nan", "true", "auto", "x", "[0]", "1.5", "/dev/null"]  # never more than one process
 
 
@@ -131,6 +136,8 @@ def _flag_value(flag: str):
         return st.sampled_from(["{root}/sub", "{root}/é 💥", "/dev/null", "/proc", "/nonexistent/x", "{d}/input.txt", ""])
     if flag in ("--data.path", "--config", "--ckpt_path"):
         return st.one_of(values, damaged_file())
+    if flag in MODEL_VALUES:
+        return st.one_of(st.sampled_from(MODEL_VALUES[flag]), values)
     return values
 
 
@@ -186,6 +193,9 @@ def _fill(value: str, root: str) -> str:
 @example(flags=[("--trainer.accelerator", "/proc/self/mem")])
 @example(flags=[("--trainer.logger", "/bin/ls")])
 @example(flags=[("--data.val_fraction", "0")])
+@example(flags=[("--model.cell", "gru"), ("--model.num_layers", "3"), ("--model.dropout", "0.5")])
+@example(flags=[("--model.cell", "lstm"), ("--model.num_layers", "2"), ("--ckpt_path", "{d}/lstm-runs")])
+@example(flags=[("--model.num_layers", str(2**40))])
 def test_train_py_keeps_its_promise(flags):
     root = tempfile.mkdtemp(dir=WORLD, prefix="root-")
     before = snapshot(WORLD)
@@ -215,6 +225,7 @@ sample_flags = st.lists(
 @example(target="{d}/fifo", flags=[])
 @example(target="{ckpt}", flags=[("--top-k", str(2**70)), ("--seed", str(2**70))])
 @example(target="{ckpt}", flags=[("--temperature", "1e-320")])
+@example(target="{d}/lstm-runs", flags=[("--prime", "The"), ("--top-k", "3")])
 def test_sample_py_keeps_its_promise(target, flags):
     before = snapshot(WORLD)
     extra = [arg for flag, value in flags for arg in ((flag,) if value is None else (flag, value))]

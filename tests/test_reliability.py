@@ -1,6 +1,7 @@
 """What a user trying to break charrnn found: values checked against what the run can do, one writer per run,
 divergence in training and validation, signals at any moment (imports included), and full or closed streams."""
 
+import math
 import os
 import signal
 import subprocess
@@ -96,6 +97,9 @@ def test_memory_estimate_grows_with_every_size():
     lstm, gru = (checks.memory_needed(Architecture(1, 256, cell), 32, 25, 200, "32-true") for cell in ("lstm", "gru"))
     assert lstm > gru > 1.9 * base
     assert checks.memory_needed(Architecture(1, 256, "lstm", 3), 32, 25, 200, "32-true") > 2.9 * lstm
+    for arch in (Architecture(65, 16, cell, 3) for cell in ("rnn", "lstm", "gru")):
+        assert arch.num_weights() == sum(math.prod(shape) for shape in arch.param_shapes().values())
+    assert Architecture(1, 8, "gru", 2**40).num_weights() > 2**46  # counted, not listed
     assert 0 < checks.available_memory() < 2**50
 
 

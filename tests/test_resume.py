@@ -21,9 +21,16 @@ def _printed_from(stdout: str, step: int) -> str:
     return "\n".join(line for line in stdout[start:].splitlines() if not line.startswith(("finished", "stopped")))
 
 
-@pytest.mark.parametrize("k", [17, EPOCH], ids=["mid-epoch", "epoch-boundary"])
-def test_stop_and_resume_is_bitwise_exact(text, tmp_path, capsys, k):
-    extra = ("--model.print_every", PRINT_EVERY)
+CELLS = {name: ("--model.cell", name, "--model.num_layers", 2, "--model.dropout", 0.2) for name in ("rnn", "lstm", "gru")}
+
+
+@pytest.mark.parametrize(
+    "k, model",
+    [(17, ()), (EPOCH, ()), *((17, flags) for flags in CELLS.values())],
+    ids=["mid-epoch", "epoch-boundary", *(f"{name}-2-layers-dropout-mid-epoch" for name in CELLS)],
+)
+def test_stop_and_resume_is_bitwise_exact(text, tmp_path, capsys, k, model):
+    extra = ("--model.print_every", PRINT_EVERY, *model)
     assert train(tiny_args(text, tmp_path / "straight", *extra, steps=N)) == 0
     straight_out = capsys.readouterr().out
 
@@ -80,3 +87,19 @@ def test_without_a_logger_a_new_run_refuses_to_overwrite_and_last_resumes(text, 
     assert snapshot(tmp_path) == before
     assert train(tiny_args(text, tmp_path, *no_logger, "--ckpt_path", "last", steps=9)) == 0
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 9
+
+
+def test_dropout_masks_follow_the_seed_and_the_checkpoint_keeps_it(text, tmp_path):
+    """The masks' seed comes from --seed_everything (the same seed trains the same model, another seed another
+    one); the checkpoint holds it, and without dropout there is none."""
+    runs = {}
+    for name, flags in {"a": (1, 0.2), "b": (1, 0.2), "c": (2, 0.2), "no-dropout": (1, 0.0)}.items():
+        seed, p = flags
+        assert train(tiny_args(text, tmp_path / name, *CELLS["lstm"][:4], "--model.dropout", p,
+                               "--seed_everything", seed, steps=6)) == 0  # fmt: skip
+        runs[name] = newest(tmp_path / name)
+    assert_same_training_state(runs["a"], runs["b"])
+    seeds = {name: checkpoint.read_metadata(ckpt, name).dropout_seed for name, ckpt in runs.items()}
+    assert seeds["a"] == seeds["b"] != seeds["c"] and seeds["no-dropout"] is None
+    # The same seed and first weights: dropout is what makes these two runs differ.
+    assert not torch.equal(runs["a"]["state_dict"]["Whh"], runs["no-dropout"]["state_dict"]["Whh"])

@@ -88,10 +88,18 @@ def test_a_full_disk_mid_write_keeps_the_previous_checkpoint(text, tmp_path, cap
     assert not _debris(str(tmp_path))
 
 
+CELL_FLAGS = ("--model.num_layers", 2, "--model.dropout", 0.2)
+
+
 @pytest.mark.slow
-def test_sigkill_at_random_moments_never_costs_a_loadable_checkpoint(text, tmp_path):
-    """Kill training 20 times at random moments (starting up, mid-step, mid-write: --checkpoint_every 1); after
-    each kill the newest last.ckpt loads and is no older than before, and the run resumed from the survivors
+@pytest.mark.parametrize(
+    "model, kills",
+    [((), 20), (("--model.cell", "lstm", *CELL_FLAGS), 8), (("--model.cell", "gru", *CELL_FLAGS), 8)],
+    ids=["rnn", "lstm-2-layers-dropout", "gru-2-layers-dropout"],
+)
+def test_sigkill_at_random_moments_never_costs_a_loadable_checkpoint(text, tmp_path, model, kills):
+    """Kill training ``kills`` times at random moments (starting up, mid-step, mid-write: --checkpoint_every 1);
+    after each kill the newest last.ckpt loads and is no older than before, and the run resumed from the survivors
     ends bitwise where an uninterrupted run to the same step ends.
 
     Children are forked from a server that has imported charrnn already, so each start costs a fraction of a
@@ -99,10 +107,10 @@ def test_sigkill_at_random_moments_never_costs_a_loadable_checkpoint(text, tmp_p
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["charrnn.cli", "tests.train_helpers"])
     killed, resumed = tmp_path / "killed", tmp_path / "straight"
-    args = ("--checkpoint_every", 1, "--ckpt_path", "last")
+    args = ("--checkpoint_every", 1, "--ckpt_path", "last", *model)
     rng = random.Random(1234)
     steps, debris_seen = [], 0
-    for _ in range(20):
+    for _ in range(kills):
         child = context.Process(target=run_main_quietly, args=(tiny_args(text, killed, *args, steps=-1),))
         child.start()
         time.sleep(rng.uniform(0.05, 1.0))

@@ -5,7 +5,9 @@ import glob
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.train_helpers import ROOT, run_train_py, shakespeare_path
+from charrnn import checkpoint
+from charrnn.sampling import generate
+from tests.train_helpers import ROOT, run_train_py, shakespeare_path, tiny_args, train
 
 
 def read_events(run_dir):
@@ -61,3 +63,18 @@ def test_min_char_rnn_config_prints_like_the_original(tmp_path):
     iters = [line for line in lines if line.startswith("iter ")]
     assert [line.split(",")[0] for line in iters] == ["iter 0", "iter 100", "iter 200"]
     assert lines.count("----") >= 6  # a sample framed by ---- before each iter line
+
+
+def test_lstm_run_writes_its_samples_to_tensorboard(text, tmp_path):
+    """A 2-layer LSTM with dropout: the curves, and at each validation a sample from the same sampler sample.py
+    uses (seeded with the step, from a zero state, no dropout)."""
+    args = tiny_args(text, tmp_path, "--model.cell", "lstm", "--model.num_layers", 2, "--model.dropout", 0.2, steps=30)
+    assert train(args) == 0
+    acc = read_events(str(tmp_path / "lightning_logs" / "version_0"))
+    assert {"train/loss", "val/loss"} <= set(acc.Tags()["scalars"])
+    events = acc.Tensors([t for t in acc.Tags()["tensors"] if "sample" in t][0])
+    assert [e.step for e in events] == [10, 20, 30]
+    logged = events[-1].tensor_proto.string_val[0].decode("utf-8")
+    net = checkpoint.load_network(str(tmp_path))
+    expected = "".join(net.vocab[i] for i in generate("lstm", net.params, 200, seed=30))
+    assert logged == "    " + expected.replace("\n", "\n    ")

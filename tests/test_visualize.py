@@ -87,6 +87,49 @@ def test_page_holds_the_models_forward_pass(capsys, run, tmp_path):
     assert data["ranking"] == [{**row, "r": round(row["r"], 3)} for row in rank_units({"h": hs}, features)]
 
 
+@pytest.fixture(scope="module", params=["lstm", "gru"])
+def gated_run(request, run):
+    """A 2-layer checkpoint of a gated cell, trained on the same text."""
+    root = run["dir"] / request.param
+    assert train(tiny_args(run["text"], root, "--model.cell", request.param, "--model.num_layers", 2, steps=40)) == 0
+    net = checkpoint.load_network(checkpoint.newest_last_checkpoint(str(root)))
+    return {"ckpt": checkpoint.newest_last_checkpoint(str(root)), "net": net}
+
+
+def expected_groups(cell, acts) -> dict:
+    """name -> ((T, H) values, range) from stack.forward's activations: the gates' rows are (o, i, f, g) for the
+    LSTM and (r, z, h W_hn + b_hn) for the GRU (charrnn/cells)."""
+    groups = {}
+    for layer, a in enumerate(acts, start=1):
+        found = {"h": (a["h"][1:, 0], [-1.0, 1.0])}
+        if cell == "lstm":
+            c = a["c"][1:, 0]
+            found["c"] = (c, [-float(np.ceil(c.abs().max())), float(np.ceil(c.abs().max()))])
+            gates = {"input gate": 1, "forget gate": 2, "output gate": 0}
+        else:
+            gates = {"reset gate": 0, "update gate": 1}
+        found.update({name: (a["gates"][:, 0, k], [0.0, 1.0]) for name, k in gates.items()})
+        found["candidate"] = (a["gates"][:, 0, 3] if cell == "lstm" else a["n"][:, 0], [-1.0, 1.0])
+        groups.update({f"layer {layer} {name}": (values.numpy(), bounds) for name, (values, bounds) in found.items()})
+    return groups
+
+
+def test_page_holds_every_layer_and_gate_of_a_gated_cell(capsys, gated_run, run, tmp_path):
+    out = tmp_path / "page.html"
+    assert visualize_main(capsys, gated_run["ckpt"], "--text", run["text"], "--length", 300, "--out", out)[0] == 0
+    data, net = embedded(out), gated_run["net"]
+    ids = [net.vocab.index(c) for c in data["text"]]
+    acts, probs = forward(net.arch, net.params, ids)
+    expected = expected_groups(net.arch.cell, acts)
+    assert [g["name"] for g in data["groups"]] == list(expected)
+    for group in data["groups"]:
+        values, bounds = expected[group["name"]]
+        assert group["range"] == bounds and values.shape == (300, 16)
+        assert values.min() >= bounds[0] and values.max() <= bounds[1], group["name"]
+        np.testing.assert_allclose(np.array(group["values"]), values.T, rtol=0, atol=ROUNDING)
+    np.testing.assert_allclose(data["surprise"], -np.log(probs[np.arange(300), ids]), rtol=0, atol=ROUNDING)
+
+
 def _inside_quotes(text: str) -> np.ndarray:
     """Independent of text_features: an odd number of '"' up to and including each character."""
     return np.array([text[: t + 1].count('"') % 2 for t in range(len(text))], dtype=float)
