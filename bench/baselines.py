@@ -1,6 +1,10 @@
 """What charrnn is measured against: Karpathy's NumPy min-char-rnn, and the model a PyTorch user would write
-(``nn.RNN`` + ``nn.Linear`` + autograd + ``torch.optim.Adagrad`` in a LightningModule with automatic optimization).
+(``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` + ``nn.Linear`` + autograd + ``torch.optim.Adagrad`` in a LightningModule with
+automatic optimization).
 """
+
+import functools
+
 
 import lightning as L
 import numpy as np
@@ -22,14 +26,18 @@ def validation_loss(params: list[np.ndarray], datamodule, vocab_size: int) -> fl
     return float(trainer.callback_metrics["val/loss"])
 
 
-class TorchRNN(L.LightningModule):
-    """The same tanh RNN as a PyTorch user would write it: ``nn.RNN`` over one-hot inputs, ``nn.Linear`` output,
-    autograd, ``torch.optim.Adagrad`` and Lightning's automatic optimization (clipping via the Trainer)."""
+TORCH_CELLS = {"rnn": functools.partial(torch.nn.RNN, nonlinearity="tanh"), "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 
-    def __init__(self, vocab_size: int, hidden_size: int, learning_rate: float = 0.1):
+
+class TorchRNN(L.LightningModule):
+    """The same network as a PyTorch user would write it: ``nn.RNN`` (tanh), ``nn.LSTM`` or ``nn.GRU`` of
+    ``num_layers`` over one-hot inputs, ``nn.Linear`` output, autograd, ``torch.optim.Adagrad`` and Lightning's
+    automatic optimization (clipping via the Trainer)."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, learning_rate: float = 0.1, cell="rnn", num_layers=1):
         super().__init__()
         self.vocab_size, self.learning_rate = vocab_size, learning_rate
-        self.rnn = torch.nn.RNN(vocab_size, hidden_size, nonlinearity="tanh", batch_first=True)
+        self.rnn = TORCH_CELLS[cell](vocab_size, hidden_size, num_layers=num_layers, batch_first=True)
         self.head = torch.nn.Linear(hidden_size, vocab_size)
         self.h = None
 
@@ -37,9 +45,10 @@ class TorchRNN(L.LightningModule):
         inputs, targets, (window,) = batch  # one window per batch (CharDataModule's default): (1, B, T)
         inputs, targets = inputs[0], targets[0]
         if window == 0 or self.h is None:
-            self.h = inputs.new_zeros((1, inputs.shape[0], self.rnn.hidden_size), dtype=torch.float32)
+            zeros = inputs.new_zeros((self.rnn.num_layers, inputs.shape[0], self.rnn.hidden_size), dtype=torch.float32)
+            self.h = (zeros, zeros.clone()) if isinstance(self.rnn, torch.nn.LSTM) else zeros
         out, h = self.rnn(F.one_hot(inputs, self.vocab_size).float(), self.h)
-        self.h = h.detach()
+        self.h = tuple(x.detach() for x in h) if isinstance(h, tuple) else h.detach()
         loss = F.cross_entropy(self.head(out).reshape(-1, self.vocab_size), targets.reshape(-1))
         self.log("train/loss", loss, prog_bar=True)
         return loss

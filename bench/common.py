@@ -5,6 +5,7 @@ charrnn is measured exactly as users run it; they report through a JSON file.
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -31,6 +32,13 @@ def shakespeare_path() -> str:
 def set_threads(n: int) -> None:
     """Use ``n`` torch intra-op threads here; bench.threads already set the environment for NumPy and children."""
     torch.set_num_threads(n)
+
+
+def start(threads: int) -> None:
+    """What a benchmark of training does first: its threads, Lightning's notes off, the machine line printed."""
+    set_threads(threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    print(machine_line())
 
 
 def run_train(args: list[str], log_path: str) -> None:
@@ -152,10 +160,19 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+    except OSError:
+        return "unknown CPU"
+
+
 def machine_line() -> str:
     load = os.getloadavg()
     return (
-        f"{time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  torch threads={torch.get_num_threads()}  "
+        f"{time.strftime('%Y-%m-%d %H:%M')}  {cpu_model()}  cores={os.cpu_count()}  "
+        f"torch threads={torch.get_num_threads()}  "
         f"torch {torch.__version__}  lightning {L.__version__}  load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
 

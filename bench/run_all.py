@@ -1,5 +1,6 @@
-"""Every benchmark, one after the other (``make bench``): throughput, time to quality, data scale, memory, sampling
-speed and GPU throughput (which says so and measures nothing on a machine without CUDA).
+"""Every benchmark, one after the other (``make bench``): throughput, time to quality, data scale, memory, every
+cell's training speed, sampling speed and GPU throughput (which says so and measures nothing on a machine without
+CUDA).
 
     python -m bench.run_all [--threads 1] [--quick]
 
@@ -30,6 +31,7 @@ def main():
         ("time_to_quality", threads + ["--max-seconds", "30" if quick else "60", "--numpy-seconds", "20" if quick else "150"]),
         ("data_scale", ["--mb", "10"] if quick else []),
         ("memory", ["--max-steps", "50"] if quick else []),
+        ("cell_training", threads + (["--rounds", "1", "--seconds", "1"] if quick else [])),
         ("sample_speed", ["--repeats", "2", "--chars", "20000"] if quick else []),
         ("gpu_throughput", ["--steps", "20"] if quick else []),
     ]

@@ -19,7 +19,6 @@ import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy 
 import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from bench.baselines import MinCharRNN, TorchRNN
-from bench.common import ROOT, SEQ_LENGTH, RateMeter, Stopwatch, machine_line, print_table, set_threads, shakespeare_path
+from bench.common import ROOT, SEQ_LENGTH, RateMeter, Stopwatch, print_table, shakespeare_path, start
 from charrnn import network, optim
 from charrnn.cli import main as train_main
 from charrnn.data import CharDataModule, TrainBatches, choose_windows_per_batch
@@ -38,7 +37,7 @@ from charrnn.data import CharDataModule, TrainBatches, choose_windows_per_batch
 T = SEQ_LENGTH
 
 
-def charrnn_train_py(data, H, seconds, tmp):
+def charrnn_train_py(data, H, seconds, tmp, cell="rnn", num_layers=1):
     """(a): steps per second of train.py's ``main`` (what ``python train.py ARGS`` runs), called in this process so
     it alternates with the other variants; its console output goes to a log file."""
     B = data.batch_size
@@ -46,9 +45,10 @@ def charrnn_train_py(data, H, seconds, tmp):
     out = os.path.join(tmp, f"a-{B}-{H}.json")
     args = [
         "--config", os.path.join(ROOT, "configs", config), "--data.path", shakespeare_path(),
-        "--data.batch_size", str(B), "--model.hidden_size", str(H),
+        "--data.batch_size", str(B), "--data.seq_length", str(data.seq_length), "--model.hidden_size", str(H),
+        "--model.cell", cell, "--model.num_layers", str(num_layers),
         "--trainer.max_steps", "-1", "--trainer.val_check_interval", str(10**9),
-        "--trainer.default_root_dir", os.path.join(tmp, f"a-{B}-{H}"),
+        "--trainer.default_root_dir", os.path.join(tmp, f"a-{B}-{H}-{cell}-{num_layers}"),
         "--trainer.callbacks+=bench.common.Stopwatch",
         "--trainer.callbacks.seconds", str(seconds), "--trainer.callbacks.windows", "1",
         "--trainer.callbacks.out", out,
@@ -61,13 +61,13 @@ def charrnn_train_py(data, H, seconds, tmp):
         return json.load(f)["steps_per_second"]
 
 
-def bare_loop(data, H, seconds, tmp=None):
+def bare_loop(data, H, seconds, tmp=None, cell="rnn", num_layers=1):
     """(b): the same math with nothing around it."""
-    arch = network.Architecture(data.vocab_size, H)
+    arch = network.Architecture(data.vocab_size, H, cell, num_layers)
     params = arch.init_params()
     opt = optim.Adagrad(params.values(), lr=0.1)
-    per_batch = choose_windows_per_batch(data.batch_size * T)
-    batches = TrainBatches(data.train_inputs, data.train_targets, T, per_batch=per_batch)
+    per_batch = choose_windows_per_batch(data.batch_size * data.seq_length)
+    batches = TrainBatches(data.train_inputs, data.train_targets, data.seq_length, per_batch=per_batch)
     meter = RateMeter(seconds, windows=1)
     while True:
         for batch in batches:
@@ -79,7 +79,7 @@ def bare_loop(data, H, seconds, tmp=None):
                     return meter.best
 
 
-def torch_rnn_lightning(data, H, seconds, tmp):
+def torch_rnn_lightning(data, H, seconds, tmp, cell="rnn", num_layers=1):
     """(c): what a PyTorch user would write, trained by Lightning with the same logging and progress bar."""
     stopwatch = Stopwatch(seconds=seconds, windows=1)
     data.windows_per_batch = 1  # TorchRNN trains one window per batch
@@ -96,7 +96,7 @@ def torch_rnn_lightning(data, H, seconds, tmp):
         callbacks=[stopwatch],
     )
     with open(os.path.join(tmp, "c.log"), "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        trainer.fit(TorchRNN(data.vocab_size, H), datamodule=data)
+        trainer.fit(TorchRNN(data.vocab_size, H, cell=cell, num_layers=num_layers), datamodule=data)
     return stopwatch.meter.best
 
 
@@ -108,9 +108,11 @@ def numpy_min_char_rnn(data, H, seconds, tmp=None):
             return meter.best
 
 
-def flops_per_step(B, H, V):
-    """Matrix-product FLOPs of one training step: forward recurrence and output layer, their backward, dWhh."""
-    return 2 * T * B * (3 * H * H + 3 * H * V)
+def flops_per_step(B, H, V, T=T, gates=1, layers=1):
+    """Matrix-product FLOPs of one training step: per layer the recurrence forward, its backward and dWhh (3 products
+    of G*H x H); above the first layer also the input projection, its backward and dWxh; the output layer, its
+    backward and dWhy (the first layer's input is a gather, no product)."""
+    return 2 * T * B * ((2 * layers - 1) * 3 * gates * H * H + 3 * H * V)
 
 
 def mm_gflops(n=2048, seconds=2.0):
@@ -132,9 +134,7 @@ def main():
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32, 128])
     parser.add_argument("--skip", default="", help="variants to leave out, e.g. 'cd'")
     args = parser.parse_args()
-    set_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    print(machine_line())
+    start(args.threads)
     rows, largest = [], None
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as tmp:
         for H in args.hidden:

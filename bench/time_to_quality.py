@@ -18,14 +18,13 @@ import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy 
 
 import argparse
 import json
-import logging
 import os
 import shlex
 import tempfile
 import time
 
 from bench.baselines import MinCharRNN, validation_loss
-from bench.common import SEQ_LENGTH, first_reaching, machine_line, print_table, run_train, set_threads, shakespeare_path
+from bench.common import SEQ_LENGTH, first_reaching, print_table, run_train, shakespeare_path, start
 from charrnn.data import CharDataModule
 
 
@@ -69,9 +68,7 @@ def main():
     parser.add_argument("--numpy-seconds", type=float, default=150, help="min-char-rnn: stop after this much training (0: skip)")
     parser.add_argument("--numpy-eval", type=float, default=5, help="min-char-rnn: seconds between validations")
     args = parser.parse_args()
-    set_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    print(machine_line())
+    start(args.threads)
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as tmp:
         ours = charrnn_curve(args.targets, args.val_every, args.max_seconds, shlex.split(args.train_args), tmp)
     theirs = numpy_curve(args.targets, args.numpy_seconds, args.numpy_eval) if args.numpy_seconds > 0 else []

@@ -12,7 +12,10 @@ import torch
 
 import sample
 from charrnn import checkpoint
+from charrnn.sampling import generate
 from tests.train_helpers import ROOT, Malicious, assert_one_line_error, run_script, run_train_py, start_script
+from tests.train_helpers import tiny_args, train
+
 TEXT = "Héllo wörld, naïve café. 你好，世界！ Emoji: 🙂😀🚀 — «quoted» ½ ∑ Ωmega.\nThe quick brown fox jumps.\n" * 40
 
 
@@ -60,6 +63,24 @@ def test_seed_gives_the_same_text_in_two_processes(run_dir):
     assert other[1] != first[1]
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_every_cell_samples_the_same_text_in_another_process(capsysbinary, tmp_path, cell):
+    """Two layers with dropout: sample.py in a fresh process prints, for a seed and any flags, what the sampler gives
+    in this one (dropout off), the prime first."""
+    text = tmp_path / "unicode.txt"
+    text.write_text(TEXT[:1200], encoding="utf-8")
+    flags = ["--model.cell", cell, "--model.num_layers", 2, "--model.dropout", 0.2, "--model.hidden_size", 16]
+    assert train(tiny_args(text, tmp_path / "run", *flags, steps=20)) == 0
+    capsysbinary.readouterr()
+    args = ("--length", 200, "--seed", 5, "--prime", "café ", "--temperature", 0.8, "--top-k", 12)
+    code, out, err = run_process(tmp_path / "run", *args)
+    assert (code, err) == (0, b"") and out.decode("utf-8") == run_main(capsysbinary, tmp_path / "run", *args)[1]
+    net = checkpoint.load_network(str(tmp_path / "run"))
+    ids = generate(cell, net.params, 200, prime_ids=[net.vocab.index(c) for c in "café "], temperature=0.8, top_k=12,
+                   seed=5)  # fmt: skip
+    assert out.decode("utf-8") == "café " + "".join(net.vocab[i] for i in ids)
+
+
 def test_sample_does_not_import_lightning(ckpt):
     probe = (
         "import sys, sample\n"
@@ -88,8 +109,6 @@ def test_prime_comes_first_and_sets_the_state(capsysbinary, ckpt):
     # The continuation is what the sampler gives from the state after the prime, not from a zero state.
     net = checkpoint.load_network(ckpt)
     params, vocab = net.params, net.vocab
-    from charrnn.sampling import generate
-
     ids = [vocab.index(c) for c in prime]
     expected = "".join(vocab[i] for i in generate("rnn", params, 150, prime_ids=ids, seed=3))
     assert out[len(prime):] == expected
