@@ -35,12 +35,13 @@ FUZZ = settings(
     suppress_health_check=list(HealthCheck),
 )
 
-WORLD = tempfile.mkdtemp(prefix="charrnn-fuzz-")
+WORLD = os.path.join(tempfile.gettempdir(), f"charrnn-fuzz-{os.getpid()}")  # made by the world fixture
 
 
 def _build_world() -> str:
     """A text, a finished run and files a user might pass by mistake, shared (read-only) by every example."""
     d = WORLD
+    os.makedirs(d)
     with open(f"{d}/input.txt", "w") as f:
         f.write(corpus())
     with contextlib.redirect_stdout(io.StringIO()):
