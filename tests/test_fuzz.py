@@ -187,6 +187,8 @@ def _fill(value: str, root: str) -> str:
 @example(flags=[("--trainer.accelerator", "/proc/self/mem")])
 @example(flags=[("--trainer.logger", "/bin/ls")])
 @example(flags=[("--data.val_fraction", "0")])
+@example(flags=[("--trainer.logger", "{d}/fifo")])
+@example(flags=[("--trainer.accelerator", "/dev/zero")])
 def test_train_py_keeps_its_promise(flags):
     root = tempfile.mkdtemp(dir=WORLD, prefix="root-")
     before = snapshot(WORLD)
