@@ -125,9 +125,11 @@ def config_files(args: list[str]) -> list[str]:
         flag, sep, value = arg.partition("=")
         if not (arg.startswith("--") and sep):
             flag, value = (args[i - 1] if i else "an argument"), arg
+        if "\x00" in arg:  # only possible in-process (a command line cannot hold one); no file name can
+            raise UsageError(f"{flag}: a value cannot contain a NUL character")
         try:
             mode = os.stat(value).st_mode
-        except (OSError, ValueError):  # not a path (ValueError: a NUL character)
+        except OSError:  # not a path
             continue
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise UsageError(f"{flag} {value} is not a regular file (a pipe, a device or a socket); pass a regular file")

@@ -189,6 +189,7 @@ def _fill(value: str, root: str) -> str:
 @example(flags=[("--data.val_fraction", "0")])
 @example(flags=[("--trainer.logger", "{d}/fifo")])
 @example(flags=[("--trainer.accelerator", "/dev/zero")])
+@example(flags=[("--model", "\x00")])
 def test_train_py_keeps_its_promise(flags):
     root = tempfile.mkdtemp(dir=WORLD, prefix="root-")
     before = snapshot(WORLD)
