@@ -123,7 +123,22 @@ CONFIG_FLAGS = ("--config", "--data", "--model", "--trainer")
 
 def config_files(args: list[str]) -> list[str]:
     """``args`` with each config file (``--config FILE``, ``--model FILE`` ...) checked: a regular, readable, UTF-8
-    YAML mapping. An empty file means no settings and is dropped (the parser would call it an unexpected config)."""
+    YAML mapping. An empty file means no settings and is dropped (the parser would call it an unexpected config).
+
+    Any value naming a pipe, device or socket is refused first: the parser opens a path given for a flag that
+    also takes a settings file (``--trainer.logger``), and would block on a FIFO or read ``/dev/zero`` forever."""
+    for i, arg in enumerate(args):
+        flag, sep, value = arg.partition("=")
+        if not (arg.startswith("--") and sep):
+            flag, value = (args[i - 1] if i else "an argument"), arg
+        if "\x00" in arg:  # only possible in-process (a command line cannot hold one); no file name can
+            raise UsageError(f"{flag}: a value cannot contain a NUL character")
+        try:
+            mode = os.stat(value).st_mode
+        except OSError:  # not a path
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise UsageError(f"{flag} {value} is not a regular file (a pipe, a device or a socket); pass a regular file")
     out, i = [], 0
     while i < len(args):
         flag, _, value = args[i].partition("=")

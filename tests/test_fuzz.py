@@ -35,12 +35,13 @@ FUZZ = settings(
     suppress_health_check=list(HealthCheck),
 )
 
-WORLD = tempfile.mkdtemp(prefix="charrnn-fuzz-")
+WORLD = os.path.join(tempfile.gettempdir(), f"charrnn-fuzz-{os.getpid()}")  # made by the world fixture
 
 
 def _build_world() -> str:
     """A text, a finished run and files a user might pass by mistake, shared (read-only) by every example."""
     d = WORLD
+    os.makedirs(d)
     with open(f"{d}/input.txt", "w") as f:
         f.write(corpus())
     with contextlib.redirect_stdout(io.StringIO()):
@@ -196,6 +197,9 @@ def _fill(value: str, root: str) -> str:
 @example(flags=[("--model.cell", "gru"), ("--model.num_layers", "3"), ("--model.dropout", "0.5")])
 @example(flags=[("--model.cell", "lstm"), ("--model.num_layers", "2"), ("--ckpt_path", "{d}/lstm-runs")])
 @example(flags=[("--model.num_layers", str(2**40))])
+@example(flags=[("--trainer.logger", "{d}/fifo")])
+@example(flags=[("--trainer.accelerator", "/dev/zero")])
+@example(flags=[("--model", "\x00")])
 def test_train_py_keeps_its_promise(flags):
     root = tempfile.mkdtemp(dir=WORLD, prefix="root-")
     before = snapshot(WORLD)

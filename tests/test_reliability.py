@@ -30,6 +30,7 @@ def world(tmp_path_factory):
     (d / "broken.yaml").write_text("model: {hidden_size: [\n")
     (d / "list.yaml").write_text("- 1\n- 2\n")
     (d / "empty.yaml").write_text("")
+    (d / "fifo-data.yaml").write_text(f"data:\n  path: {d / 'fifo'}\n")
     ckpt = d / "runs/lightning_logs/version_0/checkpoints/last.ckpt"
     with zipfile.ZipFile(d / "corrupt.ckpt", "w") as z:  # a zip whose member is not what torch wrote
         z.writestr("archive/data.pkl", ckpt.read_bytes()[:100])
@@ -62,11 +63,13 @@ CASES = {
     "config a list": (["--config", "{d}/list.yaml"], "must hold settings as YAML"),
     "config not a file": (["--config=/bin/ls"], "--config file /bin/ls is not UTF-8 text"),
     "group config not UTF-8": (["--model", "/bin/ls"], "--model file /bin/ls is not UTF-8 text"),
-    "config a FIFO": (["--config", "{d}/fifo"], "--config file", "is not a regular file"),
+    "config a FIFO": (["--config", "{d}/fifo"], "--config", "is not a regular file"),
+    "a FIFO for a logger": (["--trainer.logger", "{d}/fifo"], "--trainer.logger", "is not a regular file"),
     "config a directory": (["--config", "{d}"], "is a directory"),
-    "data a FIFO": (["--data.path", "{d}/fifo"], "data file", "is not a regular file"),
-    "data a device": (["--data.path", "/dev/zero"], "data file /dev/zero is not a regular file"),
-    "checkpoint a FIFO": (["--ckpt_path", "{d}/fifo"], "checkpoint", "is not a regular file"),
+    "data a FIFO": (["--data.path", "{d}/fifo"], "--data.path", "is not a regular file"),
+    "data a device": (["--data.path", "/dev/zero"], "--data.path /dev/zero is not a regular file"),
+    "data a FIFO, from a config": (["--config", "{d}/fifo-data.yaml"], "data file", "is not a regular file"),
+    "checkpoint a FIFO": (["--ckpt_path", "{d}/fifo"], "--ckpt_path", "is not a regular file"),
     "checkpoint a corrupt zip": (["--ckpt_path", "{d}/corrupt.ckpt"], "is damaged, truncated or not a checkpoint"),
 }  # fmt: skip
 
