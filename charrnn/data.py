@@ -143,8 +143,11 @@ def corpus_from_text(text: str):
     return vocab, vocab.lookup_table(id_dtype(len(vocab)))[_code_points(text)]
 
 
-def train_streams(ids: torch.Tensor, streams: int, seq_length: int):
+def train_streams(ids: torch.Tensor, streams: int, seq_length: int, per_process: bool = False):
     """Lay ``ids`` out as ``streams`` contiguous rows, a whole number of windows long.
+
+    ``per_process``: ``streams`` is one process's share (the number of processes is not known yet), and an error
+    says so rather than give a count the run would not have.
 
     Returns inputs and targets (B, L) as views of ``ids``; targets are inputs shifted by one character, so row b's
     last target is the first character of row b + 1. At most ``B * T`` trailing characters are not used as inputs.
@@ -152,7 +155,8 @@ def train_streams(ids: torch.Tensor, streams: int, seq_length: int):
     windows = (len(ids) - 1) // (streams * seq_length)
     if windows < 1:
         raise UsageError(
-            f"the training text has {len(ids)} characters, too few for {streams} streams of one "
+            f"the training text has {len(ids)} characters, too few for {streams} streams"
+            f"{' per process' if per_process else ''} of one "
             f"{seq_length}-character window each (needs {streams * seq_length + 1}); "
             f"lower --data.batch_size or --data.seq_length, or use a longer text"
         )
@@ -278,7 +282,7 @@ class CharDataModule(L.LightningDataModule):
             raise UsageError(
                 f"{path} is too short for a validation split ({len(ids)} characters); use a longer text or --data.val_fraction 0"
             )
-        self.train_inputs, self.train_targets = train_streams(self.train_ids, batch_size, seq_length)
+        self.train_inputs, self.train_targets = train_streams(self.train_ids, batch_size, seq_length, per_process=True)
         self.train_crc32 = zlib.crc32(self.train_ids.numpy())
 
     def state_dict(self):

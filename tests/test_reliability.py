@@ -58,6 +58,10 @@ CASES = {
         ["--data.batch_size", 60, "--trainer.devices", 2, "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"],
         "too few for 120 streams",
     ),
+    "one process's streams alone too many": (
+        ["--data.batch_size", 100000, "--trainer.devices", 2, "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"],
+        "too few for 100000 streams per process",
+    ),
     "config not UTF-8": (["--config", "{d}/latin1.yaml"], "--config file", "is not UTF-8 text (byte 0xe9"),
     "config not YAML": (["--config", "{d}/broken.yaml"], "is not valid YAML (line 2)"),
     "config a list": (["--config", "{d}/list.yaml"], "must hold settings as YAML"),
