@@ -244,8 +244,6 @@ def run(args=None) -> None:
     ckpt_path, finished = resume.prepare(cli.config["ckpt_path"], trainer, model, data, last.path(trainer))
     if finished:
         return
-    data.trainer = trainer  # the streams of all processes: a text too short for them is refused before any write
-    data.setup("fit")
     _check_writable(trainer.default_root_dir)
     if trainer.is_global_zero:
         print("\n".join(summary.lines(model, data, trainer.world_size)))

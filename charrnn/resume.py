@@ -56,8 +56,9 @@ def log_version(path: str, root: str) -> int | None:
 def prepare(ckpt_path: str | None, trainer, model, data, last_path: str) -> tuple[str | None, bool]:
     """``(checkpoint to resume from or None, whether that checkpoint is finished already)``, after every check.
 
-    A resumed run logs into its own TensorBoard version; a new run refuses to overwrite ``last_path`` (only
-    possible without a versioned logger).
+    The data is set up for this run's processes on both paths (a resume checks its layout there too). A resumed run
+    logs into its own TensorBoard version; a new run refuses to overwrite ``last_path`` (only possible without a
+    versioned logger).
     """
     root = trainer.default_root_dir
     path = resolve(ckpt_path, root)
@@ -67,6 +68,8 @@ def prepare(ckpt_path: str | None, trainer, model, data, last_path: str) -> tupl
                 f"{last_path} exists from an earlier run; continue it with --ckpt_path last "
                 "or pass another --trainer.default_root_dir"
             )
+        data.trainer = trainer  # the streams of all processes: a text too short for them is refused before any write
+        data.setup("fit")
         return None, False
     ckpt = checkpoint.load(path)
     check_resumable(ckpt, path, model, data, trainer)
