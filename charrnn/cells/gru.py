@@ -16,7 +16,7 @@ are initialised as the LSTM's (uniform in (-1/sqrt(H), 1/sqrt(H)), PyTorch's cho
 import numpy as np
 import torch
 
-from .lstm import init_weight
+from .lstm import init_weight, tanh
 
 GATES = 3  # Wxh is (GATES * H, in), rows in gate order (r, z, n)
 NUM_STATES = 1  # h
@@ -52,10 +52,11 @@ def forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
     pre, rz = gates.unbind(0), gates[..., : 2 * H].unbind(0)
     r, z, hn = (gates[..., k * H : (k + 1) * H].unbind(0) for k in range(GATES))
     h, n, d, xn = hs.unbind(0), ns.unbind(0), h_minus_n.unbind(0), x_n.unbind(0)
+    minus_one = torch.full((), -1.0, dtype=xw.dtype, device=xw.device)
     for t in range(T):
         pre[t].addmm_(h[t], Whh_t)
         rz[t].sigmoid_()
-        torch.addcmul(xn[t], r[t], hn[t], out=n[t]).tanh_()
+        tanh(torch.addcmul(xn[t], r[t], hn[t], out=n[t]), n[t], minus_one)
         torch.addcmul(n[t], z[t], torch.sub(h[t], n[t], out=d[t]), out=h[t + 1])
     acts = {"h": hs, "gates": gates.view(T, B, GATES, H), "n": ns, "h_minus_n": h_minus_n}
     return acts, hs[T].unsqueeze(1)
