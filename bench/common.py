@@ -106,7 +106,9 @@ class Stopwatch(L.Callback):
 class QualityClock(L.Callback):
     """Training wall time at each validation, with the clock paused while validating; stops at ``stop_at``.
 
-    Writes ``[{"seconds", "step", "val_loss"}, ...]`` to ``out`` after every validation.
+    The clock starts again with the next training batch, so what the run does after a validation (train.py writes
+    ``best.ckpt``) is validation time too. Writes ``[{"seconds", "step", "val_loss"}, ...]`` to ``out`` after every
+    validation.
     """
 
     def __init__(self, out: str, stop_at: float = 0.0, max_seconds: float = float("inf")):
@@ -116,21 +118,29 @@ class QualityClock(L.Callback):
     def on_train_start(self, trainer, pl_module):
         self.since = time.perf_counter()
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.since is None:
+            self.since = time.perf_counter()
+
     def on_validation_start(self, trainer, pl_module):
+        self.pause()
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.record(trainer, float(trainer.callback_metrics["val/loss"]))
+
+    def pause(self):
         if self.since is not None:
             self.elapsed += time.perf_counter() - self.since
             self.since = None
 
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
-            return
-        loss = float(trainer.callback_metrics["val/loss"])
+    def record(self, trainer, loss: float):
+        """Note a validation loss at this step (the clock paused), and stop the run if it is done."""
         self.curve.append({"seconds": round(self.elapsed, 3), "step": trainer.global_step, "val_loss": loss})
         with open(self.out, "w") as f:
             json.dump(self.curve, f)
         if loss <= self.stop_at or self.elapsed >= self.max_seconds:
             trainer.should_stop = True
-        self.since = time.perf_counter()
 
 
 def first_reaching(curve: list[dict], target: float):
