@@ -11,6 +11,7 @@ flags, everything else from the checkpoint.
 
 import argparse
 import contextlib
+import ctypes
 import importlib
 import logging
 import os
@@ -31,6 +32,7 @@ from .module import CharRNN
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.yaml")
 SUPPORTED_PRECISION = ("32-true", "32", "64-true", "64")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 
 # main(args) is also called in-process (tests), where sys.argv holds the caller's own arguments.
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -167,6 +169,19 @@ def _default_threads() -> None:
         torch.set_num_threads(1)
 
 
+def _keep_freed_memory() -> None:
+    """Keep freed blocks of up to 32 MiB in the process (glibc): by default glibc maps large blocks afresh and
+    returns them on free, so every window's activation buffers page-fault again (1.4 us a 4 KiB page here; up to
+    5,000 faults a window for an LSTM of 256 over 32 x 50 characters: a tenth of its time)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None)
+            libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest
+            libc.mallopt(_M_TRIM_THRESHOLD, 2**30)
+        except (OSError, AttributeError):  # not glibc: its allocator has its own policy
+            pass
+
+
 def _build(args):
     """The CLI's trainer, model and data, with charrnn's checkpoint writer, its checkpoints, HPARAMS and progress
     bar."""
@@ -239,6 +254,7 @@ def run(args=None) -> None:
     """Build, prepare (every check runs before Lightning writes into the run directory, so a refused start leaves
     what is on disk as it was), fit, report."""
     _default_threads()
+    _keep_freed_memory()
     cli, last = _build(args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     ckpt_path, finished = resume.prepare(cli.config["ckpt_path"], trainer, model, data, last.path(trainer))

@@ -2,12 +2,14 @@
 and against finite differences in float64; the dropout masks; the NumPy sampling step against the torch forward.
 (The one-layer rnn trains bit-identically to charrnn's earlier model: tests/test_old_checkpoints.py.)"""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
 from charrnn import stack
-from charrnn.cells import CELLS, lstm
+from charrnn.cells import CELLS, lstm, native
 
 F64 = torch.float64
 NN_LSTM_ORDER = [lstm.I, lstm.F, lstm.G, lstm.O]  # nn.LSTM's gate k is our gate NN_LSTM_ORDER[k]
@@ -75,6 +77,26 @@ def reference(name, params, inputs, targets, state, masks):
     return loss.detach(), grads, torch.stack(new_state, 1).detach()
 
 
+# The LSTM twice: with its C kernel (CPU) and with the torch loop that GPUs and compiler-less machines run.
+VARIANTS = ["rnn", "lstm", "lstm/torch-loop", "gru"]
+
+
+@pytest.fixture
+def torch_loop(monkeypatch):
+    """Run the LSTM's torch loop instead of its C kernel."""
+    monkeypatch.setenv("CHARRNN_NATIVE", "0")
+    native._library.cache_clear()
+    yield
+    native._library.cache_clear()
+
+
+def cell_variant(variant, request):
+    name, _, loop = variant.partition("/")
+    if loop:
+        request.getfixturevalue("torch_loop")
+    return name
+
+
 CONFIGS = [  # (L, B, dropout)
     (1, 1, 0.0),
     (1, 4, 0.0),
@@ -84,9 +106,10 @@ CONFIGS = [  # (L, B, dropout)
 ]
 
 
-@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("L,B,p", CONFIGS)
-def test_gradients_equal_autograd(name, L, B, p):
+def test_gradients_equal_autograd(variant, L, B, p, request):
+    name = cell_variant(variant, request)
     cell = CELLS[name]
     params, inputs, targets, state, masks = make_case(cell, L, B, T=9, H=6, V=7, p=p)
     loss, grads, new_state = stack.loss_and_grads(cell, params, inputs, targets, state, masks)
@@ -102,9 +125,10 @@ def test_gradients_equal_autograd(name, L, B, p):
         assert rel <= 1e-10, f"{k}: relative error {rel:.1e}"
 
 
-@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("L,B,p", [(1, 1, 0.0), (3, 3, 0.3)])
-def test_gradients_equal_finite_differences(name, L, B, p):
+def test_gradients_equal_finite_differences(variant, L, B, p, request):
+    name = cell_variant(variant, request)
     cell = CELLS[name]
     params, inputs, targets, state, masks = make_case(cell, L, B, T=5, H=4, V=5, p=p, seed=1)
     _, grads, _ = stack.loss_and_grads(cell, params, inputs, targets, state, masks)
@@ -163,3 +187,41 @@ def test_numpy_step_equals_torch_forward(name):
     got = np.stack([stepper.advance(x).copy() for x in inputs[0].tolist()])
     np.testing.assert_allclose(got, logits[0].numpy(), rtol=0, atol=1e-12)
     np.testing.assert_allclose(stepper.state(), new_state[0].numpy(), rtol=0, atol=1e-12)
+
+
+def lstm_layer_run(dtype, xw, state, dh):
+    H = xw.shape[-1] // 4
+    p = {k: v.to(dtype) for k, v in lstm.init_layer(H, H, torch.Generator().manual_seed(4), F64).items()}
+    acts, new_state = lstm.forward(p, xw.to(dtype, copy=True), state.to(dtype))  # the forward overwrites xw
+    dxw, grads = lstm.backward(p, acts, dh.to(dtype))
+    return {**acts, "state": new_state, "dxw": dxw, "dWhh": grads["Whh"]}
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler")
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-13), (torch.float32, 2e-5)])
+def test_lstm_kernel_equals_torch_loop(dtype, tolerance, request):
+    """At a width whose units take both the kernel's vector and its remainder path (37 = 2 x 16 + 5), with
+    pre-activations from -1000 to 1000 so that exp overflows to infinity in both directions."""
+    assert native.lstm_steps(torch.zeros(1, dtype=dtype)) is not None, "the C kernel did not build"
+    g = torch.Generator().manual_seed(3)
+    T, B, H = 6, 3, 37
+    xw = torch.randn(T, B, 4 * H, generator=g, dtype=F64) * 3
+    xw[0, 0] = torch.linspace(-1000, 1000, 4 * H, dtype=F64)
+    state, dh = torch.randn(B, 2, H, generator=g, dtype=F64), torch.randn(T, B, H, generator=g, dtype=F64)
+    ours = lstm_layer_run(dtype, xw, state, dh)
+    request.getfixturevalue("torch_loop")
+    assert native.lstm_steps(torch.zeros(1, dtype=dtype)) is None
+    loop = lstm_layer_run(dtype, xw, state, dh)
+    for k, expected in loop.items():
+        assert (ours[k] - expected).abs().max() <= tolerance * max(1.0, expected.abs().max()), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lstm_kernel_propagates_nan(dtype):
+    """A NaN pre-activation reaches the state and the gradients (the divergence guard looks for it there)."""
+    T, B, H = 3, 2, 21
+    xw, state, dh = torch.zeros(T, B, 4 * H), torch.zeros(B, 2, H), torch.ones(T, B, H)
+    xw[1, 0, 5] = float("nan")
+    out = lstm_layer_run(dtype, xw, state, dh)
+    assert out["state"][0].isnan().any() and not out["state"][1].isnan().any()
+    assert out["dWhh"].isnan().any()

@@ -17,6 +17,8 @@ starts by remembering and gradients flow through c over the first windows.
 import numpy as np
 import torch
 
+from . import native
+
 GATES = 4  # Wxh is (GATES * H, in), rows in gate order (o, i, f, g)
 NUM_STATES = 2  # h, c
 SIGMOID_GATES = 3  # the first gates that are sigmoids
@@ -60,19 +62,34 @@ def forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
     cs, tanh_c = torch.empty_like(hs), torch.empty_like(hs[1:])
     hs[0], cs[0] = state[:, 0], state[:, 1]
     gates = xw
-    # Per-step views made once.
+    pre, h = gates.unbind(0), hs.unbind(0)
+    steps = native.lstm_steps(gates, hs)
+    if steps is not None:  # the elementwise work of a step in one C call, on addresses computed here
+        step, size = steps[0], xw.element_size()
+        g0, h0, c0, tc0, g_step, h_step = gates.data_ptr(), hs.data_ptr(), cs.data_ptr(), tanh_c.data_ptr(), B * GH * size, B * H * size
+        for t in range(T):
+            pre[t].addmm_(h[t], Whh_t)
+            step(g0 + t * g_step, c0 + t * h_step, c0 + (t + 1) * h_step, tc0 + t * h_step, h0 + (t + 1) * h_step, B, H)
+    else:
+        _forward_steps(gates, Whh_t, hs, cs, tanh_c)
+    acts = {"h": hs, "c": cs, "gates": gates.view(T, B, GATES, H), "tanh_c": tanh_c}
+    return acts, torch.stack((hs[T], cs[T]), 1)
+
+
+def _forward_steps(gates, Whh_t, hs, cs, tanh_c):
+    """The forward's loop in torch operations (GPUs, and CPUs without the C kernel)."""
+    T, B, GH = gates.shape
+    H = GH // GATES
     pre, sig, tg = gates.unbind(0), gates[..., : 3 * H].unbind(0), gates[..., 3 * H :].unbind(0)
     o, i, f, g = (gates[..., k * H : (k + 1) * H].unbind(0) for k in range(GATES))
     h, c, tc = hs.unbind(0), cs.unbind(0), tanh_c.unbind(0)
-    minus_one = torch.full((), -1.0, dtype=xw.dtype, device=xw.device)
+    minus_one = torch.full((), -1.0, dtype=gates.dtype, device=gates.device)
     for t in range(T):
         pre[t].addmm_(h[t], Whh_t)
         sig[t].sigmoid_()
         tanh(tg[t], tg[t], minus_one)
         torch.mul(f[t], c[t], out=c[t + 1]).addcmul_(i[t], g[t])
         torch.mul(o[t], tanh(c[t + 1], tc[t], minus_one), out=h[t + 1])
-    acts = {"h": hs, "c": cs, "gates": gates.view(T, B, GATES, H), "tanh_c": tanh_c}
-    return acts, torch.stack((hs[T], cs[T]), 1)
 
 
 def backward(p: dict, acts: dict, dh_out: torch.Tensor):
@@ -82,6 +99,31 @@ def backward(p: dict, acts: dict, dh_out: torch.Tensor):
     window's last state gets no gradient from later windows (truncated backpropagation through time).
     """
     hs, cs, gates, tc = acts["h"], acts["c"], acts["gates"], acts["tanh_c"]
+    T, B, H = dh_out.shape
+    steps = native.lstm_steps(gates, cs, tc, dh_out)
+    if steps is not None:  # the elementwise work of a step in one C call, on addresses computed here
+        step, size = steps[1], dh_out.element_size()
+        dpre = torch.empty((T, B, GATES * H), dtype=dh_out.dtype)
+        dh, dc = torch.empty_like(dh_out[0]), torch.zeros_like(dh_out[0])
+        d_out, d_pre = dh_out.unbind(0), dpre.unbind(0)
+        g0, p0, c0, tc0, out0 = gates.data_ptr(), dpre.data_ptr(), cs.data_ptr(), tc.data_ptr(), dh_out.data_ptr()
+        g_step, h_step = B * GATES * H * size, B * H * size
+        for t in range(T - 1, -1, -1):
+            if t == T - 1:
+                dh_t, next_gates = out0 + t * h_step, g0 + t * g_step  # dc is 0: any finite forget gate will do
+            else:
+                dh_t, next_gates = torch.addmm(d_out[t], d_pre[t + 1], p["Whh"], out=dh).data_ptr(), g0 + (t + 1) * g_step
+            step(p0 + t * g_step, dc.data_ptr(), g0 + t * g_step, c0 + t * h_step, tc0 + t * h_step, dh_t, next_gates, B, H)
+    else:
+        dpre = _backward_steps(p, acts, dh_out)
+    dWhh = dpre.reshape(T * B, -1).t() @ hs[:-1].reshape(T * B, -1)
+    return dpre, {"Whh": dWhh}
+
+
+def _backward_steps(p, acts, dh_out):
+    """The backward's loop in torch operations (GPUs, and CPUs without the C kernel): the gradient w.r.t. the
+    pre-activations (T, B, 4H)."""
+    cs, gates, tc = acts["c"], acts["gates"], acts["tanh_c"]
     T, B, H = dh_out.shape
     o, i, f, g = gates.unbind(2)
     # dpre[t] starts as the gates' factors [tc o (1 - o), g i (1 - i), c_{t-1} f (1 - f), i (1 - g^2)] and into_c[t]
@@ -110,8 +152,7 @@ def backward(p: dict, acts: dict, dh_out: torch.Tensor):
         by_dh[t].mul_(dh)
         torch.addcmul(into_c[t].mul_(dh), dc, f_t[t + 1], out=dc)
         by_dc[t].mul_(dc1)
-    dWhh = dpre.reshape(T * B, -1).t() @ hs[:-1].reshape(T * B, -1)
-    return dpre, {"Whh": dWhh}
+    return dpre
 
 
 def recurrent_bias(p: dict):
