@@ -58,7 +58,7 @@ def charrnn_curve(targets, val_every, max_seconds, train_args, tmp, config=None)
          "--trainer.val_check_interval", str(val_every), *train_args,
          "--trainer.default_root_dir", tmp, "--trainer.callbacks+=bench.common.QualityClock",
          "--trainer.callbacks.out", out, "--trainer.callbacks.stop_at", str(min(targets)),
-         "--trainer.callbacks.max_seconds", str(max_seconds)],
+         *(["--trainer.callbacks.max_seconds", str(max_seconds)] if max_seconds < float("inf") else [])],
         os.path.join(tmp, "train.log"),
     )  # fmt: skip
     with open(out) as f:
