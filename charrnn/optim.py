@@ -19,11 +19,6 @@ class Adagrad(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 0.1, eps: float = 1e-8, initial_accumulator_value: float = 0.0):
         super().__init__(params, {"lr": lr, "eps": eps, "initial_accumulator_value": initial_accumulator_value})
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        for group in self.param_groups:  # checkpoints written before the setting existed started from 0
-            group.setdefault("initial_accumulator_value", 0.0)
-
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
