@@ -23,6 +23,7 @@ DTYPES = {"32-true": torch.float32, "32": torch.float32, "64-true": torch.float6
 _WANTED = {
     "model.learning_rate": "a finite positive number",
     "model.clip": "a finite positive number",
+    "model.initial_accumulator_value": "0 or a finite positive number",
     "data.val_fraction": "a number from 0 up to (not including) 1",
     "model.dropout": "a number from 0 up to (not including) 1",
     "trainer.precision": "one of 32-true, 64-true",
@@ -59,6 +60,15 @@ def positive_float(flag: str, value: float, precision: str) -> None:
             f"{flag} {value} cannot be represented in {precision} (from {info.tiny:.3g} to {info.max:.3g}); "
             "use a value in that range, or --trainer.precision 64-true"
         )
+
+
+def zero_or_positive_float(flag: str, value: float, precision: str) -> None:
+    """0 or what ``positive_float`` accepts: an Adagrad accumulator's start, 0 being min-char-rnn's."""
+    if value == 0:
+        return
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{flag} must be {_WANTED['model.initial_accumulator_value']}, got {value}")
+    positive_float(flag, value, precision)
 
 
 def memory_needed(arch, streams: int, seq_length: int, sample_length: int, precision: str) -> int:

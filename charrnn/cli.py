@@ -33,6 +33,9 @@ from .module import CharRNN
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.yaml")
 SUPPORTED_PRECISION = ("32-true", "32", "64-true", "64")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
+# The default optimizer's settings as --model flags: (name, what it is, the --optimizer argument that replaces it).
+DEFAULT_OPTIMIZER_FLAGS = (("learning_rate", "rate", "lr"),
+                           ("initial_accumulator_value", "initial accumulator", "initial_accumulator_value"))
 
 # main(args) is also called in-process (tests), where sys.argv holds the caller's own arguments.
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -66,8 +69,11 @@ class CharRNNCLI(LightningCLI):
             reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
             raise UsageError(f"a flag names a file that cannot be read as settings ({reason})") from None
         _check_flags(self.config)  # before LightningCLI seeds (a seed out of range crashes there) or builds anything
-        if self.config["optimizer"] and parser.parse_args(args, defaults=False).get("model.learning_rate") is not None:
-            raise UsageError("--model.learning_rate is the rate of the default optimizer; with --optimizer set --optimizer.lr")
+        if self.config["optimizer"]:
+            given = parser.parse_args(args, defaults=False)
+            for name, what, twin in DEFAULT_OPTIMIZER_FLAGS:
+                if given.get(f"model.{name}") is not None:
+                    raise UsageError(f"--model.{name} is the {what} of the default optimizer; with --optimizer set --optimizer.{twin}")
 
     def instantiate_trainer(self, **kwargs):
         try:
@@ -99,6 +105,7 @@ def _check_flags(config) -> None:
     checks.seed(config["seed_everything"])
     for name in ("learning_rate", "clip"):
         checks.positive_float(f"--model.{name}", config["model"][name], precision)
+    checks.zero_or_positive_float("--model.initial_accumulator_value", config["model"]["initial_accumulator_value"], precision)
     _check_optimization(config["optimizer"], config["lr_scheduler"], precision)
     devices = trainer["devices"]
     checks.fits_in_memory(config, devices if type(devices) is int and devices > 0 else 1)
@@ -119,8 +126,11 @@ def _check_optimization(optimizer, scheduler, precision: str) -> None:
     elif issubclass(_class(scheduler), torch.optim.lr_scheduler.ReduceLROnPlateau):
         # It would step at validations, and a last.ckpt written just before one could not resume it exactly.
         raise UsageError("--lr_scheduler ReduceLROnPlateau is not supported: use a schedule that counts steps (e.g. StepLR)")
-    if optimizer is not None and optimizer["init_args"].get("lr") is not None:
-        checks.positive_float("--optimizer.lr", optimizer["init_args"]["lr"], precision)
+    arguments = {} if optimizer is None else optimizer["init_args"]
+    if arguments.get("lr") is not None:
+        checks.positive_float("--optimizer.lr", arguments["lr"], precision)
+    if arguments.get("initial_accumulator_value") is not None:  # charrnn's Adagrad and torch's
+        checks.zero_or_positive_float("--optimizer.initial_accumulator_value", arguments["initial_accumulator_value"], precision)
 
 
 def _class(chosen) -> type:

@@ -33,6 +33,8 @@ class CharRNN(L.LightningModule):
         dropout: probability of dropping a unit in training (0 for none), on the input of every layer above the
             first and on the top layer's output; never on the recurrent connection, never in validation or sampling.
         learning_rate: the default optimizer's (min-char-rnn's Adagrad) learning rate; ``--optimizer`` has its own.
+        initial_accumulator_value: where the default optimizer's sums of squared gradients start (min-char-rnn: 0,
+            which makes the first step move every weight by about ``learning_rate``; see charrnn/optim.py).
         clip: gradients are clipped element-wise to [-clip, clip] (min-char-rnn: 5).
         sample_length: characters generated at each validation (TensorBoard text) and console sample.
         print_every: when > 0, print a sample and min-char-rnn's ``iter N, loss: X`` line every N steps.
@@ -47,6 +49,7 @@ class CharRNN(L.LightningModule):
         num_layers: int = 1,
         dropout: float = 0.0,
         learning_rate: float = 0.1,
+        initial_accumulator_value: float = 0.0,
         clip: float = 5.0,
         sample_length: int = 200,
         print_every: int = 0,
@@ -56,6 +59,8 @@ class CharRNN(L.LightningModule):
         self.arch = network.Architecture(vocab_size, hidden_size, cell, num_layers, dropout)
         if not (learning_rate > 0 and math.isfinite(learning_rate)):
             raise UsageError(f"--model.learning_rate must be a positive number, got {learning_rate}")
+        if not (initial_accumulator_value >= 0 and math.isfinite(initial_accumulator_value)):
+            raise UsageError(f"--model.initial_accumulator_value must be 0 or a positive number, got {initial_accumulator_value}")
         if not clip > 0:
             raise UsageError(f"--model.clip must be positive, got {clip}")
         if sample_length < 1:
@@ -82,7 +87,8 @@ class CharRNN(L.LightningModule):
         return {name: getattr(self, name) for name in self.arch.param_shapes()}
 
     def configure_optimizers(self):
-        return Adagrad(self.parameters(), lr=self.hparams.learning_rate)
+        return Adagrad(self.parameters(), lr=self.hparams.learning_rate,
+                       initial_accumulator_value=self.hparams.initial_accumulator_value)
 
     def on_train_start(self):
         self._loss_sum = torch.zeros((), device=self.device)  # training loss summed since the last logging step

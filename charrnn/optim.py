@@ -4,6 +4,10 @@ min-char-rnn updates ``mem += g * g; p -= lr * g / sqrt(mem + 1e-8)``. ``torch.o
 ``sqrt(mem) + eps``: its first step moves every weight with a non-zero gradient by a full ``lr * sign(g)``, however
 tiny the gradient, while eps inside the root damps gradients below ~1e-4. We keep the original rule so that
 charrnn with one stream reproduces min-char-rnn step for step (pinned by tests/test_min_char_rnn.py).
+
+``initial_accumulator_value`` (torch's name) starts ``mem`` above 0. With 0 (min-char-rnn) the first step moves
+almost every weight by ``lr * sign(g)``, whatever the gradient's size; with ``mem`` starting at A the first steps
+are ``lr * g / sqrt(A + g^2)``, proportional to the gradient while ``g^2`` is small against A.
 """
 
 import torch
@@ -12,8 +16,8 @@ ADAGRAD = f"{__name__}.Adagrad"  # the optimizer without --optimizer, by the cla
 
 
 class Adagrad(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 0.1, eps: float = 1e-8):
-        super().__init__(params, {"lr": lr, "eps": eps})
+    def __init__(self, params, lr: float = 0.1, eps: float = 1e-8, initial_accumulator_value: float = 0.0):
+        super().__init__(params, {"lr": lr, "eps": eps, "initial_accumulator_value": initial_accumulator_value})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -27,7 +31,9 @@ class Adagrad(torch.optim.Optimizer):
                 if p.grad is not None:
                     state = self.state[p]
                     if "mem" not in state:
-                        state["mem"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        state["mem"] = torch.full_like(
+                            p, group["initial_accumulator_value"], memory_format=torch.preserve_format
+                        )
                     params.append(p)
                     grads.append(p.grad)
                     mems.append(state["mem"])

@@ -38,8 +38,9 @@ def lines(model, data, processes: int) -> list[str]:
 def settings(config, model, data, trainer) -> dict:
     """Every setting that changes what a run learns, named as its flag: TensorBoard's HPARAMS columns. The optimizer
     and the schedule are their class and every argument; the default optimizer's rate is ``--model.learning_rate``,
-    shown as ``optimizer.lr`` like any other's."""
-    default = {"class_path": DEFAULT_OPTIMIZER, "init_args": {"lr": config["model"]["learning_rate"]}}
+    shown as ``optimizer.lr`` like any other's (and ``--model.initial_accumulator_value`` likewise)."""
+    rate, start = config["model"]["learning_rate"], config["model"]["initial_accumulator_value"]
+    default = {"class_path": DEFAULT_OPTIMIZER, "init_args": {"lr": rate, "initial_accumulator_value": start}}
     found = {f"model.{name}": value for name, value in dataclasses.asdict(model.arch).items()}
     found["model.clip"] = model.hparams.clip
     found |= _class_and_arguments("optimizer", config["optimizer"] or default)

@@ -97,3 +97,37 @@ def test_adagrad_rule_is_min_char_rnns_not_torchs():
     expected = -0.1 * g / torch.sqrt(g * g + 1e-8)
     torch.testing.assert_close(ours.detach(), expected, rtol=1e-15, atol=0)
     assert abs(ours[0].item()) < 0.002 and abs(theirs[0].item()) > 0.09
+
+
+def adagrad_steps(grads, **settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The parameter (starting at 0) and Adagrad's ``mem`` after one step per gradient in ``grads``."""
+    p = torch.nn.Parameter(torch.zeros_like(grads[0]))
+    opt = Adagrad([p], lr=0.1, **settings)
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+    return p.detach(), opt.state[p]["mem"]
+
+
+def test_an_initial_accumulator_makes_the_first_steps_proportional_to_the_gradient():
+    g1 = torch.tensor([1e-6, 1e-3, 0.5, -5.0], dtype=torch.float64)
+    g2 = torch.tensor([2e-3, -1e-4, 0.25, 5.0], dtype=torch.float64)
+    A = 0.1
+    p, mem = adagrad_steps([g1], initial_accumulator_value=A)
+    torch.testing.assert_close(p, -0.1 * g1 / torch.sqrt(A + g1 * g1 + 1e-8), rtol=1e-15, atol=0)
+    # A gradient of 1e-3 moves its weight by a full lr from 0, by lr * g / sqrt(A) from A.
+    assert adagrad_steps([g1])[0][1].item() == pytest.approx(-0.1, rel=1e-2)
+    assert p[1].item() == pytest.approx(-0.1 * 1e-3 / A**0.5, rel=1e-4)
+    p, mem = adagrad_steps([g1, g2], initial_accumulator_value=A)
+    torch.testing.assert_close(mem, A + g1 * g1 + g2 * g2, rtol=1e-15, atol=0)
+    by_hand = -0.1 * g1 / torch.sqrt(A + g1 * g1 + 1e-8) - 0.1 * g2 / torch.sqrt(A + g1 * g1 + g2 * g2 + 1e-8)
+    torch.testing.assert_close(p, by_hand, rtol=1e-14, atol=0)
+
+
+def test_an_initial_accumulator_of_0_is_min_char_rnns_update_bitwise():
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(7, 5, generator=g) * 10.0 ** torch.randint(-6, 1, (7, 5), generator=g) for _ in range(5)]
+    default, explicit = adagrad_steps(grads), adagrad_steps(grads, initial_accumulator_value=0.0)
+    assert torch.equal(default[0], explicit[0]) and torch.equal(default[1], explicit[1])
+    # The sums of squares start at exactly 0, as min-char-rnn's np.zeros_like: after one step they are g * g.
+    assert torch.equal(adagrad_steps(grads[:1])[1], grads[0] * grads[0])

@@ -88,8 +88,17 @@ def test_a_checkpoint_resumes_only_with_its_own_optimizer_and_schedule(text, tmp
         ((*ADAM, "--lr_scheduler", "ReduceLROnPlateau", "--lr_scheduler.monitor", "val/loss"), ["not supported"]),
         (("--optimizer", "torch.optim.Adam", "--optimizer.lr", 1e300), ["--optimizer.lr", "cannot be represented"]),
         (("--optimizer", "torch.optim.SGD", "--optimizer.lr", -0.5), ["--optimizer.lr must be"]),
+        ((*ADAM, "--model.initial_accumulator_value", 0.1), ["--model.initial_accumulator_value", "--optimizer"]),
+        (("--model.initial_accumulator_value", -0.1), ["--model.initial_accumulator_value must be 0 or a finite positive number, got -0.1"]),
+        (("--model.initial_accumulator_value", "nan"), ["--model.initial_accumulator_value must be"]),
+        (("--model.initial_accumulator_value", "inf"), ["--model.initial_accumulator_value must be"]),
+        (("--model.initial_accumulator_value", 1e300), ["--model.initial_accumulator_value", "cannot be represented"]),
+        (("--optimizer", "charrnn.optim.Adagrad", "--optimizer.initial_accumulator_value", -1), ["--optimizer.initial_accumulator_value must be"]),
+        (("--optimizer", "torch.optim.Adagrad", "--optimizer.initial_accumulator_value", -1), ["--optimizer.initial_accumulator_value must be"]),
     ],
-    ids=["learning_rate-with-optimizer", "scheduler-alone", "plateau", "huge-lr", "negative-lr"],
+    ids=["learning_rate-with-optimizer", "scheduler-alone", "plateau", "huge-lr", "negative-lr",
+         "accumulator-with-optimizer", "negative-accumulator", "nan-accumulator", "inf-accumulator", "huge-accumulator",
+         "negative-optimizer-accumulator", "negative-torch-accumulator"],
 )
 def test_ambiguous_or_bad_optimizer_flags_are_one_line(text, tmp_path, capsys, flags, fragments):
     assert train(tiny_args(text, tmp_path, *flags, steps=5)) == 2
@@ -102,3 +111,15 @@ def test_model_learning_rate_in_a_config_file_with_an_optimizer_is_refused(text,
     config.write_text("model:\n  learning_rate: 0.1\noptimizer:\n  class_path: torch.optim.Adam\n")
     assert train(tiny_args(text, tmp_path / "D", "--config", config, steps=5)) == 2
     assert_one_line_error(capsys.readouterr().err, "--optimizer.lr")
+
+
+@pytest.mark.parametrize(
+    "flags", [("--model.initial_accumulator_value", 0.5), ("--optimizer", "charrnn.optim.Adagrad", "--optimizer.initial_accumulator_value", 0.5)]
+)
+def test_adagrads_sums_of_squares_start_at_the_initial_accumulator(text, tmp_path, flags):
+    assert train(tiny_args(text, tmp_path, *flags, steps=1)) == 0
+    optimizer = newest(tmp_path)["optimizer_states"][0]
+    assert optimizer["param_groups"][0]["initial_accumulator_value"] == 0.5
+    # After one step mem = 0.5 + g^2: at least 0.5 everywhere, above it where the gradient was not 0.
+    mems = torch.cat([state["mem"].flatten() for state in optimizer["state"].values()])
+    assert mems.min() >= 0.5 and (mems > 0.5).any()

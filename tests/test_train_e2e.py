@@ -63,6 +63,9 @@ def test_min_char_rnn_config_prints_like_the_original(tmp_path):
     iters = [line for line in lines if line.startswith("iter ")]
     assert [line.split(",")[0] for line in iters] == ["iter 0", "iter 100", "iter 200"]
     assert lines.count("----") >= 6  # a sample framed by ---- before each iter line
+    # min-char-rnn's Adagrad whatever configs/default.yaml sets: rate 0.1, sums of squares starting at 0.
+    group = checkpoint.load(glob.glob(str(tmp_path / "D" / "**" / "last.ckpt"), recursive=True)[0])["optimizer_states"][0]
+    assert (group["param_groups"][0]["lr"], group["param_groups"][0]["initial_accumulator_value"]) == (0.1, 0.0)
 
 
 def test_lstm_run_writes_its_samples_to_tensorboard(text, tmp_path):
