@@ -31,9 +31,8 @@ class Adagrad(torch.optim.Optimizer):
                 if p.grad is not None:
                     state = self.state[p]
                     if "mem" not in state:
-                        state["mem"] = torch.full_like(
-                            p, group["initial_accumulator_value"], memory_format=torch.preserve_format
-                        )
+                        start = group.get("initial_accumulator_value", 0.0)  # absent from older checkpoints
+                        state["mem"] = torch.full_like(p, start, memory_format=torch.preserve_format)
                     params.append(p)
                     grads.append(p.grad)
                     mems.append(state["mem"])
