@@ -83,7 +83,8 @@ def test_train_py_logs_the_mean_loss_against_optimizer_steps(tmp_path):
     args = ["--data.path", str(path), "--data.batch_size", str(B), "--data.seq_length", str(T),
             "--model.hidden_size", str(H), "--model.learning_rate", str(lr), "--trainer.max_steps", "60", "--trainer.val_check_interval", "20",
             "--trainer.log_every_n_steps", "10", "--trainer.default_root_dir", str(tmp_path / "runs"),
-            "--trainer.enable_progress_bar", "false", "--seed_everything", "7"]  # fmt: skip
+            "--trainer.enable_progress_bar", "false", "--seed_everything", "7",
+            "--model.initial_accumulator_value", "0"]  # fmt: skip
     assert choose_windows_per_batch(B * T, (20, 60)) == 20
     assert cli.main(args) == 0
     events = EventAccumulator(glob.glob(str(tmp_path / "runs" / "lightning_logs" / "version_0"))[0])

@@ -68,9 +68,11 @@ def _build(compiler: str, directory: str) -> str:
 @functools.cache
 def _library():
     """The loaded library, or None (no compiler, a failed build, not Linux/macOS, or CHARRNN_NATIVE=0)."""
+    if os.environ.get("CHARRNN_NATIVE") == "0" or sys.platform == "win32":
+        return None
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     directory = _cache_dir()
-    if os.environ.get("CHARRNN_NATIVE") == "0" or sys.platform == "win32" or not compiler or not directory:
+    if not compiler or not directory:
         return None
     try:
         library = ctypes.CDLL(_build(compiler, directory))
