@@ -62,9 +62,9 @@ def forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
     cs, tanh_c = torch.empty_like(hs), torch.empty_like(hs[1:])
     hs[0], cs[0] = state[:, 0], state[:, 1]
     gates = xw
-    pre, h = gates.unbind(0), hs.unbind(0)
     steps = native.lstm_steps(gates, hs)
     if steps is not None:  # the elementwise work of a step in one C call, on addresses computed here
+        pre, h = gates.unbind(0), hs.unbind(0)
         step, size = steps[0], xw.element_size()
         g0, h0, c0, tc0, g_step, h_step = gates.data_ptr(), hs.data_ptr(), cs.data_ptr(), tanh_c.data_ptr(), B * GH * size, B * H * size
         for t in range(T):
@@ -107,13 +107,14 @@ def backward(p: dict, acts: dict, dh_out: torch.Tensor):
         dh, dc = torch.empty_like(dh_out[0]), torch.zeros_like(dh_out[0])
         d_out, d_pre = dh_out.unbind(0), dpre.unbind(0)
         g0, p0, c0, tc0, out0 = gates.data_ptr(), dpre.data_ptr(), cs.data_ptr(), tc.data_ptr(), dh_out.data_ptr()
-        g_step, h_step = B * GATES * H * size, B * H * size
+        dh_p, dc_p, g_step, h_step = dh.data_ptr(), dc.data_ptr(), B * GATES * H * size, B * H * size
         for t in range(T - 1, -1, -1):
             if t == T - 1:
                 dh_t, next_gates = out0 + t * h_step, g0 + t * g_step  # dc is 0: any finite forget gate will do
             else:
-                dh_t, next_gates = torch.addmm(d_out[t], d_pre[t + 1], p["Whh"], out=dh).data_ptr(), g0 + (t + 1) * g_step
-            step(p0 + t * g_step, dc.data_ptr(), g0 + t * g_step, c0 + t * h_step, tc0 + t * h_step, dh_t, next_gates, B, H)
+                torch.addmm(d_out[t], d_pre[t + 1], p["Whh"], out=dh)
+                dh_t, next_gates = dh_p, g0 + (t + 1) * g_step
+            step(p0 + t * g_step, dc_p, g0 + t * g_step, c0 + t * h_step, tc0 + t * h_step, dh_t, next_gates, B, H)
     else:
         dpre = _backward_steps(p, acts, dh_out)
     dWhh = dpre.reshape(T * B, -1).t() @ hs[:-1].reshape(T * B, -1)
