@@ -143,9 +143,15 @@ class QualityClock(L.Callback):
             trainer.should_stop = True
 
 
+def first_point(curve: list[dict], target: float) -> dict | None:
+    """The first validation with ``val_loss <= target`` (None if never)."""
+    return next((point for point in curve if point["val_loss"] <= target), None)
+
+
 def first_reaching(curve: list[dict], target: float):
     """Seconds of training at the first validation with ``val_loss <= target`` (None if never)."""
-    return next((point["seconds"] for point in curve if point["val_loss"] <= target), None)
+    point = first_point(curve, target)
+    return None if point is None else point["seconds"]
 
 
 def rss_bytes() -> int:

@@ -40,7 +40,7 @@ import time
 import yaml
 
 from bench.baselines import MinCharRNN, preset_twin, twin_trainer, validation_loss
-from bench.common import (ROOT, SEQ_LENGTH, QualityClock, first_reaching, machine_line, print_table, run_train,
+from bench.common import (ROOT, SEQ_LENGTH, QualityClock, first_point, first_reaching, machine_line, print_table, run_train,
                           shakespeare_path, start)  # fmt: skip
 from charrnn.data import CharDataModule
 
@@ -144,7 +144,7 @@ def compare_presets(args):
 
 
 def reached(curve, target) -> str:
-    point = next((p for p in curve if p["val_loss"] <= target), None)
+    point = first_point(curve, target)
     return f"{point['seconds']:.1f} ({point['step']})" if point else f"> {curve[-1]['seconds']:.0f}"
 
 
