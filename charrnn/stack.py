@@ -18,6 +18,8 @@ import functools
 import numpy as np
 import torch
 
+from .cells import native
+
 
 def param_name(name: str, layer: int) -> str:
     return name if layer == 0 else f"{name}_{layer}"
@@ -73,7 +75,8 @@ def _layers_forward(cell, params: dict, inputs: torch.Tensor, state: torch.Tenso
         if layer == 0:  # one-hot input: a column gather of Wxh (rows of a contiguous Wxh^T gather fast)
             xw = torch.nn.functional.embedding(inputs.t(), p["Wxh"].t().contiguous()).add_(p["bh"].view(-1))
         else:
-            xw = torch.addmm(p["bh"].view(-1), xs[layer].reshape(T * B, -1), p["Wxh"].t()).view(T, B, -1)
+            x = xs[layer].reshape(T * B, -1)
+            xw = native.weight_product(p["Wxh"], T * B, p["bh"].view(-1))(x).view(T, B, -1)
         a, s = cell.forward(p, xw, state[:, layer * K : (layer + 1) * K])
         acts.append(a)
         states.append(s)
@@ -137,8 +140,8 @@ def loss_and_grads(cell, params: dict, inputs: torch.Tensor, targets: torch.Tens
             dWxh_t.index_add_(0, inputs.t().reshape(-1), dxw_flat.contiguous())
             g["Wxh"] = dWxh_t.t().contiguous()
         else:
-            g["Wxh"] = dxw_flat.t() @ xs[layer].reshape(T * B, -1)
-            dh = (dxw_flat @ p["Wxh"]).view(T, B, -1)
+            g["Wxh"] = native.gradient_product(dxw_flat, xs[layer].reshape(T * B, -1))
+            dh = native.weight_product(p["Wxh"].t(), T * B)(dxw_flat).view(T, B, -1)
         grads.update({param_name(name, layer): v for name, v in g.items()})
     return loss, {name: grads[name] for name in params}, new_state
 

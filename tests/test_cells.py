@@ -147,6 +147,25 @@ def test_gradients_equal_finite_differences(variant, L, B, p, request):
             assert abs(numeric - analytic) <= 1e-7 * max(1.0, abs(numeric)), f"{k}[{i}]: {analytic} vs {numeric}"
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+@pytest.mark.parametrize("name", CELLS)
+def test_float32_through_onednn_equals_float64(name):
+    """On the CPU in float32 the LSTM's recurrent products and every layer's input products and weight gradients
+    above the first run through oneDNN (charrnn/cells/native.py): loss, state and gradients equal float64's to
+    float32 precision, for every cell in 3 layers with dropout."""
+    assert native._onednn_usable(torch.zeros(1)) and not native._onednn_usable(torch.zeros(1, dtype=F64))
+    cell = CELLS[name]
+    params, inputs, targets, state, masks = make_case(cell, 3, 4, T=20, H=40, V=9, p=0.3)
+    expected = stack.loss_and_grads(cell, params, inputs, targets, state, masks)
+    f32 = {k: v.float() for k, v in params.items()}
+    loss, grads, new_state = stack.loss_and_grads(cell, f32, inputs, targets, state.float(), masks.float())
+    assert abs(loss.double() - expected[0]) <= 1e-5 * abs(expected[0])
+    assert (new_state.double() - expected[2]).abs().max() <= 1e-4
+    for k, want in expected[1].items():
+        rel = (grads[k].double() - want).abs().max() / want.abs().max()
+        assert grads[k].dtype == torch.float32 and rel <= 1e-4, f"{k}: relative error {rel:.1e}"
+
+
 def test_forward_matches_loss_path_and_exposes_activations():
     cell = CELLS["lstm"]
     params, inputs, targets, state, _ = make_case(cell, 2, 3, T=6, H=5, V=7)

@@ -57,21 +57,20 @@ def forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
     """
     T, B, GH = xw.shape
     H = GH // GATES
-    Whh_t = p["Whh"].t()
     hs = torch.empty((T + 1, B, H), dtype=xw.dtype, device=xw.device)
     cs, tanh_c = torch.empty_like(hs), torch.empty_like(hs[1:])
     hs[0], cs[0] = state[:, 0], state[:, 1]
     gates = xw
     steps = native.lstm_steps(gates, hs)
     if steps is not None:  # the elementwise work of a step in one C call, on addresses computed here
-        pre, h = gates.unbind(0), hs.unbind(0)
+        h, recurrent = hs.unbind(0), native.weight_product(p["Whh"], B)
         step, size = steps[0], xw.element_size()
         g0, h0, c0, tc0, g_step, h_step = gates.data_ptr(), hs.data_ptr(), cs.data_ptr(), tanh_c.data_ptr(), B * GH * size, B * H * size
         for t in range(T):
-            pre[t].addmm_(h[t], Whh_t)
-            step(g0 + t * g_step, c0 + t * h_step, c0 + (t + 1) * h_step, tc0 + t * h_step, h0 + (t + 1) * h_step, B, H)
+            rec = recurrent(h[t])
+            step(g0 + t * g_step, rec.data_ptr(), c0 + t * h_step, c0 + (t + 1) * h_step, tc0 + t * h_step, h0 + (t + 1) * h_step, B, H)
     else:
-        _forward_steps(gates, Whh_t, hs, cs, tanh_c)
+        _forward_steps(gates, p["Whh"].t(), hs, cs, tanh_c)
     acts = {"h": hs, "c": cs, "gates": gates.view(T, B, GATES, H), "tanh_c": tanh_c}
     return acts, torch.stack((hs[T], cs[T]), 1)
 
@@ -104,20 +103,20 @@ def backward(p: dict, acts: dict, dh_out: torch.Tensor):
     if steps is not None:  # the elementwise work of a step in one C call, on addresses computed here
         step, size = steps[1], dh_out.element_size()
         dpre = torch.empty((T, B, GATES * H), dtype=dh_out.dtype)
-        dh, dc = torch.empty_like(dh_out[0]), torch.zeros_like(dh_out[0])
-        d_out, d_pre = dh_out.unbind(0), dpre.unbind(0)
+        dc = torch.zeros_like(dh_out[0])
+        d_out, d_pre, recurrent = dh_out.unbind(0), dpre.unbind(0), native.weight_product(p["Whh"].t(), B)
         g0, p0, c0, tc0, out0 = gates.data_ptr(), dpre.data_ptr(), cs.data_ptr(), tc.data_ptr(), dh_out.data_ptr()
-        dh_p, dc_p, g_step, h_step = dh.data_ptr(), dc.data_ptr(), B * GATES * H * size, B * H * size
+        dc_p, g_step, h_step = dc.data_ptr(), B * GATES * H * size, B * H * size
         for t in range(T - 1, -1, -1):
             if t == T - 1:
                 dh_t, next_gates = out0 + t * h_step, g0 + t * g_step  # dc is 0: any finite forget gate will do
             else:
-                torch.addmm(d_out[t], d_pre[t + 1], p["Whh"], out=dh)
-                dh_t, next_gates = dh_p, g0 + (t + 1) * g_step
+                dh = recurrent(d_pre[t + 1], d_out[t])
+                dh_t, next_gates = dh.data_ptr(), g0 + (t + 1) * g_step
             step(p0 + t * g_step, dc_p, g0 + t * g_step, c0 + t * h_step, tc0 + t * h_step, dh_t, next_gates, B, H)
     else:
         dpre = _backward_steps(p, acts, dh_out)
-    dWhh = dpre.reshape(T * B, -1).t() @ hs[:-1].reshape(T * B, -1)
+    dWhh = native.gradient_product(dpre.reshape(T * B, -1), hs[:-1].reshape(T * B, -1))
     return dpre, {"Whh": dWhh}
 
 

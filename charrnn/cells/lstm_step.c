@@ -1,7 +1,8 @@
 /* One LSTM step's elementwise work in one pass over the B x H units (charrnn/cells/native.py compiles it).
 
-   Forward, from the pre-activations in gates[b] = (o, i, f, g) (each H wide, a row of 4H per stream):
-       o, i, f = sigmoid(.), g = tanh(.)   (written back over the pre-activations: the backward reads them)
+   Forward, from the pre-activations gates[b] + rec[b] = (o, i, f, g) (each H wide, a row of 4H per stream; gates
+   holds the input projection, rec the recurrent product):
+       o, i, f = sigmoid(.), g = tanh(.)   (written over the input projection: the backward reads them)
        c = f c_prev + i g;  tanh_c = tanh(c);  h = o tanh_c
    Backward, with dh the gradient w.r.t. h_t and dc (in) the gradient w.r.t. c_{t+1}, f_next the forget gate of
    step t + 1 (dc is 0 at the window's last step):
@@ -19,15 +20,15 @@ float expf(float);
 double exp(double);
 
 #define LSTM_STEP(T, SUFFIX, EXP)                                                                           \
-    void lstm_forward_##SUFFIX(T *restrict gates, const T *restrict c_prev, T *restrict c, T *restrict tanh_c, \
-                               T *restrict h, long B, long H) {                                            \
+    void lstm_forward_##SUFFIX(T *restrict gates, const T *restrict rec, const T *restrict c_prev,          \
+                               T *restrict c, T *restrict tanh_c, T *restrict h, long B, long H) {         \
         for (long b = 0; b < B; b++) {                                                                      \
             T *o = gates + 4 * H * b, *i = o + H, *f = i + H, *g = f + H;                                   \
-            const T *cp = c_prev + H * b;                                                                   \
+            const T *ro = rec + 4 * H * b, *ri = ro + H, *rf = ri + H, *rg = rf + H, *cp = c_prev + H * b;  \
             T *cn = c + H * b, *tc = tanh_c + H * b, *hn = h + H * b;                                       \
             _Pragma("omp simd") for (long j = 0; j < H; j++) {                                              \
-                T oj = 1 / (1 + EXP(-o[j])), ij = 1 / (1 + EXP(-i[j])), fj = 1 / (1 + EXP(-f[j]));          \
-                T gj = 2 / (1 + EXP(-2 * g[j])) - 1;                                                        \
+                T oj = 1 / (1 + EXP(-(o[j] + ro[j]))), ij = 1 / (1 + EXP(-(i[j] + ri[j])));                 \
+                T fj = 1 / (1 + EXP(-(f[j] + rf[j]))), gj = 2 / (1 + EXP(-2 * (g[j] + rg[j]))) - 1;         \
                 T cj = fj * cp[j] + ij * gj;                                                                \
                 T tcj = 2 / (1 + EXP(-2 * cj)) - 1;                                                         \
                 o[j] = oj, i[j] = ij, f[j] = fj, g[j] = gj;                                                 \
