@@ -7,6 +7,7 @@ itself is plain tensor code: one file per cell in ``cells/`` and their stacking,
 """
 
 import dataclasses
+import math
 
 import torch
 
@@ -45,12 +46,9 @@ class Architecture:
 
     def num_weights(self) -> int:
         """How many numbers the parameters hold, by arithmetic alone, so that a size or depth beyond any machine's
-        memory is refused at once: a layer holds ``Wxh`` (G*H, in), ``Whh`` (G*H, H), ``bh`` (G*H, 1) and any
-        extras of H (GRU's ``bhn``); the output layer ``Why`` (V, H) and ``by`` (V, 1)."""
-        G, H, V = self.cell_math.GATES, self.hidden_size, self.vocab_size
-        with torch.device("meta"):
-            extras = len(self.cell_math.init_layer(1, 1)) - 3
-        layer = lambda inputs: G * H * (inputs + H + 1) + extras * H  # noqa: E731
+        memory (or a depth of millions of layers) is refused at once."""
+        H, V = self.hidden_size, self.vocab_size
+        layer = lambda inputs: sum(math.prod(shape) for shape in self.cell_math.layer_shapes(inputs, H).values())  # noqa: E731
         return layer(V) + (self.num_layers - 1) * layer(H) + V * (H + 1)
 
     def init_params(self, generator=None, dtype=torch.float32) -> dict:

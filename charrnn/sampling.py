@@ -7,19 +7,29 @@ operations. A character is drawn by inverse CDF: the cumulative sum of ``exp(log
 ``u * total``, with the uniforms ``u`` drawn in blocks from NumPy's PCG64, so ``P(x = i)`` is exactly ``p_i`` (to
 float64 rounding) and a seed fixes the text.
 
+The LSTM, the cell with a speed goal for sampling, runs that loop in C when native.c is built (charrnn/cells/
+native.py): ``lstm_generate`` draws and advances a chunk of characters per call with the same rule on the same
+buffers, so its text is the NumPy loop's (tests/test_sampling.py); a 1 x 256 LSTM then samples about 25 k
+characters per second on one AMD EPYC core instead of 18 k (BENCHMARKS.md, section 6). top-k stays in NumPy.
+
 Everything is float64: a rounding difference between two machines (BLAS kernels, SIMD tanh and exp) then moves
 a class boundary by ~1e-16, so the same seed gives the same text on any CPU in all but astronomically rare cases.
-float32 would be 1.5x faster for a small network and 3x for a large one, whose per-character products read all
-its weights from memory (2 layers of LSTM 512: 25 MB per character in float64), but gives up that guarantee.
+float32 sums would be 1.5x faster for a small network and 3x for a large one, whose per-character products read
+all its weights from memory (2 layers of LSTM 512: 25 MB per character in float64), but give up that guarantee.
+What is kept: a large matrix whose weights were trained in float32 is read as float32 and summed in float64
+(``stack._float32_exact``), the same sums from half the bytes.
 """
+
+import ctypes
 
 import numpy as np
 
 from . import stack
-from .cells import CELLS
+from .cells import CELLS, native
 from .errors import UsageError
 
 _BLOCK = 4096  # uniforms drawn at a time; the stream is the same whatever the block size
+_CHUNK = 256  # characters per call of the C loop (so the first ones are printed without waiting for a block)
 
 
 def encode_prime(vocab: list[str], text: str) -> list[int]:
@@ -60,6 +70,26 @@ class Sampler:
         self.next_logits = self.network.logits  # this state's logits (a view: advancing rewrites it in place)
         self.cdf = np.empty(V)
         self.advance = self.network.advance  # move the state over a character (all layers), then its logits
+        self.native_loop = self._lstm_loop() if cell == "lstm" and device is None and self.top_k is None else None
+
+    def _lstm_loop(self):
+        """A function generating the characters of a chunk of uniforms with native.c's ``lstm_generate`` (choose,
+        then advance, on this sampler's own buffers), or None without the C library."""
+        generate, net = native.sampling_kernel("lstm_generate"), self.network
+        if generate is None or net.inputs.dtype != np.float64:
+            return None
+        L, V, H = len(net.h1), len(self.cdf), len(net.c[0])
+        pointers = [(ctypes.c_void_p * L)(*(a.ctypes.data for a in arrays)) for arrays in (net.weights, net.h1, net.c, net.outs)]
+        rows = (ctypes.c_long * L)(*(len(w) for w in net.weights))
+        float32 = (ctypes.c_int * L)(*(w.dtype == np.float32 for w in net.weights))
+        chars = np.empty(_CHUNK, np.int64)
+        fixed = (L, H, V, net.inputs.ctypes.data, pointers[0], rows, float32, *pointers[1:], self.inv_temperature, self.greedy, self.cdf.ctypes.data)
+
+        def loop(uniforms: np.ndarray) -> list[int]:
+            generate(len(uniforms), uniforms.ctypes.data, chars.ctypes.data, *fixed)
+            return chars[: len(uniforms)].tolist()
+
+        return loop
 
     @property
     def state(self) -> np.ndarray:
@@ -88,8 +118,12 @@ class Sampler:
         choose, advance = self.choose, self.advance
         for start in range(0, length, _BLOCK):
             n = min(_BLOCK, length - start)
-            uniforms = [0.0] * n if self.greedy else self.rng.random(n).tolist()  # greedy draws none
-            for u in uniforms:
+            uniforms = np.zeros(n) if self.greedy else self.rng.random(n)  # greedy draws none
+            if self.native_loop is not None:
+                for chunk in range(0, n, _CHUNK):
+                    yield from self.native_loop(uniforms[chunk : chunk + _CHUNK])
+                continue
+            for u in uniforms.tolist():
                 x = choose(u)
                 advance(x)
                 yield x

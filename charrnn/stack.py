@@ -55,9 +55,14 @@ def init_params(cell, vocab_size: int, hidden_size: int, num_layers: int = 1, ge
 
 
 def param_shapes(cell, vocab_size: int, hidden_size: int, num_layers: int = 1) -> dict:
-    """Parameter name -> shape, in the order ``init_params`` creates them (nothing is allocated)."""
-    with torch.device("meta"):
-        return {k: tuple(p.shape) for k, p in init_params(cell, vocab_size, hidden_size, num_layers).items()}
+    """Parameter name -> shape, in the order ``init_params`` returns them, by arithmetic alone (loading a checkpoint
+    asks for them; meta tensors would import torch._dynamo, 1.2 s of ``sample.py``'s start-up)."""
+    shapes = {}
+    for layer in range(num_layers):
+        for name, shape in cell.layer_shapes(vocab_size if layer == 0 else hidden_size, hidden_size).items():
+            shapes[param_name(name, layer)] = shape
+    shapes.update(Why=(vocab_size, hidden_size), by=(vocab_size, 1))
+    return dict(sorted(shapes.items(), key=lambda item: not item[0].startswith("W")))
 
 
 def zero_state(cell, batch: int, num_layers: int, hidden_size: int, dtype=torch.float32, device=None):
@@ -210,7 +215,7 @@ class NumpyStack:
         layers = [{name: array(p) for name, p in layer_params(params, layer).items()} for layer in range(L)]
         self.inputs = np.ascontiguousarray(((layers[0]["Wxh"] + layers[0]["bh"]) * scale).T, dtype=dtype)
         rec_biases = [cell.recurrent_bias(layer_params(params, layer)) for layer in range(L)]
-        self.h1, self.c, self.matvecs, self.recs, self.aboves, self.steps = [], [], [], [], [], []
+        self.h1, self.c, self.outs, self.weights, self.matvecs, self.recs, self.aboves, self.steps = ([] for _ in range(8))
         for layer in range(L):
             b_rec = np.zeros(GH) if rec_biases[layer] is None else array(rec_biases[layer])
             if layer + 1 < L:
@@ -220,8 +225,12 @@ class NumpyStack:
             W = np.vstack((np.hstack((layers[layer]["Whh"], b_rec[:, None])) * scale, above)).astype(dtype)
             h1, out = np.zeros(H + 1, dtype), np.empty(len(W), dtype)
             h1[H] = 1.0
+            if device is None and _float32_exact(W):
+                W = W.astype(np.float32)  # a large matrix trained in float32: half the bytes to read, the same sums
             self.h1.append(h1)
             self.c.append(np.zeros(H, dtype) if K == 2 else None)
+            self.outs.append(out)
+            self.weights.append(W)
             self.matvecs.append(_matvec(W, h1, out) if device is None else _device_matvec(W, h1, out, device))
             self.recs.append(out[:GH])
             self.aboves.append(out[GH:])
@@ -258,10 +267,23 @@ class NumpyStack:
         return self.logits
 
 
+def _float32_exact(W: np.ndarray) -> bool:
+    """Whether sampling reads ``W`` (float64) as float32: a large matrix (a product of several megabytes per
+    character waits on memory) whose values float32 holds exactly, when native.c is there to sum in float64."""
+    return (
+        W.dtype == np.float64 and W.nbytes >= 4 * 2**20 and native.sampling_kernel("matvec_f32_f64") is not None
+        and np.array_equal(W.astype(np.float32), W)
+    )  # fmt: skip
+
+
 def _matvec(W: np.ndarray, v: np.ndarray, out: np.ndarray):
     """``out = W @ v`` on the same buffers: NumPy's call costs least for a small matrix; a large one is a stream
-    from memory, which torch's MKL ``mv`` reads about twice as fast as NumPy's OpenBLAS here (4096 x 513 float64:
-    0.56 against 1.1 ms on one AMD EPYC core)."""
+    from memory: read as float32 with float64 sums by native.c when it was trained in float32 (2 x 512 LSTM, 4096 x
+    513: 0.25 against NumPy's 0.5 ms on one AMD EPYC core), else by torch's MKL ``mv``, which read float64 about
+    twice as fast as NumPy's OpenBLAS on one Intel Xeon core (0.56 against 1.1 ms)."""
+    if W.dtype == np.float32 and v.dtype == np.float64:  # see _float32_exact
+        float32_matvec = native.sampling_kernel("matvec_f32_f64")
+        return functools.partial(float32_matvec, W.ctypes.data, v.ctypes.data, out.ctypes.data, *W.shape)
     if W.nbytes < 4 * 2**20:
         return functools.partial(np.dot, W, v, out=out)
     return functools.partial(torch.mv, torch.from_numpy(W), torch.from_numpy(v), out=torch.from_numpy(out))

@@ -2,7 +2,10 @@
 and against finite differences in float64; the dropout masks; the NumPy sampling step against the torch forward.
 (The one-layer rnn trains bit-identically to charrnn's earlier model: tests/test_old_checkpoints.py.)"""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -164,6 +167,21 @@ def test_float32_through_onednn_equals_float64(name):
     for k, want in expected[1].items():
         rel = (grads[k].double() - want).abs().max() / want.abs().max()
         assert grads[k].dtype == torch.float32 and rel <= 1e-4, f"{k}: relative error {rel:.1e}"
+
+
+def test_parameter_shapes_cost_no_import():
+    """Loading a checkpoint asks for the parameters' shapes; computing them must not pull in torch._dynamo (1.2 s)."""
+    code = (
+        "import sys; from charrnn import stack; from charrnn.cells import CELLS\n"
+        "shapes = [stack.param_shapes(cell, 65, 512, 2) for cell in CELLS.values()]\n"
+        "assert shapes[1]['Whh_1'] == (2048, 512), shapes\n"
+        "assert 'torch._dynamo' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    for cell in CELLS.values():
+        for L in (1, 3):
+            drawn = stack.init_params(cell, 11, 7, L)
+            assert stack.param_shapes(cell, 11, 7, L) == {k: tuple(p.shape) for k, p in drawn.items()}
 
 
 def test_forward_matches_loss_path_and_exposes_activations():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from charrnn import network, sampling, stack
+from charrnn.cells import native
 
 V, H = 40, 16
 NETWORKS = [("rnn", 1), ("lstm", 2), ("gru", 2)]  # (cell, layers)
@@ -19,6 +20,10 @@ def arch(request):
 
 @pytest.fixture(scope="module")
 def params(arch):
+    return make_params(arch)
+
+
+def make_params(arch):
     """A small network whose next-character distribution is neither flat nor nearly one-hot."""
     g = torch.Generator().manual_seed(0)
     p = arch.init_params(generator=g, dtype=torch.float64)
@@ -31,6 +36,10 @@ def params(arch):
 
 @pytest.fixture(scope="module")
 def state(arch):
+    return make_state(arch)
+
+
+def make_state(arch):
     """A carried state (L * K, H) of one stream."""
     rows = arch.zero_state(1, torch.float64).shape[1]
     return torch.tanh(torch.randn(rows, H, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1.5)
@@ -163,3 +172,57 @@ def test_extreme_uniforms_land_on_possible_characters(arch, params, state, top_k
     for u in (0.0, 1.0 - 2.0**-53):
         assert probs[sampler.choose(u)] > 0
     assert sampler.choose(1.0 - 2.0**-53) == np.flatnonzero(probs)[-1]
+
+
+@pytest.fixture
+def numpy_only(monkeypatch):
+    """Sampling without native.c: the NumPy loop and NumPy's float64 products."""
+    monkeypatch.setenv("CHARRNN_NATIVE", "0")
+    native._library.cache_clear()
+    yield
+    native._library.cache_clear()
+
+
+LSTM = network.Architecture(V, H, "lstm", 2)  # the one cell that generates in native.c
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_c_loop_generates_what_the_numpy_loop_does(temperature, request):
+    """The LSTM generates in native.c (choose, then every layer's step and product): the same text as the NumPy
+    loop, whose draws are checked against the softmax above, and the same state."""
+    arch, params = LSTM, make_params(LSTM)
+    c_loop = sampler_of(arch, params, seed=21, temperature=temperature)
+    assert c_loop.native_loop is not None, "native.c did not build"
+    text = list(c_loop.generate(3000))
+    request.getfixturevalue("numpy_only")
+    numpy_loop = sampler_of(arch, params, seed=21, temperature=temperature)
+    assert numpy_loop.native_loop is None
+    assert text == list(numpy_loop.generate(3000))
+    np.testing.assert_allclose(c_loop.state, numpy_loop.state, rtol=0, atol=1e-12)
+
+
+def test_c_loop_draws_as_choose_at_extreme_uniforms_and_temperatures():
+    arch, params, state = LSTM, make_params(LSTM), make_state(LSTM)
+    uniforms = [0.0, 1.0 - 2.0**-53, *np.random.default_rng(5).random(50)]
+    for temperature in (1.0, 0.3, 1e-300, 1e300):
+        for u in uniforms:
+            c_loop = sampler_of(arch, params, h=state, temperature=temperature)
+            expected = c_loop.choose(u)  # before the loop advances the state
+            assert c_loop.native_loop(np.array([u])) == [expected], (temperature, u)
+
+
+def test_large_float32_trained_matrices_are_read_as_float32(request):
+    """A 2 x 256 LSTM's first matrix (2048 x 257, 4.2 MB in float64) holds float32 weights: the sampler reads it as
+    float32 and sums in float64, giving the text and state of float64 products."""
+    arch = network.Architecture(V, 256, "lstm", 2)
+    params = arch.init_params(generator=torch.Generator().manual_seed(3))  # float32, as trained
+    fast = sampler_of(arch, params, seed=8)
+    assert [w.dtype for w in fast.network.weights] == [np.float32, np.float64]
+    text = list(fast.generate(1500))
+    request.getfixturevalue("numpy_only")
+    slow = sampler_of(arch, params, seed=8)
+    assert [w.dtype for w in slow.network.weights] == [np.float64, np.float64]
+    assert text == list(slow.generate(1500))
+    np.testing.assert_allclose(fast.state, slow.state, rtol=0, atol=1e-12)
+    inexact = {**params, "Whh": params["Whh"].double() + 1e-12}  # float64 values float32 cannot hold stay float64
+    assert sampler_of(arch, inexact).network.weights[0].dtype == np.float64

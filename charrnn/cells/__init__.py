@@ -6,6 +6,7 @@ A cell module holds one layer's math over a window, for charrnn/stack.py to stac
   ``SIGMOID_GATES``: the leading gates that are sigmoids (the sampler evaluates them with its one tanh);
 - ``init_weight(rows, cols, H, generator, dtype)`` (also used for the output layer) and ``init_layer(in, H, ...)``:
   the layer's parameters ``Wxh``, ``Whh``, ``bh`` and any extra (GRU's ``bhn``), drawn in that order;
+  ``layer_shapes(in, H)``: their shapes, in that order, without drawing anything;
 - ``forward(p, xw, state) -> (acts, new_state)``: ``xw`` (T, B, GATES * H) is the input projection of all T steps
   (bh included), ``state`` (B, NUM_STATES, H); ``acts["h"]`` (T + 1, B, H) starts with the given state;
 - ``backward(p, acts, dh_out) -> (dxw, grads)``: from the gradient w.r.t. each output h_t, the gradient w.r.t.

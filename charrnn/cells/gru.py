@@ -24,6 +24,11 @@ SIGMOID_GATES = 2  # the first gates that are sigmoids
 R, Z, N = range(3)
 
 
+def layer_shapes(in_size: int, hidden_size: int) -> dict:
+    GH = GATES * hidden_size
+    return {"Wxh": (GH, in_size), "Whh": (GH, hidden_size), "bh": (GH, 1), "bhn": (hidden_size, 1)}
+
+
 def init_layer(in_size: int, hidden_size: int, generator=None, dtype=torch.float32) -> dict:
     H = hidden_size
     return {

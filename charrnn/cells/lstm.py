@@ -38,6 +38,11 @@ def tanh(x: torch.Tensor, out: torch.Tensor, minus_one: torch.Tensor) -> torch.T
     return torch.add(minus_one, out, alpha=2, out=out)
 
 
+def layer_shapes(in_size: int, hidden_size: int) -> dict:
+    GH = GATES * hidden_size
+    return {"Wxh": (GH, in_size), "Whh": (GH, hidden_size), "bh": (GH, 1)}
+
+
 def init_layer(in_size: int, hidden_size: int, generator=None, dtype=torch.float32) -> dict:
     H = hidden_size
     bh = torch.zeros(GATES * H, 1, dtype=dtype)

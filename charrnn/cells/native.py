@@ -1,5 +1,6 @@
-"""CPU fast paths: the LSTM's per-step elementwise work (lstm_step.c) compiled with the system's C compiler on
-first use, and float32 matrix products through oneDNN with the weight packed once per window.
+"""CPU fast paths: C kernels (native.c: the LSTM's per-step elementwise work in training and sampling, sampling's
+product by a large float32 matrix) compiled with the system's C compiler on first use, and float32 matrix products
+through oneDNN with the weight packed once per window.
 
 Why C: on the CPU one LSTM step is one matrix product and about ten small elementwise operations, and each torch
 operation costs several microseconds of dispatch however small its tensors, so at 32 streams of 256 units the
@@ -29,7 +30,7 @@ import tempfile
 
 import torch
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lstm_step.c")
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native.c")
 COMPILE = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-c"]
 LINK = ["-shared", "-lmvec", "-lm"]  # glibc's vector exp
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
@@ -62,10 +63,10 @@ def _build(compiler: str, directory: str) -> str:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     flags = " ".join(COMPILE + LINK).encode()
     key = hashlib.sha256(b"\0".join([source, flags, version.encode(), _cpu_flags().encode()]))
-    library = os.path.join(directory, f"lstm_step-{key.hexdigest()[:16]}.so")
+    library = os.path.join(directory, f"native-{key.hexdigest()[:16]}.so")
     if not os.path.exists(library):
         with tempfile.TemporaryDirectory(dir=directory) as tmp:  # concurrent builds (DDP ranks) never collide
-            obj, built = os.path.join(tmp, "lstm_step.o"), os.path.join(tmp, "lstm_step.so")
+            obj, built = os.path.join(tmp, "native.o"), os.path.join(tmp, "native.so")
             subprocess.run([compiler, *COMPILE, SOURCE, "-o", obj], check=True, capture_output=True, timeout=120)
             subprocess.run([compiler, obj, *LINK, "-o", built], check=True, capture_output=True, timeout=120)
             os.replace(built, library)
@@ -89,6 +90,11 @@ def _library():
     for suffix in DTYPES.values():
         getattr(library, f"lstm_forward_{suffix}").argtypes = [ctypes.c_void_p] * 6 + sizes
         getattr(library, f"lstm_backward_{suffix}").argtypes = [ctypes.c_void_p] * 7 + sizes
+    library.matvec_f32_f64.argtypes = [ctypes.c_void_p] * 3 + sizes
+    library.lstm_generate.argtypes = (
+        [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 7
+        + [ctypes.c_double, ctypes.c_int, ctypes.c_void_p]
+    )  # fmt: skip
     return library
 
 
@@ -130,6 +136,12 @@ def gradient_product(D: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     if not _onednn_usable(D, X):
         return D.t() @ X
     return torch.ops.mkldnn._linear_pointwise(X.t(), D.t(), None, "none", [], "").t().contiguous()
+
+
+def sampling_kernel(name: str):
+    """Sampling's C function ``name`` (``lstm_generate`` or ``matvec_f32_f64``, see native.c), or None."""
+    library = _library()
+    return None if library is None else getattr(library, name)
 
 
 def lstm_steps(*tensors: torch.Tensor):

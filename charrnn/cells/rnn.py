@@ -19,6 +19,11 @@ def init_weight(rows: int, cols: int, hidden_size: int, generator=None, dtype=to
     return torch.randn(rows, cols, generator=generator, dtype=dtype) * 0.01
 
 
+def layer_shapes(in_size: int, hidden_size: int) -> dict:
+    H = hidden_size
+    return {"Wxh": (H, in_size), "Whh": (H, H), "bh": (H, 1)}
+
+
 def init_layer(in_size: int, hidden_size: int, generator=None, dtype=torch.float32) -> dict:
     H = hidden_size
     return {

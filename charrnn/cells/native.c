@@ -1,0 +1,170 @@
+/* charrnn's C kernels (charrnn/cells/native.py compiles them): an LSTM step's elementwise work in training and in
+   sampling, and sampling's product by a large float32 matrix.
+
+   Training, one pass over the B x H units of a step. Forward, from the pre-activations gates[b] + rec[b] = (o, i, f, g) (each H wide, a row of 4H per stream; gates
+   holds the input projection, rec the recurrent product):
+       o, i, f = sigmoid(.), g = tanh(.)   (written over the input projection: the backward reads them)
+       c = f c_prev + i g;  tanh_c = tanh(c);  h = o tanh_c
+   Backward, with dh the gradient w.r.t. h_t and dc (in) the gradient w.r.t. c_{t+1}, f_next the forget gate of
+   step t + 1 (dc is 0 at the window's last step):
+       dc (out) = dh o (1 - tanh_c^2) + dc f_next
+       d pre = (dh tanh_c o (1 - o),  dc g i (1 - i),  dc c_prev f (1 - f),  dc i (1 - g^2))
+
+   sigmoid(x) = 1 / (1 + exp(-x)) and tanh(x) = 2 / (1 + exp(-2x)) - 1 both saturate exactly when exp
+   overflows to infinity. exp is declared SIMD-callable, so the loops call glibc's vector exp (libmvec, within 4
+   ulp); everything else is IEEE arithmetic (no -ffast-math): infinities and NaN behave as in torch, and a NaN
+   reaches the state and the gradients, where charrnn's divergence guard finds it. */
+
+#pragma omp declare simd notinbranch
+float expf(float);
+#pragma omp declare simd notinbranch
+double exp(double);
+
+#define LSTM_STEP(T, SUFFIX, EXP)                                                                           \
+    void lstm_forward_##SUFFIX(T *restrict gates, const T *restrict rec, const T *restrict c_prev,          \
+                               T *restrict c, T *restrict tanh_c, T *restrict h, long B, long H) {         \
+        for (long b = 0; b < B; b++) {                                                                      \
+            T *o = gates + 4 * H * b, *i = o + H, *f = i + H, *g = f + H;                                   \
+            const T *ro = rec + 4 * H * b, *ri = ro + H, *rf = ri + H, *rg = rf + H, *cp = c_prev + H * b;  \
+            T *cn = c + H * b, *tc = tanh_c + H * b, *hn = h + H * b;                                       \
+            _Pragma("omp simd") for (long j = 0; j < H; j++) {                                              \
+                T oj = 1 / (1 + EXP(-(o[j] + ro[j]))), ij = 1 / (1 + EXP(-(i[j] + ri[j])));                 \
+                T fj = 1 / (1 + EXP(-(f[j] + rf[j]))), gj = 2 / (1 + EXP(-2 * (g[j] + rg[j]))) - 1;         \
+                T cj = fj * cp[j] + ij * gj;                                                                \
+                T tcj = 2 / (1 + EXP(-2 * cj)) - 1;                                                         \
+                o[j] = oj, i[j] = ij, f[j] = fj, g[j] = gj;                                                 \
+                cn[j] = cj, tc[j] = tcj, hn[j] = oj * tcj;                                                  \
+            }                                                                                               \
+        }                                                                                                   \
+    }                                                                                                       \
+                                                                                                            \
+    void lstm_backward_##SUFFIX(T *restrict dpre, T *restrict dc, const T *restrict gates,                  \
+                                const T *restrict c_prev, const T *restrict tanh_c, const T *restrict dh,    \
+                                const T *restrict gates_next, long B, long H) {                             \
+        for (long b = 0; b < B; b++) {                                                                      \
+            const T *o = gates + 4 * H * b, *i = o + H, *f = i + H, *g = f + H;                             \
+            const T *f_next = gates_next + 4 * H * b + 2 * H;                                               \
+            const T *cp = c_prev + H * b, *tc = tanh_c + H * b, *dhb = dh + H * b;                          \
+            T *d_o = dpre + 4 * H * b, *d_i = d_o + H, *d_f = d_i + H, *d_g = d_f + H, *dcb = dc + H * b;   \
+            _Pragma("omp simd") for (long j = 0; j < H; j++) {                                              \
+                T dcj = dhb[j] * o[j] * (1 - tc[j] * tc[j]) + dcb[j] * f_next[j];                           \
+                d_o[j] = dhb[j] * tc[j] * o[j] * (1 - o[j]);                                                \
+                d_i[j] = dcj * g[j] * i[j] * (1 - i[j]);                                                    \
+                d_f[j] = dcj * cp[j] * f[j] * (1 - f[j]);                                                   \
+                d_g[j] = dcj * i[j] * (1 - g[j] * g[j]);                                                    \
+                dcb[j] = dcj;                                                                               \
+            }                                                                                               \
+        }                                                                                                   \
+    }
+
+LSTM_STEP(float, float32, expf)
+LSTM_STEP(double, float64, exp)
+
+/* Sampling's step for one stream in float64 (charrnn/stack.py's NumpyStack): from the input pre-activation inp and
+   the recurrent product rec, each 4H long with the sigmoid gates' rows halved by the caller, update c and h in place:
+   sigmoid(2y) = 1 / (1 + exp(-2y)), tanh(y) = 2 / (1 + exp(-2y)) - 1. */
+static void lstm_sample_step(const double *restrict inp, const double *restrict rec, double *restrict h,
+                             double *restrict c, long H) {
+    const double *io = inp, *ii = io + H, *iff = ii + H, *ig = iff + H;
+    const double *ro = rec, *ri = ro + H, *rf = ri + H, *rg = rf + H;
+#pragma omp simd
+    for (long j = 0; j < H; j++) {
+        double o = 1 / (1 + exp(-2 * (io[j] + ro[j]))), i = 1 / (1 + exp(-2 * (ii[j] + ri[j])));
+        double f = 1 / (1 + exp(-2 * (iff[j] + rf[j]))), g = 2 / (1 + exp(-2 * (ig[j] + rg[j]))) - 1;
+        double cj = f * c[j] + i * g;
+        c[j] = cj;
+        h[j] = o * (2 / (1 + exp(-2 * cj)) - 1);
+    }
+}
+
+/* out = W x for sampling's large matrices: W float32 (the weights as trained, so exact), x and the sums float64,
+   eight rows at a time (independent sums keep the FMA units busy). Half the bytes of a float64 matrix, which is what
+   a product of several megabytes per character waits for. */
+void matvec_f32_f64(const float *restrict W, const double *restrict x, double *restrict out, long rows, long cols) {
+    long i = 0;
+    for (; i + 8 <= rows; i += 8) {
+        const float *w = W + i * cols;
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7)
+        for (long j = 0; j < cols; j++) {
+            double xj = x[j];
+            s0 += (double)w[j] * xj, s1 += (double)w[cols + j] * xj;
+            s2 += (double)w[2 * cols + j] * xj, s3 += (double)w[3 * cols + j] * xj;
+            s4 += (double)w[4 * cols + j] * xj, s5 += (double)w[5 * cols + j] * xj;
+            s6 += (double)w[6 * cols + j] * xj, s7 += (double)w[7 * cols + j] * xj;
+        }
+        out[i] = s0, out[i + 1] = s1, out[i + 2] = s2, out[i + 3] = s3;
+        out[i + 4] = s4, out[i + 5] = s5, out[i + 6] = s6, out[i + 7] = s7;
+    }
+    for (; i < rows; i++) {
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (long j = 0; j < cols; j++) s += (double)W[i * cols + j] * x[j];
+        out[i] = s;
+    }
+}
+
+/* out = W x in float64 (what NumPy's product computes), eight rows at a time. */
+static void matvec_f64(const double *restrict W, const double *restrict x, double *restrict out, long rows,
+                       long cols) {
+    long i = 0;
+    for (; i + 8 <= rows; i += 8) {
+        const double *w = W + i * cols;
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7)
+        for (long j = 0; j < cols; j++) {
+            double xj = x[j];
+            s0 += w[j] * xj, s1 += w[cols + j] * xj, s2 += w[2 * cols + j] * xj, s3 += w[3 * cols + j] * xj;
+            s4 += w[4 * cols + j] * xj, s5 += w[5 * cols + j] * xj, s6 += w[6 * cols + j] * xj;
+            s7 += w[7 * cols + j] * xj;
+        }
+        out[i] = s0, out[i + 1] = s1, out[i + 2] = s2, out[i + 3] = s3;
+        out[i + 4] = s4, out[i + 5] = s5, out[i + 6] = s6, out[i + 7] = s7;
+    }
+    for (; i < rows; i++) {
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (long j = 0; j < cols; j++) s += W[i * cols + j] * x[j];
+        out[i] = s;
+    }
+}
+
+/* Sampler.choose's rule: the first maximum when greedy, else the inverse CDF of exp((logits - max) / temperature)
+   at u * total, the last character with non-zero probability owning u * total when it rounds up to total. */
+static long choose(const double *logits, long V, double inv_temperature, int greedy, double u, double *cdf) {
+    long best = 0;
+    for (long i = 1; i < V; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (greedy) return best;
+    double total = 0;
+    for (long i = 0; i < V; i++) cdf[i] = total += exp((logits[i] - logits[best]) * inv_temperature);
+    double target = u * total;
+    for (long i = 0; i < V; i++)
+        if (cdf[i] > target) return i;
+    long i = 0;
+    while (cdf[i] < total) i++;
+    return i;
+}
+
+/* Sampling's loop for a stack of L LSTM layers (charrnn/stack.py's NumpyStack, whose buffers these are): n characters,
+   each drawn from the current logits with the uniform u[k], then every layer advanced over it. Layer l: matrix W[l]
+   (rows[l] x (H + 1): [Whh | 0; W_above | b_above], float32 where f32[l] is set, else float64), h1[l] = [h; 1], c[l],
+   and out[l] = W[l] h1[l], whose first 4H entries are the next recurrent product and the rest the layer above's input
+   pre-activation (the top layer's: the logits). inputs: layer 0's input pre-activation, a row of 4H per character. */
+void lstm_generate(long n, const double *u, long *chars, long L, long H, long V, const double *inputs,
+                   const void *const *W, const long *rows, const int *f32, double *const *h1, double *const *c,
+                   double *const *out, double inv_temperature, int greedy, double *cdf) {
+    for (long k = 0; k < n; k++) {
+        long x = choose(out[L - 1] + 4 * H, V, inv_temperature, greedy, u[k], cdf);
+        chars[k] = x;
+        const double *inp = inputs + x * 4 * H;
+        for (long l = 0; l < L; l++) {
+            lstm_sample_step(inp, out[l], h1[l], c[l], H);
+            if (f32[l])
+                matvec_f32_f64(W[l], h1[l], out[l], rows[l], H + 1);
+            else
+                matvec_f64(W[l], h1[l], out[l], rows[l], H + 1);
+            inp = out[l] + 4 * H;
+        }
+    }
+}
