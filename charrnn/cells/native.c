@@ -77,57 +77,34 @@ static void lstm_sample_step(const double *restrict inp, const double *restrict 
     }
 }
 
-/* out = W x for sampling's large matrices: W float32 (the weights as trained, so exact), x and the sums float64,
-   eight rows at a time (independent sums keep the FMA units busy). Half the bytes of a float64 matrix, which is what
-   a product of several megabytes per character waits for. */
-void matvec_f32_f64(const float *restrict W, const double *restrict x, double *restrict out, long rows, long cols) {
-    long i = 0;
-    for (; i + 8 <= rows; i += 8) {
-        const float *w = W + i * cols;
-        double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7)
-        for (long j = 0; j < cols; j++) {
-            double xj = x[j];
-            s0 += (double)w[j] * xj, s1 += (double)w[cols + j] * xj;
-            s2 += (double)w[2 * cols + j] * xj, s3 += (double)w[3 * cols + j] * xj;
-            s4 += (double)w[4 * cols + j] * xj, s5 += (double)w[5 * cols + j] * xj;
-            s6 += (double)w[6 * cols + j] * xj, s7 += (double)w[7 * cols + j] * xj;
-        }
-        out[i] = s0, out[i + 1] = s1, out[i + 2] = s2, out[i + 3] = s3;
-        out[i + 4] = s4, out[i + 5] = s5, out[i + 6] = s6, out[i + 7] = s7;
+/* out = W x with float64 x and sums, eight rows at a time (independent sums keep the FMA units busy). W is float64,
+   or float32 for sampling's large matrices: the weights as trained, so exact, in half the bytes, which is what a
+   product of several megabytes per character waits for. */
+#define MATVEC(NAME, W_T)                                                                                       \
+    void NAME(const W_T *restrict W, const double *restrict x, double *restrict out, long rows, long cols) {    \
+        long i = 0;                                                                                             \
+        for (; i + 8 <= rows; i += 8) {                                                                         \
+            const W_T *w = W + i * cols;                                                                        \
+            double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;                              \
+            _Pragma("omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7)") for (long j = 0; j < cols; j++) { \
+                double xj = x[j];                                                                               \
+                s0 += (double)w[j] * xj, s1 += (double)w[cols + j] * xj;                                        \
+                s2 += (double)w[2 * cols + j] * xj, s3 += (double)w[3 * cols + j] * xj;                         \
+                s4 += (double)w[4 * cols + j] * xj, s5 += (double)w[5 * cols + j] * xj;                         \
+                s6 += (double)w[6 * cols + j] * xj, s7 += (double)w[7 * cols + j] * xj;                         \
+            }                                                                                                   \
+            out[i] = s0, out[i + 1] = s1, out[i + 2] = s2, out[i + 3] = s3;                                     \
+            out[i + 4] = s4, out[i + 5] = s5, out[i + 6] = s6, out[i + 7] = s7;                                 \
+        }                                                                                                       \
+        for (; i < rows; i++) {                                                                                 \
+            double s = 0;                                                                                       \
+            _Pragma("omp simd reduction(+ : s)") for (long j = 0; j < cols; j++) s += (double)W[i * cols + j] * x[j]; \
+            out[i] = s;                                                                                         \
+        }                                                                                                       \
     }
-    for (; i < rows; i++) {
-        double s = 0;
-#pragma omp simd reduction(+ : s)
-        for (long j = 0; j < cols; j++) s += (double)W[i * cols + j] * x[j];
-        out[i] = s;
-    }
-}
 
-/* out = W x in float64 (what NumPy's product computes), eight rows at a time. */
-static void matvec_f64(const double *restrict W, const double *restrict x, double *restrict out, long rows,
-                       long cols) {
-    long i = 0;
-    for (; i + 8 <= rows; i += 8) {
-        const double *w = W + i * cols;
-        double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7)
-        for (long j = 0; j < cols; j++) {
-            double xj = x[j];
-            s0 += w[j] * xj, s1 += w[cols + j] * xj, s2 += w[2 * cols + j] * xj, s3 += w[3 * cols + j] * xj;
-            s4 += w[4 * cols + j] * xj, s5 += w[5 * cols + j] * xj, s6 += w[6 * cols + j] * xj;
-            s7 += w[7 * cols + j] * xj;
-        }
-        out[i] = s0, out[i + 1] = s1, out[i + 2] = s2, out[i + 3] = s3;
-        out[i + 4] = s4, out[i + 5] = s5, out[i + 6] = s6, out[i + 7] = s7;
-    }
-    for (; i < rows; i++) {
-        double s = 0;
-#pragma omp simd reduction(+ : s)
-        for (long j = 0; j < cols; j++) s += W[i * cols + j] * x[j];
-        out[i] = s;
-    }
-}
+MATVEC(matvec_f32_f64, float)
+static MATVEC(matvec_f64, double)
 
 /* Sampler.choose's rule: the first maximum when greedy, else the inverse CDF of exp((logits - max) / temperature)
    at u * total, the last character with non-zero probability owning u * total when it rounds up to total. */

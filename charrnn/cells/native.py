@@ -98,11 +98,22 @@ def _library():
     return library
 
 
+@functools.cache
+def _onednn_ops() -> bool:
+    """Whether this torch build registers the two oneDNN operations used here (x86 builds do)."""
+    try:
+        return bool(torch.ops.mkldnn._reorder_linear_weight and torch.ops.mkldnn._linear_pointwise)
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _onednn_usable(*tensors: torch.Tensor) -> bool:
     return (
         os.environ.get("CHARRNN_NATIVE") != "0"
         and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
         and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and _onednn_ops()
     )
 
 
