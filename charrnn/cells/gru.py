@@ -16,6 +16,7 @@ are initialised as the LSTM's (uniform in (-1/sqrt(H), 1/sqrt(H)), PyTorch's cho
 import numpy as np
 import torch
 
+from . import native
 from .lstm import init_weight, tanh
 
 GATES = 3  # Wxh is (GATES * H, in), rows in gate order (r, z, n)
@@ -47,7 +48,6 @@ def forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
     """
     T, B, GH = xw.shape
     H = GH // GATES
-    Whh_t = p["Whh"].t()
     hs = torch.empty((T + 1, B, H), dtype=xw.dtype, device=xw.device)
     hs[0] = state[:, 0]
     x_n = xw[..., 2 * H :].clone()
@@ -58,8 +58,9 @@ def forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
     r, z, hn = (gates[..., k * H : (k + 1) * H].unbind(0) for k in range(GATES))
     h, n, d, xn = hs.unbind(0), ns.unbind(0), h_minus_n.unbind(0), x_n.unbind(0)
     minus_one = torch.full((), -1.0, dtype=xw.dtype, device=xw.device)
+    recurrent = native.weight_product(p["Whh"], B)
     for t in range(T):
-        pre[t].addmm_(h[t], Whh_t)
+        pre[t].add_(recurrent(h[t]))
         rz[t].sigmoid_()
         tanh(torch.addcmul(xn[t], r[t], hn[t], out=n[t]), n[t], minus_one)
         torch.addcmul(n[t], z[t], torch.sub(h[t], n[t], out=d[t]), out=h[t + 1])
@@ -90,12 +91,13 @@ def backward(p: dict, acts: dict, dh_out: torch.Tensor):
     d_out, d_h, dh1, z_t = dh_out.unbind(0), dh.unbind(0), dh.unsqueeze(2).unbind(0), z.unbind(0)
     d_rec, by_dh = drec.view(T, B, -1).unbind(0), drec.unbind(0)
     by_dh[T - 1].mul_(dh1[T - 1])
+    recurrent = native.weight_product(p["Whh"].t(), B)
     for t in range(T - 2, -1, -1):
-        torch.addcmul(d_out[t], d_h[t + 1], z_t[t + 1], out=d_h[t]).addmm_(d_rec[t + 1], p["Whh"])
+        torch.addcmul(recurrent(d_rec[t + 1], d_out[t]), d_h[t + 1], z_t[t + 1], out=d_h[t])
         by_dh[t].mul_(dh1[t])
     drec_flat = drec.view(T * B, -1)
     grads = {
-        "Whh": drec_flat.t() @ hs[:-1].reshape(T * B, -1),
+        "Whh": native.gradient_product(drec_flat, hs[:-1].reshape(T * B, -1)),
         "bhn": drec[:, :, N].sum((0, 1)).unsqueeze(1),
     }
     dxw = drec  # r and z: the input and recurrent pre-activations are one sum; n: d pre_n = dh (1 - z)(1 - n^2)
