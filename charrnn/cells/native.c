@@ -1,8 +1,8 @@
-/* charrnn's C kernels (charrnn/cells/native.py compiles them): an LSTM step's elementwise work in training and in
-   sampling, and sampling's product by a large float32 matrix.
+/* charrnn's C kernels (charrnn/cells/native.py compiles them): an LSTM step's elementwise work in training, and
+   sampling's loop for the LSTM with its matrix-vector products (float64 sums, float32 or float64 weights).
 
-   Training, one pass over the B x H units of a step. Forward, from the pre-activations gates[b] + rec[b] = (o, i, f, g) (each H wide, a row of 4H per stream; gates
-   holds the input projection, rec the recurrent product):
+   Training, one pass over the B x H units of a step. Forward, from the pre-activations gates[b] + rec[b] =
+   (o, i, f, g) (each H wide, a row of 4H per stream; gates holds the input projection, rec the recurrent product):
        o, i, f = sigmoid(.), g = tanh(.)   (written over the input projection: the backward reads them)
        c = f c_prev + i g;  tanh_c = tanh(c);  h = o tanh_c
    Backward, with dh the gradient w.r.t. h_t and dc (in) the gradient w.r.t. c_{t+1}, f_next the forget gate of

@@ -1,6 +1,6 @@
-"""CPU fast paths: C kernels (native.c: the LSTM's per-step elementwise work in training and sampling, sampling's
-product by a large float32 matrix) compiled with the system's C compiler on first use, and float32 matrix products
-through oneDNN with the weight packed once per window.
+"""CPU fast paths: C kernels (native.c: the LSTM's per-step elementwise work in training, sampling's loop for the
+LSTM and its products by large float32 matrices) compiled with the system's C compiler on first use, and float32
+matrix products through oneDNN with the weight packed once per window.
 
 Why C: on the CPU one LSTM step is one matrix product and about ten small elementwise operations, and each torch
 operation costs several microseconds of dispatch however small its tensors, so at 32 streams of 256 units the
@@ -8,8 +8,9 @@ elementwise operations took a third of a window (BENCHMARKS.md, section 7). One 
 
 The library is built once per source, compiler and CPU (``-march=native``) into ~/.cache/charrnn (or
 $XDG_CACHE_HOME/charrnn; the temporary directory if neither is writable) and loaded with ctypes. Without a C
-compiler, or with ``CHARRNN_NATIVE=0`` in the environment, the LSTM runs its plain torch loop instead: the same
-math, the one used on GPUs, proven against autograd like this one (tests/test_cells.py).
+compiler, or with ``CHARRNN_NATIVE=0`` in the environment, the LSTM trains with its plain torch loop instead (the
+same math, the one used on GPUs, proven against autograd like this one: tests/test_cells.py) and samples in NumPy
+(the same text: tests/test_sampling.py).
 
 Why oneDNN: torch sends a CPU float32 ``mm`` to MKL, which repacks the weight at every call. oneDNN, which torch
 also ships (it runs ``nn.LSTM`` on the CPU), multiplies by a weight packed once into its blocked layout. One AMD
