@@ -2,6 +2,7 @@
 
 import pytest
 
+from charrnn.cells import native
 from tests.train_helpers import corpus
 
 
@@ -11,3 +12,13 @@ def text(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "input.txt"
     path.write_text(corpus())
     return path
+
+
+@pytest.fixture
+def without_native(monkeypatch):
+    """charrnn without its CPU fast paths (``CHARRNN_NATIVE=0``): the LSTM trains with its torch loop, products are
+    torch's own, and the LSTM samples in NumPy."""
+    monkeypatch.setenv("CHARRNN_NATIVE", "0")
+    native._library.cache_clear()
+    yield
+    native._library.cache_clear()

@@ -84,19 +84,10 @@ def reference(name, params, inputs, targets, state, masks):
 VARIANTS = ["rnn", "lstm", "lstm/torch-loop", "gru"]
 
 
-@pytest.fixture
-def torch_loop(monkeypatch):
-    """Run the LSTM's torch loop instead of its C kernel."""
-    monkeypatch.setenv("CHARRNN_NATIVE", "0")
-    native._library.cache_clear()
-    yield
-    native._library.cache_clear()
-
-
 def cell_variant(variant, request):
     name, _, loop = variant.partition("/")
     if loop:
-        request.getfixturevalue("torch_loop")
+        request.getfixturevalue("without_native")
     return name
 
 
@@ -246,7 +237,7 @@ def test_lstm_kernel_equals_torch_loop(dtype, tolerance, request):
     xw[0, 0] = torch.linspace(-1000, 1000, 4 * H, dtype=F64)
     state, dh = torch.randn(B, 2, H, generator=g, dtype=F64), torch.randn(T, B, H, generator=g, dtype=F64)
     ours = lstm_layer_run(dtype, xw, state, dh)
-    request.getfixturevalue("torch_loop")
+    request.getfixturevalue("without_native")
     assert native.lstm_steps(torch.zeros(1, dtype=dtype)) is None
     loop = lstm_layer_run(dtype, xw, state, dh)
     for k, expected in loop.items():

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from charrnn import network, sampling, stack
-from charrnn.cells import native
 
 V, H = 40, 16
 NETWORKS = [("rnn", 1), ("lstm", 2), ("gru", 2)]  # (cell, layers)
@@ -174,15 +173,6 @@ def test_extreme_uniforms_land_on_possible_characters(arch, params, state, top_k
     assert sampler.choose(1.0 - 2.0**-53) == np.flatnonzero(probs)[-1]
 
 
-@pytest.fixture
-def numpy_only(monkeypatch):
-    """Sampling without native.c: the NumPy loop and NumPy's float64 products."""
-    monkeypatch.setenv("CHARRNN_NATIVE", "0")
-    native._library.cache_clear()
-    yield
-    native._library.cache_clear()
-
-
 LSTM = network.Architecture(V, H, "lstm", 2)  # the one cell that generates in native.c
 
 
@@ -194,7 +184,7 @@ def test_c_loop_generates_what_the_numpy_loop_does(temperature, request):
     c_loop = sampler_of(arch, params, seed=21, temperature=temperature)
     assert c_loop.native_loop is not None, "native.c did not build"
     text = list(c_loop.generate(3000))
-    request.getfixturevalue("numpy_only")
+    request.getfixturevalue("without_native")
     numpy_loop = sampler_of(arch, params, seed=21, temperature=temperature)
     assert numpy_loop.native_loop is None
     assert text == list(numpy_loop.generate(3000))
@@ -219,7 +209,7 @@ def test_large_float32_trained_matrices_are_read_as_float32(request):
     fast = sampler_of(arch, params, seed=8)
     assert [w.dtype for w in fast.network.weights] == [np.float32, np.float64]
     text = list(fast.generate(1500))
-    request.getfixturevalue("numpy_only")
+    request.getfixturevalue("without_native")
     slow = sampler_of(arch, params, seed=8)
     assert [w.dtype for w in slow.network.weights] == [np.float64, np.float64]
     assert text == list(slow.generate(1500))
