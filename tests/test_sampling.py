@@ -216,3 +216,18 @@ def test_large_float32_trained_matrices_are_read_as_float32(request):
     np.testing.assert_allclose(fast.state, slow.state, rtol=0, atol=1e-12)
     inexact = {**params, "Whh": params["Whh"].double() + 1e-12}  # float64 values float32 cannot hold stay float64
     assert sampler_of(arch, inexact).network.weights[0].dtype == np.float64
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_c_loop_draws_follow_the_softmax(temperature):
+    """An LSTM whose weights are all zero keeps h = 0, so every character is a fresh draw from softmax(by / T): the
+    C loop's 40,000 characters pass the chi-square test against it and fail it against a neighbouring temperature."""
+    params = {k: torch.zeros_like(v) for k, v in make_params(LSTM).items()}
+    params["by"] = torch.randn(V, 1, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 1.5
+    sampler = sampler_of(LSTM, params, seed=13, temperature=temperature)
+    assert sampler.native_loop is not None, "native.c did not build"
+    counts = np.bincount(list(sampler.generate(40_000)), minlength=V)
+    softmax = lambda t: torch.softmax(params["by"].view(-1) / t, 0).numpy()  # noqa: E731
+    stat, df = chi2_statistic(counts, softmax(temperature))
+    assert stat < chi2_critical(df), (stat, df)
+    assert chi2_statistic(counts, softmax(temperature * 1.25))[0] > 3 * chi2_critical(df)
