@@ -49,12 +49,13 @@ def seed(value) -> None:
         raise UsageError(f"--seed_everything must be {_WANTED['seed_everything']}, got {value}")
 
 
-def positive_float(flag: str, value: float, precision: str) -> None:
+def positive_float(flag: str, value: float, precision: str, wanted: str = _WANTED["model.learning_rate"]) -> None:
     """Finite, positive and representable in the run's precision: 1e300 overflows float32 at the first step, and
-    a rate below the smallest normal float32 rounds to 0 (training that silently never learns)."""
+    a rate below the smallest normal float32 rounds to 0 (training that silently never learns). ``wanted`` is what
+    the error says the flag must be."""
     info = torch.finfo(DTYPES[precision])
     if not (math.isfinite(value) and value > 0):
-        raise UsageError(f"{flag} must be {_WANTED['model.learning_rate']}, got {value}")
+        raise UsageError(f"{flag} must be {wanted}, got {value}")
     if not info.tiny <= value <= info.max:
         raise UsageError(
             f"{flag} {value} cannot be represented in {precision} (from {info.tiny:.3g} to {info.max:.3g}); "
@@ -64,11 +65,8 @@ def positive_float(flag: str, value: float, precision: str) -> None:
 
 def zero_or_positive_float(flag: str, value: float, precision: str) -> None:
     """0 or what ``positive_float`` accepts: an Adagrad accumulator's start, 0 being min-char-rnn's."""
-    if value == 0:
-        return
-    if not (math.isfinite(value) and value > 0):
-        raise UsageError(f"{flag} must be {_WANTED['model.initial_accumulator_value']}, got {value}")
-    positive_float(flag, value, precision)
+    if value != 0:
+        positive_float(flag, value, precision, _WANTED["model.initial_accumulator_value"])
 
 
 def memory_needed(arch, streams: int, seq_length: int, sample_length: int, precision: str) -> int:

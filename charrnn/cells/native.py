@@ -74,10 +74,15 @@ def _build(compiler: str, directory: str) -> str:
     return library
 
 
+def _turned_off() -> bool:
+    """``CHARRNN_NATIVE=0``: plain torch and NumPy only (no C, no oneDNN products)."""
+    return os.environ.get("CHARRNN_NATIVE") == "0"
+
+
 @functools.cache
 def _library():
     """The loaded library, or None (no compiler, a failed build, not Linux/macOS, or CHARRNN_NATIVE=0)."""
-    if os.environ.get("CHARRNN_NATIVE") == "0" or sys.platform == "win32":
+    if _turned_off() or sys.platform == "win32":
         return None
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     directory = _cache_dir()
@@ -110,7 +115,7 @@ def _onednn_ops() -> bool:
 
 def _onednn_usable(*tensors: torch.Tensor) -> bool:
     return (
-        os.environ.get("CHARRNN_NATIVE") != "0"
+        not _turned_off()
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
