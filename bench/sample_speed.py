@@ -1,11 +1,13 @@
 """Sampling speed: start-up of ``sample.py`` against ``python -c "import torch"``, and characters per second.
 
-``python -m bench.sample_speed [--repeats N] [--chars N]``
+``python -m bench.sample_speed [--repeats N] [--chars N] [--checkpoint CKPT ...]``
 
 The model is the default configuration's (hidden 256) with tinyshakespeare's vocabulary (65 characters, read
 from ../shared/data when present), randomly initialised: speed does not depend on what the weights learned. Then
 the generation speed of each cell, at the sizes with a speed goal (LSTM: >= 20k characters/s for one layer of 256,
->= 5k for two of 512, one core).
+>= 5k for two of 512, one core), exact and with ``--half``. With ``--checkpoint``, what ``--half`` costs in quality:
+each trained checkpoint's loss on the last 10% of tinyshakespeare (fed character by character through the
+sampler, as sample.py's prime is), exact and with ``--half``.
 Start-up times are interleaved with the baseline and compared by median, so a busy machine slows both alike.
 """
 
@@ -18,6 +20,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from bench.common import ROOT, find_shakespeare
@@ -66,10 +69,33 @@ def chars_per_second(cell, params, n: int, repeats: int, **kwargs) -> float:
     return best
 
 
+def heldout_losses(path: str, chars: int) -> tuple[float, float, float]:
+    """Mean loss in nats per character of checkpoint ``path`` on ``chars`` characters of tinyshakespeare's held-out
+    tail, exact and with ``half``, and the largest gap between their probabilities of the true next character."""
+    net = checkpoint.load_network(path)
+    with open(find_shakespeare(), encoding="utf-8") as f:
+        text = f.read()
+    index = {c: i for i, c in enumerate(net.vocab)}
+    ids = [index[c] for c in text[-(len(text) // 10) :][: chars + 1]]
+    losses, probs = [], []
+    for half in (False, True):
+        sampler = Sampler(net.arch.cell, net.params, half=half)
+        true_probs = []
+        for x, y in zip(ids, ids[1:]):
+            logits = sampler.advance(x)
+            shifted = np.exp(logits - logits.max())
+            true_probs.append(shifted[y] / shifted.sum())
+        probs.append(np.array(true_probs))
+        losses.append(-np.log(probs[-1]).mean())
+    return losses[0], losses[1], np.abs(probs[1] - probs[0]).max()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="start-up runs of each command; speed runs")
     parser.add_argument("--chars", type=int, default=200_000, help="characters per speed run")
+    parser.add_argument("--checkpoint", nargs="*", default=[], help="trained checkpoints to score exact and --half")
+    parser.add_argument("--heldout", type=int, default=20_000, help="held-out characters scored per checkpoint")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,9 +125,10 @@ def main() -> None:
         for cell, H, L, goal in NETWORKS:
             weights = Architecture(len(vocab), H, cell, L).init_params(generator=torch.Generator().manual_seed(0))
             n = max(1000, args.chars // (H * L // 128))
-            rate = chars_per_second(cell, weights, n, min(args.repeats, 3))
+            rate, half = (chars_per_second(cell, weights, n, min(args.repeats, 3), half=h) for h in (False, True))
             goal = f"; goal >= {goal:,}" if goal else ""
-            print(f"generation, {cell} {L} x {H}: {rate:,.0f} chars/s (best of {min(args.repeats, 3)} x {n:,}{goal})")
+            print(f"generation, {cell} {L} x {H}: {rate:,.0f} chars/s, --half {half:,.0f} "
+                  f"(best of {min(args.repeats, 3)} x {n:,}{goal})")
 
         n = 5 * args.chars
         cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -111,6 +138,11 @@ def main() -> None:
         print(f"whole process, sample.py --length {n:,} > /dev/null: {seconds:.2f}s wall, {n / seconds:,.0f} chars/s "
               f"including start-up ({cpu:.2f}s CPU, {n / cpu:,.0f} chars per CPU second); "
               "required >= 20,000, goal 50,000")
+
+    for path in args.checkpoint:
+        exact, half, gap = heldout_losses(path, args.heldout)
+        print(f"{path}: held-out loss over {args.heldout:,} characters {exact:.5f} nats/char exact, {half:.5f} with "
+              f"--half ({half - exact:+.1e}); largest change of a true character's probability {gap:.1e}")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,14 @@ characters per second on one AMD EPYC core instead of 18 k (BENCHMARKS.md, secti
 
 Everything is float64: a rounding difference between two machines (BLAS kernels, SIMD tanh and exp) then moves
 a class boundary by ~1e-16, so the same seed gives the same text on any CPU in all but astronomically rare cases.
-float32 sums would be 1.5x faster for a small network and 3x for a large one, whose per-character products read
-all its weights from memory (2 layers of LSTM 512: 25 MB per character in float64), but give up that guarantee.
-What is kept: a large matrix whose weights were trained in float32 is read as float32 and summed in float64
+A large matrix whose weights were trained in float32 is read as float32 and summed in float64
 (``stack._float32_exact``), the same sums from half the bytes.
+
+``half`` (``sample.py --half``) trades that exactness for speed where the weights' bytes are the limit: every
+matrix in float16, summed in float32, a quarter of float64's bytes. A 2 x 512 LSTM reads 12.7 MB per character
+even in float32, which one AMD EPYC core streams at ~65 GB/s: about 5k characters per second at best, exact, and
+7k with --half (BENCHMARKS.md, section 6). The probabilities move by about 1e-3 (the held-out loss by less than
+1e-4 nats a character, section 6); a seed still fixes the text on one machine.
 """
 
 import ctypes
@@ -30,6 +34,7 @@ from .errors import UsageError
 
 _BLOCK = 4096  # uniforms drawn at a time; the stream is the same whatever the block size
 _CHUNK = 256  # characters per call of the C loop (so the first ones are printed without waiting for a block)
+_MATRIX_KINDS = {np.float64: 0, np.float32: 1, np.float16: 2}  # lstm_generate's codes for a layer matrix's dtype
 
 
 def encode_prime(vocab: list[str], text: str) -> list[int]:
@@ -57,11 +62,12 @@ class Sampler:
         seed: seeds the uniforms (any non-negative integer); ``None`` draws fresh entropy.
         device: ``None`` runs the matrix-vector products in NumPy; a torch device (e.g. ``"cuda"``) runs them
             there, which pays a host round trip per layer and character and so only helps very large hidden sizes.
+        half: the matrices in float16 with float32 sums, on the CPU (see the module's docstring).
     """
 
     def __init__(self, cell: str, params: dict, h=None, temperature=1.0, top_k: int | None = None, seed=None,
-                 device=None):  # fmt: skip
-        self.network = stack.NumpyStack(CELLS[cell], params, h, device=device)
+                 device=None, half=False):  # fmt: skip
+        self.network = stack.NumpyStack(CELLS[cell], params, h, device=device, half=half)
         V = len(self.network.logits)
         self.greedy = temperature == 0 or top_k == 1
         self.inv_temperature = 1.0 if self.greedy else 1.0 / temperature
@@ -81,9 +87,10 @@ class Sampler:
         L, V, H = len(net.h1), len(self.cdf), len(net.c[0])
         pointers = [(ctypes.c_void_p * L)(*(a.ctypes.data for a in arrays)) for arrays in (net.weights, net.h1, net.c, net.outs)]
         rows = (ctypes.c_long * L)(*(len(w) for w in net.weights))
-        float32 = (ctypes.c_int * L)(*(w.dtype == np.float32 for w in net.weights))
+        kinds = (ctypes.c_int * L)(*(_MATRIX_KINDS[w.dtype.type] for w in net.weights))
         chars = np.empty(_CHUNK, np.int64)
-        fixed = (L, H, V, net.inputs.ctypes.data, pointers[0], rows, float32, *pointers[1:], self.inv_temperature, self.greedy, self.cdf.ctypes.data)
+        fixed = (L, H, V, net.inputs.ctypes.data, pointers[0], rows, kinds, *pointers[1:], self.inv_temperature,
+                 self.greedy, self.cdf.ctypes.data, net.scratch.ctypes.data)  # fmt: skip
 
         def loop(uniforms: np.ndarray) -> list[int]:
             generate(len(uniforms), uniforms.ctypes.data, chars.ctypes.data, *fixed)
@@ -131,12 +138,12 @@ class Sampler:
 
 
 def generate(cell: str, params: dict, length: int, h=None, prime_ids=(), temperature=1.0, top_k=None, seed=None,
-             device=None):  # fmt: skip
+             device=None, half=False):  # fmt: skip
     """Yield ``length`` new character ids after feeding ``prime_ids`` from state ``h`` (zeros by default).
 
     Without a prime, the first character is drawn from the model's own output for the starting state.
     """
-    sampler = Sampler(cell, params, h, temperature, top_k, seed, device)
+    sampler = Sampler(cell, params, h, temperature, top_k, seed, device, half)
     for x in prime_ids:
         sampler.advance(x)
     yield from sampler.generate(length)

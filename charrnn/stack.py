@@ -200,9 +200,11 @@ class NumpyStack:
         dtype: float64 (default: the same text from a seed on any machine) or float32.
         device: ``None`` runs the products in NumPy; a torch device (e.g. ``"cuda"``) runs them there, which pays a
             host round trip per layer and character and so only helps very large hidden sizes.
+        half: on the CPU, keep every matrix in float16 and sum in float32 (native.c's ``matvec_f16``, when built):
+            a quarter of float64's bytes to read per character. A matrix float16 cannot hold stays as it is.
     """
 
-    def __init__(self, cell, params: dict, state=None, dtype=np.float64, device=None):
+    def __init__(self, cell, params: dict, state=None, dtype=np.float64, device=None, half=False):
         def array(x):
             x = x.detach().to("cpu", torch.float64) if isinstance(x, torch.Tensor) else x
             return np.array(x, dtype=np.float64)
@@ -216,6 +218,8 @@ class NumpyStack:
         self.inputs = np.ascontiguousarray(((layers[0]["Wxh"] + layers[0]["bh"]) * scale).T, dtype=dtype)
         rec_biases = [cell.recurrent_bias(layer_params(params, layer)) for layer in range(L)]
         self.h1, self.c, self.outs, self.weights, self.matvecs, self.recs, self.aboves, self.steps = ([] for _ in range(8))
+        self.scratch = np.empty(H + 1, np.float32)  # x in float32 for the float16 product
+        half = half and device is None and dtype == np.float64 and native.sampling_kernel("matvec_f16") is not None
         for layer in range(L):
             b_rec = np.zeros(GH) if rec_biases[layer] is None else array(rec_biases[layer])
             if layer + 1 < L:
@@ -225,13 +229,15 @@ class NumpyStack:
             W = np.vstack((np.hstack((layers[layer]["Whh"], b_rec[:, None])) * scale, above)).astype(dtype)
             h1, out = np.zeros(H + 1, dtype), np.empty(len(W), dtype)
             h1[H] = 1.0
-            if device is None and _float32_exact(W):
+            if half and np.abs(W).max() <= np.finfo(np.float16).max:
+                W = W.astype(np.float16)
+            elif device is None and _float32_exact(W):
                 W = W.astype(np.float32)  # a large matrix trained in float32: half the bytes to read, the same sums
             self.h1.append(h1)
             self.c.append(np.zeros(H, dtype) if K == 2 else None)
             self.outs.append(out)
             self.weights.append(W)
-            self.matvecs.append(_matvec(W, h1, out) if device is None else _device_matvec(W, h1, out, device))
+            self.matvecs.append(_matvec(W, h1, out, self.scratch) if device is None else _device_matvec(W, h1, out, device))
             self.recs.append(out[:GH])
             self.aboves.append(out[GH:])
             self.steps.append(cell.numpy_step(H, dtype))
@@ -276,11 +282,15 @@ def _float32_exact(W: np.ndarray) -> bool:
     )  # fmt: skip
 
 
-def _matvec(W: np.ndarray, v: np.ndarray, out: np.ndarray):
+def _matvec(W: np.ndarray, v: np.ndarray, out: np.ndarray, scratch: np.ndarray):
     """``out = W @ v`` on the same buffers: NumPy's call costs least for a small matrix; a large one is a stream
     from memory: read as float32 with float64 sums by native.c when it was trained in float32 (2 x 512 LSTM, 4096 x
     513: 0.25 against NumPy's 0.5 ms on one AMD EPYC core), else by torch's MKL ``mv``, which read float64 about
-    twice as fast as NumPy's OpenBLAS on one Intel Xeon core (0.56 against 1.1 ms)."""
+    twice as fast as NumPy's OpenBLAS on one Intel Xeon core (0.56 against 1.1 ms). A float16 ``W`` (``half``) is
+    native.c's, with ``scratch`` (float32, ``len(v)``) for ``v``."""
+    if W.dtype == np.float16:
+        half_matvec = native.sampling_kernel("matvec_f16")
+        return functools.partial(half_matvec, W.ctypes.data, v.ctypes.data, out.ctypes.data, *W.shape, scratch.ctypes.data)
     if W.dtype == np.float32 and v.dtype == np.float64:  # see _float32_exact
         float32_matvec = native.sampling_kernel("matvec_f32_f64")
         return functools.partial(float32_matvec, W.ctypes.data, v.ctypes.data, out.ctypes.data, *W.shape)

@@ -12,6 +12,7 @@ import torch
 
 import sample
 from charrnn import checkpoint
+from charrnn.cells import native
 from charrnn.sampling import generate
 from tests.train_helpers import ROOT, Malicious, assert_one_line_error, run_script, run_train_py, start_script
 from tests.train_helpers import tiny_args, train
@@ -137,6 +138,22 @@ def test_training_samples_use_the_same_sampler(capsysbinary, ckpt):
     assert code == 0 and model.sample(length=120, seed=30) == out
 
 
+def test_half_is_seeded_and_falls_back_to_exact_without_the_c_kernels(capsysbinary, ckpt, monkeypatch):
+    """--half: the same text for a seed; without native.c (CHARRNN_NATIVE=0) a one-line note on stderr and the
+    exact text."""
+    exact = run_main(capsysbinary, ckpt, "--length", 400, "--seed", 4)
+    half = run_main(capsysbinary, ckpt, "--length", 400, "--seed", 4, "--half")
+    assert half[0] == 0 and half[2] == "" and len(half[1]) == 400
+    assert run_main(capsysbinary, ckpt, "--length", 400, "--seed", 4, "--half") == half
+    monkeypatch.setenv("CHARRNN_NATIVE", "0")
+    native._library.cache_clear()
+    try:
+        code, out, err = run_main(capsysbinary, ckpt, "--length", 400, "--seed", 4, "--half")
+    finally:
+        native._library.cache_clear()
+    assert (code, out) == exact[:2] and len(err.splitlines()) == 1 and "sampling exactly" in err
+
+
 def test_closed_stdout_ends_quietly(ckpt):
     proc = start_script("sample.py", [ckpt, "--length", "10000000"], text=False)
     head = proc.stdout.read(100)
@@ -220,6 +237,7 @@ def test_damaged_and_foreign_files_are_one_line_errors(capsysbinary, ckpt, tmp_p
         (["--top-k", "0"], "--top-k"),
         (["--seed", "-1"], "--seed"),
         (["--device", "tpu"], "--device"),
+        (["--half", "--device", "cuda"], "--half"),
         (["--prime", "Hello Zebra\u00e9\u20ac"], "'Z\u20ac'"),  # names the unknown characters (Z, euro), not é
         (["--bogus"], "--bogus"),
     ],

@@ -5,8 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from charrnn import network, sampling, stack
+from charrnn.cells import native
 
 V, H = 40, 16
 NETWORKS = [("rnn", 1), ("lstm", 2), ("gru", 2)]  # (cell, layers)
@@ -174,6 +177,9 @@ def test_extreme_uniforms_land_on_possible_characters(arch, params, state, top_k
 
 
 LSTM = network.Architecture(V, H, "lstm", 2)  # the one cell that generates in native.c
+half_kernel = pytest.mark.skipif(
+    native.sampling_kernel("matvec_f16") is None, reason="native.c's float16 product needs an x86-64 CPU with F16C"
+)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
@@ -218,16 +224,63 @@ def test_large_float32_trained_matrices_are_read_as_float32(request):
     assert sampler_of(arch, inexact).network.weights[0].dtype == np.float64
 
 
+@pytest.mark.parametrize("half", [False, pytest.param(True, marks=half_kernel)])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_c_loop_draws_follow_the_softmax(temperature):
-    """An LSTM whose weights are all zero keeps h = 0, so every character is a fresh draw from softmax(by / T): the
-    C loop's 40,000 characters pass the chi-square test against it and fail it against a neighbouring temperature."""
+def test_c_loop_draws_follow_the_softmax(temperature, half):
+    """An LSTM whose weights are all zero keeps h = 0, so every character is a fresh draw from softmax(by / T) (by
+    as float16 holds it with ``half``): the C loop's 40,000 characters pass the chi-square test against it and fail
+    it against a neighbouring temperature."""
     params = {k: torch.zeros_like(v) for k, v in make_params(LSTM).items()}
     params["by"] = torch.randn(V, 1, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 1.5
-    sampler = sampler_of(LSTM, params, seed=13, temperature=temperature)
+    sampler = sampler_of(LSTM, params, seed=13, temperature=temperature, half=half)
     assert sampler.native_loop is not None, "native.c did not build"
     counts = np.bincount(list(sampler.generate(40_000)), minlength=V)
-    softmax = lambda t: torch.softmax(params["by"].view(-1) / t, 0).numpy()  # noqa: E731
+    by = params["by"].view(-1).half().double() if half else params["by"].view(-1)
+    softmax = lambda t: torch.softmax(by / t, 0).numpy()  # noqa: E731
     stat, df = chi2_statistic(counts, softmax(temperature))
     assert stat < chi2_critical(df), (stat, df)
     assert chi2_statistic(counts, softmax(temperature * 1.25))[0] > 3 * chi2_critical(df)
+
+
+@half_kernel
+@settings(max_examples=150, deadline=None)
+@given(rows=st.integers(1, 40), cols=st.integers(1, 40), scale=st.sampled_from([1e-6, 1.0, 300.0]), seed=st.integers(0, 2**32 - 1))
+def test_half_product_sums_float16_weights_in_float32(rows, cols, scale, seed):
+    """``matvec_f16`` at every shape (its eight-row, eight-column blocks and their tails): the float16 weights times
+    x rounded to float32, summed in float32, so within float32 rounding of the exact product of those values."""
+    rng = np.random.default_rng(seed)
+    W = (rng.standard_normal((rows, cols)) * scale).astype(np.float16)
+    x, out, scratch = rng.standard_normal(cols), np.full(rows, np.nan), np.empty(cols, np.float32)
+    native.sampling_kernel("matvec_f16")(W.ctypes.data, x.ctypes.data, out.ctypes.data, rows, cols, scratch.ctypes.data)
+    x32 = x.astype(np.float32).astype(np.float64)
+    exact = W.astype(np.float64) @ x32
+    bound = (cols + 1) * 2.0**-24 * (np.abs(W.astype(np.float64)) @ np.abs(x32)) + 1e-300
+    assert np.all(np.abs(out - exact) <= bound), np.max(np.abs(out - exact) / bound)
+
+
+@half_kernel
+def test_half_weights_move_the_logits_a_little(arch):
+    """``half``: every matrix in float16. After 300 characters the state and logits are those of the exact sampler
+    to float16's precision (not equal: the float16 products are in use), and a matrix float16 cannot hold stays."""
+    params, ids = make_params(arch), list(np.random.default_rng(2).integers(0, V, 300))
+    exact, half = sampler_of(arch, params), sampler_of(arch, params, half=True)
+    assert {w.dtype for w in half.network.weights} == {np.dtype(np.float16)}
+    for x in ids:
+        exact.advance(x), half.advance(x)
+    state_gap = np.abs(half.state - exact.state).max()
+    logit_gap = np.abs(half.next_logits - exact.next_logits).max() / np.abs(exact.next_logits).max()
+    assert 0 < state_gap < 5e-3 and 0 < logit_gap < 2e-3, (state_gap, logit_gap)
+    huge = {**params, "Why": params["Why"] * 1e6}
+    assert sampler_of(arch, huge, half=True).network.weights[-1].dtype == np.float64
+
+
+@half_kernel
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_half_c_loop_generates_what_the_numpy_loop_does(temperature):
+    """The LSTM's C loop with float16 matrices gives the NumPy loop's text and state: both call matvec_f16."""
+    c_loop = sampler_of(LSTM, make_params(LSTM), seed=21, temperature=temperature, half=True)
+    numpy_loop = sampler_of(LSTM, make_params(LSTM), seed=21, temperature=temperature, half=True)
+    numpy_loop.native_loop = None
+    assert c_loop.native_loop is not None
+    assert list(c_loop.generate(3000)) == list(numpy_loop.generate(3000))
+    np.testing.assert_allclose(c_loop.state, numpy_loop.state, rtol=0, atol=1e-12)

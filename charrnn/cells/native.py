@@ -1,5 +1,5 @@
 """CPU fast paths: C kernels (native.c: the LSTM's per-step elementwise work in training, sampling's loop for the
-LSTM and its products by large float32 matrices) compiled with the system's C compiler on first use, and float32
+LSTM and its products by large float32 or float16 matrices) compiled with the system's C compiler on first use, and float32
 matrix products through oneDNN with the weight packed once per window.
 
 Why C: on the CPU one LSTM step is one matrix product and about ten small elementwise operations, and each torch
@@ -97,9 +97,11 @@ def _library():
         getattr(library, f"lstm_forward_{suffix}").argtypes = [ctypes.c_void_p] * 6 + sizes
         getattr(library, f"lstm_backward_{suffix}").argtypes = [ctypes.c_void_p] * 7 + sizes
     library.matvec_f32_f64.argtypes = [ctypes.c_void_p] * 3 + sizes
+    if hasattr(library, "matvec_f16"):  # compiled where the CPU converts float16 (native.c)
+        library.matvec_f16.argtypes = [ctypes.c_void_p] * 3 + sizes + [ctypes.c_void_p]
     library.lstm_generate.argtypes = (
         [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 7
-        + [ctypes.c_double, ctypes.c_int, ctypes.c_void_p]
+        + [ctypes.c_double, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     )  # fmt: skip
     return library
 
@@ -156,9 +158,9 @@ def gradient_product(D: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
 
 
 def sampling_kernel(name: str):
-    """Sampling's C function ``name`` (``lstm_generate`` or ``matvec_f32_f64``, see native.c), or None."""
-    library = _library()
-    return None if library is None else getattr(library, name)
+    """Sampling's C function ``name`` (``lstm_generate``, ``matvec_f32_f64`` or ``matvec_f16``, see native.c), or
+    None."""
+    return getattr(_library(), name, None)
 
 
 def lstm_steps(*tensors: torch.Tensor):
