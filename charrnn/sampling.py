@@ -19,9 +19,9 @@ A large matrix whose weights were trained in float32 is read as float32 and summ
 
 ``half`` (``sample.py --half``) trades that exactness for speed where the weights' bytes are the limit: every
 matrix in float16, summed in float32, a quarter of float64's bytes. A 2 x 512 LSTM reads 12.7 MB per character
-even in float32, which one AMD EPYC core streams at ~65 GB/s: about 5k characters per second at best, exact, and
-7k with --half (BENCHMARKS.md, section 6). The probabilities move by about 1e-3 (the held-out loss by less than
-1e-4 nats a character, section 6); a seed still fixes the text on one machine.
+even in float32, which one AMD EPYC core streams at ~65 GB/s: under 5k characters per second however it is summed;
+with --half, 6.7k (BENCHMARKS.md, section 6). A character's probability moves by at most about 0.01 and trained
+networks' held-out loss by at most 1.2e-5 nats a character; a seed still fixes the text on one machine.
 """
 
 import ctypes
