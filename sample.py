@@ -43,8 +43,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
                    help=f"where the network runs (default auto: cuda from hidden size {AUTO_CUDA_HIDDEN} if available)")
     p.add_argument("--half", action="store_true",
-                   help="on the CPU, weights in float16 and float32 sums: 2-3x faster, probabilities within ~1e-3 "
-                        "(default: exact float64)")
+                   help="on the CPU, weights in float16 and float32 sums: 1.5-3x faster, each probability within "
+                        "about 0.01 of the exact one (default: exact, float64 sums)")
     return p
 
 
