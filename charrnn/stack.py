@@ -237,7 +237,8 @@ class NumpyStack:
             self.c.append(np.zeros(H, dtype) if K == 2 else None)
             self.outs.append(out)
             self.weights.append(W)
-            self.matvecs.append(_matvec(W, h1, out, self.scratch) if device is None else _device_matvec(W, h1, out, device))
+            matvec = _matvec(W, h1, out, self.scratch) if device is None else _device_matvec(W, h1, out, device)
+            self.matvecs.append(matvec)
             self.recs.append(out[:GH])
             self.aboves.append(out[GH:])
             self.steps.append(cell.numpy_step(H, dtype))
@@ -290,7 +291,8 @@ def _matvec(W: np.ndarray, v: np.ndarray, out: np.ndarray, scratch: np.ndarray):
     native.c's, with ``scratch`` (float32, ``len(v)``) for ``v``."""
     if W.dtype == np.float16:
         half_matvec = native.sampling_kernel("matvec_f16")
-        return functools.partial(half_matvec, W.ctypes.data, v.ctypes.data, out.ctypes.data, *W.shape, scratch.ctypes.data)
+        pointers = W.ctypes.data, v.ctypes.data, out.ctypes.data
+        return functools.partial(half_matvec, *pointers, *W.shape, scratch.ctypes.data)
     if W.dtype == np.float32 and v.dtype == np.float64:  # see _float32_exact
         float32_matvec = native.sampling_kernel("matvec_f32_f64")
         return functools.partial(float32_matvec, W.ctypes.data, v.ctypes.data, out.ctypes.data, *W.shape)

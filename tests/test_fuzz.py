@@ -213,11 +213,13 @@ def test_train_py_keeps_its_promise(flags):
         shutil.rmtree(root, ignore_errors=True)
 
 
-SAMPLE_FLAGS = ["--length", "--prime", "--temperature", "--top-k", "--seed", "--device", "--greedy", "--half", "--bogus"]
+SAMPLE_FLAGS = ["--length", "--prime", "--temperature", "--top-k", "--seed", "--device", "--greedy", "--half",
+                "--bogus"]  # fmt: skip
+SWITCHES = ("--greedy", "--half")  # flags without a value
 small_lengths = st.sampled_from(["-1", "0", "1", "5", "x", "nan", "1e3", "", "2.5"])
 sample_flags = st.lists(
     st.sampled_from(SAMPLE_FLAGS).flatmap(
-        lambda f: st.tuples(st.just(f), small_lengths if f == "--length" else st.just(None) if f in ("--greedy", "--half") else values)
+        lambda f: st.tuples(st.just(f), small_lengths if f == "--length" else st.just(None) if f in SWITCHES else values)
     ),
     max_size=4,
 )

@@ -244,7 +244,8 @@ def test_c_loop_draws_follow_the_softmax(temperature, half):
 
 @half_kernel
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)  # the same examples every run
-@given(rows=st.integers(1, 40), cols=st.integers(1, 40), scale=st.sampled_from([1e-6, 1.0, 300.0]), seed=st.integers(0, 2**32 - 1))
+@given(rows=st.integers(1, 40), cols=st.integers(1, 40), scale=st.sampled_from([1e-6, 1.0, 300.0]),
+       seed=st.integers(0, 2**32 - 1))  # fmt: skip
 def test_half_product_sums_float16_weights_in_float32(rows, cols, scale, seed):
     """``matvec_f16`` at every shape (its eight-row, eight-column blocks and their tails): the float16 weights times
     x rounded to float32, summed in float32, so within float32 rounding of the exact product of those values."""

@@ -1,6 +1,6 @@
 """CPU fast paths: C kernels (native.c: the LSTM's per-step elementwise work in training, sampling's loop for the
-LSTM and its products by large float32 or float16 matrices) compiled with the system's C compiler on first use, and float32
-matrix products through oneDNN with the weight packed once per window.
+LSTM and its products by large float32 or float16 matrices) compiled with the system's C compiler on first use, and
+float32 matrix products through oneDNN with the weight packed once per window.
 
 Why C: on the CPU one LSTM step is one matrix product and about ten small elementwise operations, and each torch
 operation costs several microseconds of dispatch however small its tensors, so at 32 streams of 256 units the
