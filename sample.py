@@ -94,9 +94,9 @@ def run(argv) -> None:
     prime_ids = encode_prime(net.vocab, args.prime)
     temperature = 0.0 if args.greedy else args.temperature
     device = _device(args.device, net.arch.hidden_size, args.half)
-    if args.half and native.sampling_kernel("matvec_f16") is None:
-        print("sample.py: --half needs charrnn's C kernels (a C compiler, an x86-64 CPU with F16C, CHARRNN_NATIVE "
-              "not 0); sampling exactly instead", file=sys.stderr)  # fmt: skip
+    if args.half and not native.half_available():
+        print("sample.py: --half needs charrnn's C kernels (a C compiler, an x86-64 CPU with AVX2, FMA and F16C, "
+              "CHARRNN_NATIVE not 0); sampling exactly instead", file=sys.stderr)  # fmt: skip
     ids = generate(net.arch.cell, net.params, args.length, prime_ids=prime_ids, temperature=temperature,
                    top_k=args.top_k, seed=args.seed, device=device, half=args.half)
     _stream(sys.stdout.buffer, net.vocab, args.prime, ids)

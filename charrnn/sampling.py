@@ -92,7 +92,7 @@ class Sampler:
         fixed = (L, H, V, net.inputs.ctypes.data, pointers[0], rows, kinds, *pointers[1:], self.inv_temperature,
                  self.greedy, self.cdf.ctypes.data, net.scratch.ctypes.data)  # fmt: skip
 
-        def loop(uniforms: np.ndarray) -> list[int]:
+        def loop(uniforms: np.ndarray, net=net) -> list[int]:  # net: keeps the buffers behind `fixed` alive
             generate(len(uniforms), uniforms.ctypes.data, chars.ctypes.data, *fixed)
             return chars[: len(uniforms)].tolist()
 

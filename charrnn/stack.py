@@ -200,8 +200,9 @@ class NumpyStack:
         dtype: float64 (default: the same text from a seed on any machine) or float32.
         device: ``None`` runs the products in NumPy; a torch device (e.g. ``"cuda"``) runs them there, which pays a
             host round trip per layer and character and so only helps very large hidden sizes.
-        half: on the CPU, keep every matrix in float16 and sum in float32 (native.c's ``matvec_f16``, when built):
-            a quarter of float64's bytes to read per character. A matrix float16 cannot hold stays as it is.
+        half: on the CPU, keep every matrix in float16 and sum in float32 (native.c's ``matvec_f16``): a quarter of
+            float64's bytes to read per character. A matrix float16 cannot hold stays as it is; ignored (exact
+            products) with a ``device``, with ``dtype`` float32, or where ``native.half_available()`` is False.
     """
 
     def __init__(self, cell, params: dict, state=None, dtype=np.float64, device=None, half=False):
@@ -219,7 +220,7 @@ class NumpyStack:
         rec_biases = [cell.recurrent_bias(layer_params(params, layer)) for layer in range(L)]
         self.h1, self.c, self.outs, self.weights, self.matvecs, self.recs, self.aboves, self.steps = ([] for _ in range(8))
         self.scratch = np.empty(H + 1, np.float32)  # x in float32 for the float16 product
-        half = half and device is None and dtype == np.float64 and native.sampling_kernel("matvec_f16") is not None
+        half = half and device is None and dtype == np.float64 and native.half_available()
         for layer in range(L):
             b_rec = np.zeros(GH) if rec_biases[layer] is None else array(rec_biases[layer])
             if layer + 1 < L:

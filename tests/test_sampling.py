@@ -178,7 +178,7 @@ def test_extreme_uniforms_land_on_possible_characters(arch, params, state, top_k
 
 LSTM = network.Architecture(V, H, "lstm", 2)  # the one cell that generates in native.c
 half_kernel = pytest.mark.skipif(
-    native.sampling_kernel("matvec_f16") is None, reason="native.c's float16 product needs an x86-64 CPU with F16C"
+    not native.half_available(), reason="native.c's float16 product needs an x86-64 CPU with AVX2, FMA and F16C"
 )
 
 
@@ -234,6 +234,7 @@ def test_c_loop_draws_follow_the_softmax(temperature, half):
     params["by"] = torch.randn(V, 1, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 1.5
     sampler = sampler_of(LSTM, params, seed=13, temperature=temperature, half=half)
     assert sampler.native_loop is not None, "native.c did not build"
+    assert {w.dtype for w in sampler.network.weights} == {np.dtype(np.float16 if half else np.float64)}
     counts = np.bincount(list(sampler.generate(40_000)), minlength=V)
     by = params["by"].view(-1).half().double() if half else params["by"].view(-1)
     softmax = lambda t: torch.softmax(by / t, 0).numpy()  # noqa: E731
@@ -278,10 +279,11 @@ def test_half_weights_move_the_logits_a_little(arch):
 @half_kernel
 @pytest.mark.parametrize("temperature", [1.0, 0.0])
 def test_half_c_loop_generates_what_the_numpy_loop_does(temperature):
-    """The LSTM's C loop with float16 matrices gives the NumPy loop's text and state: both call matvec_f16."""
+    """The LSTM's C loop with float16 matrices gives the NumPy loop's text and state: both call matvec_f16. (Their
+    steps' exp and tanh differ by an ulp, which the float32 rounding of h inside the product can grow to ~1e-8.)"""
     c_loop = sampler_of(LSTM, make_params(LSTM), seed=21, temperature=temperature, half=True)
     numpy_loop = sampler_of(LSTM, make_params(LSTM), seed=21, temperature=temperature, half=True)
     numpy_loop.native_loop = None
     assert c_loop.native_loop is not None
     assert list(c_loop.generate(3000)) == list(numpy_loop.generate(3000))
-    np.testing.assert_allclose(c_loop.state, numpy_loop.state, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(c_loop.state, numpy_loop.state, rtol=0, atol=1e-6)

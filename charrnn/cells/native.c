@@ -119,8 +119,8 @@ static inline float sum8(__m256 v) {
 
 /* out = W x for sample.py --half: W float16 (NumPy's bits), float32 sums of x rounded to float32 (in xf, cols
    floats of scratch), eight rows of eight columns at a time. A quarter of float64's bytes: a 2 x 512 LSTM reads
-   6.4 MB per character instead of 12.7 (float32) or 25 (float64). Compiled where the CPU converts float16 (F16C,
-   every x86-64 CPU since 2013) and has AVX2 and FMA; elsewhere --half reads the weights exactly. */
+   6.4 MB per character instead of 12.7 (float32) or 25 (float64). Compiled only for CPUs with F16C, AVX2 and FMA
+   (x86-64-v3); elsewhere the symbol is absent and sampling ignores --half (native.half_available). */
 void matvec_f16(const unsigned short *restrict W, const double *restrict x, double *restrict out, long rows,
                 long cols, float *restrict xf) {
     for (long j = 0; j < cols; j++) xf[j] = (float)x[j];
@@ -148,7 +148,8 @@ void matvec_f16(const unsigned short *restrict W, const double *restrict x, doub
 }
 #endif
 
-/* Sampling's product by layer matrix W of the given kind: 0 float64, 1 float32 (float64 sums), 2 float16. */
+/* Sampling's product by layer matrix W of the given kind: 0 float64, 1 float32 (float64 sums), 2 float16 (passed
+   only when matvec_f16 is compiled: charrnn makes float16 matrices only then). */
 static void matvec(int kind, const void *W, const double *x, double *out, long rows, long cols, float *scratch) {
 #ifdef HALF_WEIGHTS
     if (kind == 2) {

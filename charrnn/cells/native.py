@@ -97,7 +97,7 @@ def _library():
         getattr(library, f"lstm_forward_{suffix}").argtypes = [ctypes.c_void_p] * 6 + sizes
         getattr(library, f"lstm_backward_{suffix}").argtypes = [ctypes.c_void_p] * 7 + sizes
     library.matvec_f32_f64.argtypes = [ctypes.c_void_p] * 3 + sizes
-    if hasattr(library, "matvec_f16"):  # compiled where the CPU converts float16 (native.c)
+    if hasattr(library, "matvec_f16"):  # compiled for F16C + AVX2 + FMA CPUs only (native.c)
         library.matvec_f16.argtypes = [ctypes.c_void_p] * 3 + sizes + [ctypes.c_void_p]
     library.lstm_generate.argtypes = (
         [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 7
@@ -161,6 +161,12 @@ def sampling_kernel(name: str):
     """Sampling's C function ``name`` (``lstm_generate``, ``matvec_f32_f64`` or ``matvec_f16``, see native.c), or
     None."""
     return getattr(_library(), name, None)
+
+
+def half_available() -> bool:
+    """Whether ``sample.py --half`` can run: native.c built with its float16 product, which needs a compiler
+    targeting F16C, AVX2 and FMA (x86-64-v3)."""
+    return sampling_kernel("matvec_f16") is not None
 
 
 def lstm_steps(*tensors: torch.Tensor):
