@@ -139,7 +139,7 @@ def test_training_samples_use_the_same_sampler(capsysbinary, ckpt):
 
 
 @pytest.mark.skipif(not native.half_available(), reason="--half's kernel needs an x86-64 CPU with AVX2, FMA, F16C")
-def test_half_samples_with_float16_weights_and_falls_back_to_exact(capsysbinary, ckpt, monkeypatch):
+def test_half_samples_with_float16_weights_and_falls_back_to_exact(capsysbinary, ckpt, request):
     """--half prints the float16 sampler's text for a seed where it differs from the exact one, the same every run;
     without native.c (CHARRNN_NATIVE=0) one line on stderr says so, and the text is the exact one."""
     net = checkpoint.load_network(ckpt)
@@ -151,13 +151,10 @@ def test_half_samples_with_float16_weights_and_falls_back_to_exact(capsysbinary,
     half = run_main(capsysbinary, ckpt, "--length", 400, "--seed", seed, "--half")
     assert half == (0, text(seed, True), "")
     assert run_main(capsysbinary, ckpt, "--length", 400, "--seed", seed, "--half") == half
-    monkeypatch.setenv("CHARRNN_NATIVE", "0")
-    native._library.cache_clear()
-    try:
-        code, out, err = run_main(capsysbinary, ckpt, "--length", 400, "--seed", seed, "--half")
-    finally:
-        native._library.cache_clear()
-    assert (code, out) == (0, text(seed, False)) and len(err.splitlines()) == 1 and "sampling exactly" in err
+    exact = text(seed, False)
+    request.getfixturevalue("without_native")
+    code, out, err = run_main(capsysbinary, ckpt, "--length", 400, "--seed", seed, "--half")
+    assert (code, out) == (0, exact) and len(err.splitlines()) == 1 and "sampling exactly" in err
 
 
 def test_closed_stdout_ends_quietly(ckpt):
