@@ -9,8 +9,10 @@ For each cell and shape (hidden size x layers x streams x window), characters pe
 (b) the same hand-written math in a bare loop: ``network.train_step`` and nothing around it;
 (c) what a PyTorch user would write: ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` + ``nn.Linear`` + cross-entropy + autograd
     + ``torch.optim.Adagrad`` in a LightningModule with automatic optimization (bench/baselines.py's ``TorchRNN``).
-Rounds alternate the three, so load from other users of the machine hits them alike; each ratio is taken per round
-and its median printed, with the median rate. Goals: a/c >= 1.0 (1.3 hoped for), a/b >= 0.9. Last, (a)'s
+Each variant's rate in a round is that of its median batch (bench.common.RateMeter.median: a burst of load from
+another user of the machine slows a few batches, which the median leaves out). Rounds alternate the variants, (a)
+and (c) always side by side and in turn first, so a slow drift of the machine's speed favours neither; each ratio
+is taken per round and its median printed, with the median rate. Goals: a/c >= 1.0 (1.3 hoped for), a/b >= 0.9. Last, (a)'s
 matrix-product rate as a share of one large ``torch.mm`` on the same threads: the ceiling for this work.
 """
 
@@ -38,9 +40,9 @@ def measure(cell: str, H: int, L: int, B: int, T: int, rounds: int, seconds: flo
     vocabulary size."""
     data = CharDataModule(shakespeare_path(), T, B)
     rates = {k: [] for k in VARIANTS}
-    for _ in range(rounds):
-        for k, run in VARIANTS.items():
-            rates[k].append(run(data, H, seconds, tmp, cell=cell, num_layers=L) * B * T)
+    for r in range(rounds):
+        for k in "acb" if r % 2 == 0 else "bca":
+            rates[k].append(VARIANTS[k](data, H, seconds, tmp, cell=cell, num_layers=L, statistic="median") * B * T)
     return rates, data.vocab_size
 
 
@@ -65,7 +67,8 @@ def main():
                 gflops = flops_per_step(B, H, V, T, CELLS[cell].GATES, L) * median["a"] / (B * T) / 1e9
                 rows.append([cell, f"{H}x{L}", f"{B}x{T}", *(f"{median[k] / 1e3:.1f}" for k in VARIANTS),
                              f"{ratio['c']:.2f}", f"{ratio['b']:.2f}", f"{gflops:.1f}", f"{gflops / peak:.0%}"])  # fmt: skip
-                print("  " + " ".join(map(str, rows[-1])), flush=True)
+                spread = " ".join(f"{a / c:.2f}" for a, c in zip(rates["a"], rates["c"]))
+                print("  " + " ".join(map(str, rows[-1])) + f"   a/c by round: {spread}", flush=True)
     print()
     print_table(["cell", "H x layers", "B x T", "(a) kchar/s", "(b) kchar/s", "(c) kchar/s", "a/c", "a/b",
                  "(a) GFLOP/s", "of torch.mm"], rows)  # fmt: skip

@@ -7,6 +7,7 @@ charrnn is measured exactly as users run it; they report through a JSON file.
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -52,15 +53,17 @@ def run_train(args: list[str], log_path: str) -> None:
 
 
 class RateMeter:
-    """Steps per second, robust to a shared machine: after a warm-up, the best of ``windows`` consecutive windows.
+    """Steps per second, robust to a shared machine: after a warm-up, the best of ``windows`` consecutive windows
+    (``best``), or the rate of the median batch over all of them (``median``: a burst of load from another user of
+    the machine slows a few batches, which the median leaves out, where it lowers every window it falls in).
 
     Call ``tick(steps)`` after each batch of ``steps`` steps; it returns True when the measurement is complete (then
-    read ``best``).
+    read ``best`` or ``median``).
     """
 
     def __init__(self, seconds: float = 3.0, windows: int = 3, warmup_seconds: float = 0.5):
         self.window, self.windows, self.warmup_seconds = seconds / windows, windows, warmup_seconds
-        self.started, self.t0, self.steps, self.rates = None, None, 0, []
+        self.started, self.t0, self.last, self.steps, self.rates, self.batch_rates = None, None, None, 0, [], []
 
     def tick(self, steps: int = 1) -> bool:
         now = time.perf_counter()
@@ -68,9 +71,11 @@ class RateMeter:
             self.started = now
         elif self.t0 is None:
             if now - self.started >= self.warmup_seconds:
-                self.t0 = now
+                self.t0 = self.last = now
         else:
             self.steps += steps
+            self.batch_rates.append(steps / (now - self.last))
+            self.last = now
             if now - self.t0 >= self.window:
                 self.rates.append(self.steps / (now - self.t0))
                 self.t0, self.steps = now, 0
@@ -79,6 +84,10 @@ class RateMeter:
     @property
     def best(self) -> float:
         return max(self.rates)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.batch_rates)
 
 
 class Stopwatch(L.Callback):
@@ -100,7 +109,8 @@ class Stopwatch(L.Callback):
             trainer.should_stop = True
             if self.out:
                 with open(self.out, "w") as f:
-                    json.dump({"steps_per_second": self.meter.best, "windows": self.meter.rates}, f)
+                    json.dump({"steps_per_second": self.meter.best, "median_steps_per_second": self.meter.median,
+                               "windows": self.meter.rates}, f)  # fmt: skip
 
 
 class QualityClock(L.Callback):

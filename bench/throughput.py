@@ -37,9 +37,10 @@ from charrnn.data import CharDataModule, TrainBatches, choose_windows_per_batch
 T = SEQ_LENGTH
 
 
-def charrnn_train_py(data, H, seconds, tmp, cell="rnn", num_layers=1):
+def charrnn_train_py(data, H, seconds, tmp, cell="rnn", num_layers=1, statistic="best"):
     """(a): steps per second of train.py's ``main`` (what ``python train.py ARGS`` runs), called in this process so
-    it alternates with the other variants; its console output goes to a log file."""
+    it alternates with the other variants; its console output goes to a log file. ``statistic``: RateMeter's
+    ``best`` or ``median``, here and in (b) and (c)."""
     B = data.batch_size
     config = "min-char-rnn.yaml" if B == 1 else "default.yaml"
     out = os.path.join(tmp, f"a-{B}-{H}.json")
@@ -58,10 +59,10 @@ def charrnn_train_py(data, H, seconds, tmp, cell="rnn", num_layers=1):
     if code != 0:
         sys.exit(f"train.py {' '.join(args)} failed with exit code {code}; see its output above")
     with open(out) as f:
-        return json.load(f)["steps_per_second"]
+        return json.load(f)[{"best": "steps_per_second", "median": "median_steps_per_second"}[statistic]]
 
 
-def bare_loop(data, H, seconds, tmp=None, cell="rnn", num_layers=1):
+def bare_loop(data, H, seconds, tmp=None, cell="rnn", num_layers=1, statistic="best"):
     """(b): the same math with nothing around it."""
     arch = network.Architecture(data.vocab_size, H, cell, num_layers)
     params = arch.init_params()
@@ -76,10 +77,10 @@ def bare_loop(data, H, seconds, tmp=None, cell="rnn", num_layers=1):
                     h = arch.zero_state(inputs.shape[0])
                 _, h = network.train_step(arch, params, opt, inputs, targets, h)
                 if meter.tick():
-                    return meter.best
+                    return getattr(meter, statistic)
 
 
-def torch_rnn_lightning(data, H, seconds, tmp, cell="rnn", num_layers=1):
+def torch_rnn_lightning(data, H, seconds, tmp, cell="rnn", num_layers=1, statistic="best"):
     """(c): what a PyTorch user would write, trained by Lightning with the same logging and progress bar."""
     stopwatch = Stopwatch(seconds=seconds, windows=1)
     data.windows_per_batch = 1  # TorchRNN trains one window per batch
@@ -97,7 +98,7 @@ def torch_rnn_lightning(data, H, seconds, tmp, cell="rnn", num_layers=1):
     )
     with open(os.path.join(tmp, "c.log"), "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         trainer.fit(TorchRNN(data.vocab_size, H, cell=cell, num_layers=num_layers), datamodule=data)
-    return stopwatch.meter.best
+    return getattr(stopwatch.meter, statistic)
 
 
 def numpy_min_char_rnn(data, H, seconds, tmp=None):

@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from charrnn import stack
 from charrnn.cells import CELLS, lstm, native
@@ -253,3 +255,47 @@ def test_lstm_kernel_propagates_nan(dtype):
     out = lstm_layer_run(dtype, xw, state, dh)
     assert out["state"][0].isnan().any() and not out["state"][1].isnan().any()
     assert out["dWhh"].isnan().any()
+
+
+window_kernels = pytest.mark.skipif(native.lstm_windows(torch.zeros(1)) is None,
+                                    reason="native.c's float32 products need a C compiler and an AVX-512 CPU")  # fmt: skip
+
+
+@window_kernels
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)  # the same examples every run
+@given(M=st.integers(1, 20), N=st.integers(1, 70), K=st.integers(1, 40), add=st.booleans(), transposed=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))  # fmt: skip
+def test_recurrent_product_at_every_shape(M, N, K, add, transposed, seed):
+    """``product_f32`` (8-row blocks and single rows, 32-column panels with masked tails), with and without the added
+    term, from W and from a transposed view: within float32 rounding of the float64 product, and nothing written
+    outside ``out``'s M x N corner of its wider rows."""
+    g = torch.Generator().manual_seed(seed)
+    x, extra = torch.randn(M, K + 3, generator=g)[:, :K], torch.randn(M, N + 5, generator=g)[:, :N]
+    W = torch.randn(K, N, generator=g).t() if transposed else torch.randn(N, K, generator=g)
+    packed = native.pack_panels(W)
+    out = torch.full((M, N + 7), float("nan"))
+    native._library().product_f32(x.data_ptr(), x.stride(0), packed.data_ptr(), out.data_ptr(), out.stride(0),
+                                  extra.data_ptr() if add else None, extra.stride(0), M, N, K)  # fmt: skip
+    exact = x.double() @ W.double().t() + (extra.double() if add else 0)
+    bound = (K + 2) * 2.0**-24 * (x.double().abs() @ W.double().abs().t() + extra.double().abs())
+    assert ((out[:, :N].double() - exact).abs() <= bound).all()
+    assert out[:, N:].isnan().all()
+
+
+@window_kernels
+def test_lstm_window_loop_equals_per_step_kernel(monkeypatch):
+    """The whole-window C loop (float32 products in C) against the per-step one (oneDNN products between C steps), at
+    11 streams (an 8-row block and three single rows) of 37 units: the same activations and gradients to float32
+    rounding."""
+    g = torch.Generator().manual_seed(5)
+    T, B, H = 7, 11, 37
+    xw = torch.randn(T, B, 4 * H, generator=g, dtype=F64) * 3
+    state, dh = torch.randn(B, 2, H, generator=g, dtype=F64), torch.randn(T, B, H, generator=g, dtype=F64)
+    found, real = [], native.lstm_windows
+    monkeypatch.setattr(native, "lstm_windows", lambda *tensors: found.append(real(*tensors)) or found[-1])
+    windows = lstm_layer_run(torch.float32, xw, state, dh)
+    assert len(found) == 2 and None not in found  # forward and backward both ran the window loops
+    monkeypatch.setattr(native, "lstm_windows", lambda *tensors: None)
+    per_step = lstm_layer_run(torch.float32, xw, state, dh)
+    for k, expected in per_step.items():
+        assert (windows[k] - expected).abs().max() <= 2e-5 * max(1.0, expected.abs().max()), k

@@ -66,8 +66,12 @@ def forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
     cs, tanh_c = torch.empty_like(hs), torch.empty_like(hs[1:])
     hs[0], cs[0] = state[:, 0], state[:, 1]
     gates = xw
-    steps = native.lstm_steps(gates, hs)
-    if steps is not None:  # the elementwise work of a step in one C call, on addresses computed here
+    windows, steps = native.lstm_windows(gates, hs), native.lstm_steps(gates, hs)
+    if windows is not None:  # the whole loop in one C call, its products included
+        packed, rec = native.pack_panels(p["Whh"]), torch.empty((B, GH), dtype=xw.dtype)
+        pointers = (gates, packed, hs, cs, tanh_c, rec)
+        windows[0](*(t.data_ptr() for t in pointers), T, B, H)
+    elif steps is not None:  # the elementwise work of a step in one C call, on addresses computed here
         h, recurrent = hs.unbind(0), native.weight_product(p["Whh"], B)
         step, size = steps[0], xw.element_size()
         g0, h0, c0, tc0, g_step, h_step = gates.data_ptr(), hs.data_ptr(), cs.data_ptr(), tanh_c.data_ptr(), B * GH * size, B * H * size
@@ -104,11 +108,15 @@ def backward(p: dict, acts: dict, dh_out: torch.Tensor):
     """
     hs, cs, gates, tc = acts["h"], acts["c"], acts["gates"], acts["tanh_c"]
     T, B, H = dh_out.shape
-    steps = native.lstm_steps(gates, cs, tc, dh_out)
-    if steps is not None:  # the elementwise work of a step in one C call, on addresses computed here
+    windows, steps = native.lstm_windows(gates, cs, tc, dh_out), native.lstm_steps(gates, cs, tc, dh_out)
+    if steps is not None:
+        dpre, dc = torch.empty((T, B, GATES * H), dtype=dh_out.dtype), torch.zeros_like(dh_out[0])
+    if windows is not None:  # the whole loop in one C call, its products included
+        dh, packed = torch.empty_like(dh_out[0]), native.pack_panels(p["Whh"].t())
+        pointers = (dpre, dc, gates, cs, tc, dh_out, packed, dh)
+        windows[1](*(t.data_ptr() for t in pointers), T, B, H)
+    elif steps is not None:  # the elementwise work of a step in one C call, on addresses computed here
         step, size = steps[1], dh_out.element_size()
-        dpre = torch.empty((T, B, GATES * H), dtype=dh_out.dtype)
-        dc = torch.zeros_like(dh_out[0])
         d_out, d_pre, recurrent = dh_out.unbind(0), dpre.unbind(0), native.weight_product(p["Whh"].t(), B)
         g0, p0, c0, tc0, out0 = gates.data_ptr(), dpre.data_ptr(), cs.data_ptr(), tc.data_ptr(), dh_out.data_ptr()
         dc_p, g_step, h_step = dc.data_ptr(), B * GATES * H * size, B * H * size

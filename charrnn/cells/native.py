@@ -1,10 +1,14 @@
-"""CPU fast paths: C kernels (native.c: the LSTM's per-step elementwise work in training, sampling's loop for the
-LSTM and its products by large float32 or float16 matrices) compiled with the system's C compiler on first use, and
-float32 matrix products through oneDNN with the weight packed once per window.
+"""CPU fast paths: C kernels (native.c: the LSTM's per-step elementwise work in training, on AVX-512 CPUs its whole
+window loop with the recurrent products, sampling's loop for the LSTM and its products by large float32 or float16
+matrices) compiled with the system's C compiler on first use, and float32 matrix products through oneDNN with the
+weight packed once per window.
 
 Why C: on the CPU one LSTM step is one matrix product and about ten small elementwise operations, and each torch
 operation costs several microseconds of dispatch however small its tensors, so at 32 streams of 256 units the
-elementwise operations took a third of a window (BENCHMARKS.md, section 7). One C loop does them in one pass.
+elementwise operations took a third of a window (BENCHMARKS.md, section 7). One C loop does them in one pass. On
+CPUs with AVX-512, float32 windows go further: one C call runs the window's loop, each step's product by the packed
+recurrent weight included (``lstm_windows``), at the core's peak rate where oneDNN's call reaches 90-94% of it: 2 x
+512 LSTM windows 5% faster, 256-unit ones 15%.
 
 The library is built once per source, compiler and CPU (``-march=native``) into ~/.cache/charrnn (or
 $XDG_CACHE_HOME/charrnn; the temporary directory if neither is writable) and loaded with ctypes. Without a C
@@ -97,6 +101,12 @@ def _library():
         getattr(library, f"lstm_forward_{suffix}").argtypes = [ctypes.c_void_p] * 6 + sizes
         getattr(library, f"lstm_backward_{suffix}").argtypes = [ctypes.c_void_p] * 7 + sizes
     library.matvec_f32_f64.argtypes = [ctypes.c_void_p] * 3 + sizes
+    if hasattr(library, "product_f32"):  # compiled for AVX-512 CPUs only (native.c)
+        library.pack_panels_f32.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p] + sizes
+        library.product_f32.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
+                                        ctypes.c_void_p, ctypes.c_long] + [ctypes.c_long] * 3  # fmt: skip
+        library.lstm_forward_window_f32.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 3
+        library.lstm_backward_window_f32.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_long] * 3
     if hasattr(library, "matvec_f16"):  # compiled for F16C + AVX2 + FMA CPUs only (native.c)
         library.matvec_f16.argtypes = [ctypes.c_void_p] * 3 + sizes + [ctypes.c_void_p]
     library.lstm_generate.argtypes = (
@@ -167,6 +177,29 @@ def half_available() -> bool:
     """Whether ``sample.py --half`` can run: native.c built with its float16 product, which needs a compiler
     targeting F16C, AVX2 and FMA (x86-64-v3)."""
     return sampling_kernel("matvec_f16") is not None
+
+
+PANEL = 32  # native.c's packed weights: panels of 32 rows
+
+
+def pack_panels(W: torch.Tensor) -> torch.Tensor:
+    """``W`` (N, K) float32 (any strides: a transposed view packs as fast) in native.c's panel layout for
+    ``product_f32``, as a flat float32 buffer."""
+    N, K = W.shape
+    packed = torch.empty(-(-N // PANEL) * PANEL * K, dtype=torch.float32)
+    _library().pack_panels_f32(W.data_ptr(), W.stride(0), W.stride(1), packed.data_ptr(), N, K)
+    return packed
+
+
+def lstm_windows(*tensors: torch.Tensor):
+    """``(forward, backward)`` C loops over a whole LSTM window, recurrent products included, for these tensors
+    (float32, CPU, contiguous) on a CPU with AVX-512; None otherwise (``lstm_steps`` is then used)."""
+    if any(t.dtype != torch.float32 for t in tensors) or lstm_steps(*tensors) is None:
+        return None
+    library = _library()
+    if not hasattr(library, "product_f32"):
+        return None
+    return library.lstm_forward_window_f32, library.lstm_backward_window_f32
 
 
 def lstm_steps(*tensors: torch.Tensor):
