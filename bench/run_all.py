@@ -1,5 +1,5 @@
 """Every benchmark, one after the other (``make bench``): throughput, time to quality, data scale, memory, every
-cell's training speed, sampling speed and GPU throughput (which says so and measures nothing on a machine without
+cell's training speed, the LSTM's per-step products, sampling speed and GPU throughput (which says so and measures nothing on a machine without
 CUDA).
 
     python -m bench.run_all [--threads 1] [--quick]
@@ -32,6 +32,7 @@ def main():
         ("data_scale", ["--mb", "10"] if quick else []),
         ("memory", ["--max-steps", "50"] if quick else []),
         ("cell_training", threads + (["--rounds", "1", "--seconds", "1"] if quick else [])),
+        ("step_products", ["--rounds", "2", "--steps", "2"] if quick else []),
         ("sample_speed", ["--repeats", "2", "--chars", "20000"] if quick else []),
         ("gpu_throughput", ["--steps", "20"] if quick else []),
     ]

@@ -257,8 +257,17 @@ def test_lstm_kernel_propagates_nan(dtype):
     assert out["dWhh"].isnan().any()
 
 
-window_kernels = pytest.mark.skipif(native.lstm_windows(torch.zeros(1)) is None,
+window_kernels = pytest.mark.skipif(getattr(native._library(), "product_f32", None) is None,
                                     reason="native.c's float32 products need a C compiler and an AVX-512 CPU")  # fmt: skip
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread, as train.py runs it: the LSTM's C window loops are used only then."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @window_kernels
@@ -283,10 +292,13 @@ def test_recurrent_product_at_every_shape(M, N, K, add, transposed, seed):
 
 
 @window_kernels
-def test_lstm_window_loop_equals_per_step_kernel(monkeypatch):
+def test_lstm_window_loop_equals_per_step_kernel(monkeypatch, one_thread):
     """The whole-window C loop (float32 products in C) against the per-step one (oneDNN products between C steps), at
     11 streams (an 8-row block and three single rows) of 37 units: the same activations and gradients to float32
-    rounding."""
+    rounding. With two threads the per-step path runs (oneDNN shares its products among them)."""
+    torch.set_num_threads(2)
+    assert native.lstm_windows(torch.zeros(1)) is None
+    torch.set_num_threads(1)
     g = torch.Generator().manual_seed(5)
     T, B, H = 7, 11, 37
     xw = torch.randn(T, B, 4 * H, generator=g, dtype=F64) * 3

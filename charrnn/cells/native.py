@@ -193,8 +193,10 @@ def pack_panels(W: torch.Tensor) -> torch.Tensor:
 
 def lstm_windows(*tensors: torch.Tensor):
     """``(forward, backward)`` C loops over a whole LSTM window, recurrent products included, for these tensors
-    (float32, CPU, contiguous) on a CPU with AVX-512; None otherwise (``lstm_steps`` is then used)."""
-    if any(t.dtype != torch.float32 for t in tensors) or lstm_steps(*tensors) is None:
+    (float32, CPU, contiguous) on a CPU with AVX-512 when torch runs one thread (train.py's default: the kernel is
+    single-threaded, and with more threads oneDNN's products share each step among them); None otherwise
+    (``lstm_steps`` is then used)."""
+    if torch.get_num_threads() != 1 or any(t.dtype != torch.float32 for t in tensors) or lstm_steps(*tensors) is None:
         return None
     library = _library()
     if not hasattr(library, "product_f32"):
