@@ -12,8 +12,9 @@ For each cell and shape (hidden size x layers x streams x window), characters pe
 Each variant's rate in a round is that of its median batch (bench.common.RateMeter.median: a burst of load from
 another user of the machine slows a few batches, which the median leaves out). Rounds alternate the variants, (a)
 and (c) always side by side and in turn first, so a slow drift of the machine's speed favours neither; each ratio
-is taken per round and its median printed, with the median rate. Goals: a/c >= 1.0 (1.3 hoped for), a/b >= 0.9. Last, (a)'s
-matrix-product rate as a share of one large ``torch.mm`` on the same threads: the ceiling for this work.
+is taken per round and its median printed, with the median rate and each round's a/c. Goals: a/c >= 1.0 (1.3
+hoped for), a/b >= 0.9. Last, (a)'s matrix-product rate as a share of one large ``torch.mm`` on the same threads:
+the ceiling for this work.
 """
 
 import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)

@@ -1,4 +1,4 @@
-"""The LSTM's per-step products on the CPU: native.c's AVX-512 kernel against oneDNN and MKL, and what it gives a window.
+"""The LSTM's per-step products on the CPU: native.c's kernel against oneDNN and MKL, and what it gives a window.
 
     python -m bench.step_products [--shapes 256x1x32x50 512x2x32x100] [--rounds 7] [--steps 6]
 
@@ -14,6 +14,7 @@ Per shape (hidden size x layers x streams x window), one thread:
 import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
 
 import argparse
+import os
 import statistics
 import time
 
@@ -80,7 +81,8 @@ def main():
     args = parser.parse_args()
     set_threads(1)
     cli._keep_freed_memory()  # as train.py: no page faults on each window's buffers
-    print(machine_line())
+    flags = os.environ.get("CHARRNN_CFLAGS")
+    print(machine_line() + (f"  CHARRNN_CFLAGS={flags}" if flags else ""))
     if native.lstm_windows(torch.zeros(1)) is None:
         print("nothing to measure: native.c's float32 products need a C compiler and an AVX-512 CPU")
         return
@@ -89,8 +91,8 @@ def main():
         for direction, (K, N) in (("forward", (H, 4 * H)), ("backward", (4 * H, H))):
             best = product_times(B, K, N, args.rounds)
             rate = {name: 2 * B * K * N / t / 1e9 for name, t in best.items()}
-            products.append([f"{B}x{K} by {K}x{N} ({direction})", *(f"{t * 1e6:.0f} us, {rate[n]:.0f}" for n, t in best.items()),
-                             f"{best['oneDNN'] / best['C kernel']:.2f}"])  # fmt: skip
+            cells = [f"{t * 1e6:.0f} us, {rate[name]:.0f}" for name, t in best.items()]
+            products.append([f"{B}x{K} by {K}x{N} ({direction})", *cells, f"{best['oneDNN'] / best['C kernel']:.2f}"])
         window, per_step, ratio = step_ratio(H, L, B, T, args.steps)
         steps.append([f"lstm {H}x{L}, {B}x{T}", f"{window * 1e3:.1f}", f"{per_step * 1e3:.1f}", f"{ratio:.3f}"])
     print_table(["product", "C kernel (GFLOP/s)", "oneDNN", "MKL", "oneDNN / C"], products)

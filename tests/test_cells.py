@@ -257,8 +257,10 @@ def test_lstm_kernel_propagates_nan(dtype):
     assert out["dWhh"].isnan().any()
 
 
-window_kernels = pytest.mark.skipif(getattr(native._library(), "product_f32", None) is None,
-                                    reason="native.c's float32 products need a C compiler and an AVX-512 CPU")  # fmt: skip
+window_kernels = pytest.mark.skipif(
+    getattr(native._library(), "product_f32", None) is None,
+    reason="native.c's float32 products need a C compiler and an AVX-512 CPU",
+)
 
 
 @pytest.fixture
@@ -289,6 +291,19 @@ def test_recurrent_product_at_every_shape(M, N, K, add, transposed, seed):
     bound = (K + 2) * 2.0**-24 * (x.double().abs() @ W.double().abs().t() + extra.double().abs())
     assert ((out[:, :N].double() - exact).abs() <= bound).all()
     assert out[:, N:].isnan().all()
+
+
+@window_kernels
+def test_lstm_without_avx512_takes_the_per_step_path(monkeypatch, one_thread):
+    """native.c built as for a CPU without AVX-512 (``CHARRNN_CFLAGS=-mno-avx512f``, a new build in the cache) has
+    no window loops, and the LSTM trains with C steps between oneDNN's products."""
+    monkeypatch.setenv("CHARRNN_CFLAGS", "-mno-avx512f")
+    native._library.cache_clear()
+    try:
+        assert native._library() is not None and not hasattr(native._library(), "product_f32")
+        assert native.lstm_windows(torch.zeros(1)) is None and native.lstm_steps(torch.zeros(1)) is not None
+    finally:
+        native._library.cache_clear()
 
 
 @window_kernels

@@ -8,9 +8,11 @@ operation costs several microseconds of dispatch however small its tensors, so a
 elementwise operations took a third of a window (BENCHMARKS.md, section 7). One C loop does them in one pass. On
 CPUs with AVX-512, float32 windows go further: one C call runs the window's loop, each step's product by the packed
 recurrent weight included (``lstm_windows``), at the core's peak rate where oneDNN's call reaches 90-94% of it: 2 x
-512 LSTM windows 5% faster, 256-unit ones 15%.
+512 LSTM windows 5% faster, 256-unit ones 15%. (Built for AVX2 alone, the same kernel with 8-lane vectors reached
+59-81 GFLOP/s where oneDNN reaches 95-103, so other CPUs keep oneDNN's products: BENCHMARKS.md, section 7.)
 
-The library is built once per source, compiler and CPU (``-march=native``) into ~/.cache/charrnn (or
+The library is built once per source, compiler, flags and CPU (``-march=native``, and ``CHARRNN_CFLAGS`` from the
+environment: ``-mno-avx512f`` builds what a CPU without AVX-512 runs) into ~/.cache/charrnn (or
 $XDG_CACHE_HOME/charrnn; the temporary directory if neither is writable) and loaded with ctypes. Without a C
 compiler, or with ``CHARRNN_NATIVE=0`` in the environment, the LSTM trains with its plain torch loop instead (the
 same math, the one used on GPUs, proven against autograd like this one: tests/test_cells.py) and samples in NumPy
@@ -28,6 +30,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -66,13 +69,14 @@ def _build(compiler: str, directory: str) -> str:
     with open(SOURCE, "rb") as f:
         source = f.read()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    flags = " ".join(COMPILE + LINK).encode()
+    compile_flags = COMPILE + shlex.split(os.environ.get("CHARRNN_CFLAGS", ""))
+    flags = " ".join(compile_flags + LINK).encode()
     key = hashlib.sha256(b"\0".join([source, flags, version.encode(), _cpu_flags().encode()]))
     library = os.path.join(directory, f"native-{key.hexdigest()[:16]}.so")
     if not os.path.exists(library):
         with tempfile.TemporaryDirectory(dir=directory) as tmp:  # concurrent builds (DDP ranks) never collide
             obj, built = os.path.join(tmp, "native.o"), os.path.join(tmp, "native.so")
-            subprocess.run([compiler, *COMPILE, SOURCE, "-o", obj], check=True, capture_output=True, timeout=120)
+            subprocess.run([compiler, *compile_flags, SOURCE, "-o", obj], check=True, capture_output=True, timeout=120)
             subprocess.run([compiler, obj, *LINK, "-o", built], check=True, capture_output=True, timeout=120)
             os.replace(built, library)
     return library
@@ -193,9 +197,9 @@ def pack_panels(W: torch.Tensor) -> torch.Tensor:
 
 def lstm_windows(*tensors: torch.Tensor):
     """``(forward, backward)`` C loops over a whole LSTM window, recurrent products included, for these tensors
-    (float32, CPU, contiguous) on a CPU with AVX-512 when torch runs one thread (train.py's default: the kernel is
-    single-threaded, and with more threads oneDNN's products share each step among them); None otherwise
-    (``lstm_steps`` is then used)."""
+    (float32, CPU, contiguous) on a CPU with AVX-512 when torch runs one thread (train.py's
+    default: the kernel is single-threaded, and with more threads oneDNN's products share each step among them);
+    None otherwise (``lstm_steps`` is then used)."""
     if torch.get_num_threads() != 1 or any(t.dtype != torch.float32 for t in tensors) or lstm_steps(*tensors) is None:
         return None
     library = _library()
