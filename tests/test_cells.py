@@ -294,6 +294,24 @@ def test_recurrent_product_at_every_shape(M, N, K, add, transposed, seed):
 
 
 @window_kernels
+def test_step_products_go_through_the_kernel(one_thread):
+    """``weight_product`` for a recurrence's steps (few rows, no bias; the GRU's, and the LSTM's per-step path) runs
+    native.c's kernel on one thread, from strided rows too, and oneDNN's product otherwise."""
+    g = torch.Generator().manual_seed(6)
+    W, x, add = torch.randn(45, 21, generator=g), torch.randn(21, 9, generator=g).t(), torch.randn(9, 45, generator=g)
+    exact = x.double() @ W.double().t()
+    assert native._step_products_usable(W, 9, None)
+    product = native.weight_product(W, 9)
+    assert product.__name__ == "step_product"
+    torch.testing.assert_close(product(x).double(), exact, rtol=0, atol=1e-5)
+    torch.testing.assert_close(product(x, add).double(), exact + add.double(), rtol=0, atol=1e-5)
+    assert not native._step_products_usable(W, native.STEP_ROWS + 1, None)
+    assert not native._step_products_usable(W, 9, torch.zeros(45))
+    torch.set_num_threads(2)
+    assert not native._step_products_usable(W, 9, None)
+
+
+@window_kernels
 def test_lstm_without_avx512_takes_the_per_step_path(monkeypatch, one_thread):
     """native.c built as for a CPU without AVX-512 (``CHARRNN_CFLAGS=-mno-avx512f``, a new build in the cache) has
     no window loops, and the LSTM trains with C steps between oneDNN's products."""

@@ -139,10 +139,41 @@ def _onednn_usable(*tensors: torch.Tensor) -> bool:
     )
 
 
+STEP_ROWS = 64  # products of at most this many rows are a recurrence's steps: native.c's kernel takes them
+
+
+def _step_products_usable(W: torch.Tensor, rows: int, bias) -> bool:
+    """Whether ``weight_product`` runs through native.c's ``product_f32``: per-step products (few rows, no bias) in
+    float32 on the CPU, torch on one thread, the kernel built (AVX-512)."""
+    return (
+        bias is None
+        and rows <= STEP_ROWS
+        and W.device.type == "cpu"
+        and W.dtype == torch.float32
+        and torch.get_num_threads() == 1
+        and hasattr(_library(), "product_f32")
+    )
+
+
 def weight_product(W: torch.Tensor, rows: int, bias: torch.Tensor = None):
     """A function ``(x, add=None) -> x @ W^T + bias (+ add)`` for many products by one weight ``W`` (out, in),
-    each with ``rows`` rows: through oneDNN with W packed once on the CPU in float32, else ``torch.addmm``.
-    ``bias`` is (out,) or None; ``add`` is (rows, out). Returns a new tensor."""
+    each with ``rows`` rows: per-step products through native.c's kernel (``_step_products_usable``), others
+    through oneDNN with W packed once on the CPU in float32, else ``torch.addmm``. ``bias`` is (out,) or None;
+    ``add`` is (rows, out). Returns a new tensor."""
+    if _step_products_usable(W, rows, bias):
+        packed, (N, K), kernel = pack_panels(W), W.shape, _library().product_f32
+
+        def step_product(x, add=None):
+            x = x.contiguous()
+            out = torch.empty((x.shape[0], N), dtype=x.dtype)
+            if add is None:
+                kernel(x.data_ptr(), K, packed.data_ptr(), out.data_ptr(), N, None, 0, x.shape[0], N, K)
+            else:
+                add = add.contiguous()
+                kernel(x.data_ptr(), K, packed.data_ptr(), out.data_ptr(), N, add.data_ptr(), N, x.shape[0], N, K)
+            return out
+
+        return step_product
     if not _onednn_usable(W):
         W_t = W.t()
 
