@@ -8,7 +8,8 @@ operation costs several microseconds of dispatch however small its tensors, so a
 elementwise operations took a third of a window (BENCHMARKS.md, section 7). One C loop does them in one pass. On
 CPUs with AVX-512, float32 windows go further: one C call runs the window's loop, each step's product by the packed
 recurrent weight included (``lstm_windows``), at the core's peak rate where oneDNN's call reaches 90-94% of it: 2 x
-512 LSTM windows 5% faster, 256-unit ones 15%. (Built for AVX2 alone, the same kernel with 8-lane vectors reached
+512 LSTM windows 5% faster, 256-unit ones 15%. The GRU's per-step products take the same kernel from Python
+(``weight_product``): 5% and 10%. (Built for AVX2 alone, the same kernel with 8-lane vectors reached
 59-81 GFLOP/s where oneDNN reaches 95-103, so other CPUs keep oneDNN's products: BENCHMARKS.md, section 7.)
 
 The library is built once per source, compiler, flags and CPU (``-march=native``, and ``CHARRNN_CFLAGS`` from the
