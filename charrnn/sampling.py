@@ -81,7 +81,7 @@ class Sampler:
     def _lstm_loop(self):
         """A function generating the characters of a chunk of uniforms with native.c's ``lstm_generate`` (choose,
         then advance, on this sampler's own buffers), or None without the C library."""
-        generate, net = native.sampling_kernel("lstm_generate"), self.network
+        generate, net = native.kernel("lstm_generate"), self.network
         if generate is None or net.inputs.dtype != np.float64:
             return None
         L, V, H = len(net.h1), len(self.cdf), len(net.c[0])

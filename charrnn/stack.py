@@ -279,7 +279,7 @@ def _float32_exact(W: np.ndarray) -> bool:
     """Whether sampling reads ``W`` (float64) as float32: a large matrix (a product of several megabytes per
     character waits on memory) whose values float32 holds exactly, when native.c is there to sum in float64."""
     return (
-        W.dtype == np.float64 and W.nbytes >= 4 * 2**20 and native.sampling_kernel("matvec_f32_f64") is not None
+        W.dtype == np.float64 and W.nbytes >= 4 * 2**20 and native.kernel("matvec_f32_f64") is not None
         and np.array_equal(W.astype(np.float32), W)
     )  # fmt: skip
 
@@ -291,11 +291,11 @@ def _matvec(W: np.ndarray, v: np.ndarray, out: np.ndarray, scratch: np.ndarray):
     twice as fast as NumPy's OpenBLAS on one Intel Xeon core (0.56 against 1.1 ms). A float16 ``W`` (``half``) is
     native.c's, with ``scratch`` (float32, ``len(v)``) for ``v``."""
     if W.dtype == np.float16:
-        half_matvec = native.sampling_kernel("matvec_f16")
+        half_matvec = native.kernel("matvec_f16")
         pointers = W.ctypes.data, v.ctypes.data, out.ctypes.data
         return functools.partial(half_matvec, *pointers, *W.shape, scratch.ctypes.data)
     if W.dtype == np.float32 and v.dtype == np.float64:  # see _float32_exact
-        float32_matvec = native.sampling_kernel("matvec_f32_f64")
+        float32_matvec = native.kernel("matvec_f32_f64")
         return functools.partial(float32_matvec, W.ctypes.data, v.ctypes.data, out.ctypes.data, *W.shape)
     if W.nbytes < 4 * 2**20:
         return functools.partial(np.dot, W, v, out=out)

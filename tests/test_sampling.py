@@ -253,7 +253,7 @@ def test_half_product_sums_float16_weights_in_float32(rows, cols, scale, seed):
     rng = np.random.default_rng(seed)
     W = (rng.standard_normal((rows, cols)) * scale).astype(np.float16)
     x, out, scratch = rng.standard_normal(cols), np.full(rows, np.nan), np.empty(cols, np.float32)
-    native.sampling_kernel("matvec_f16")(W.ctypes.data, x.ctypes.data, out.ctypes.data, rows, cols, scratch.ctypes.data)
+    native.kernel("matvec_f16")(W.ctypes.data, x.ctypes.data, out.ctypes.data, rows, cols, scratch.ctypes.data)
     x32 = x.astype(np.float32).astype(np.float64)
     exact = W.astype(np.float64) @ x32
     bound = (cols + 1) * 2.0**-24 * (np.abs(W.astype(np.float64)) @ np.abs(x32)) + 1e-300

@@ -143,17 +143,18 @@ def _onednn_usable(*tensors: torch.Tensor) -> bool:
 STEP_ROWS = 64  # products of at most this many rows are a recurrence's steps: native.c's kernel takes them
 
 
+def products_in_c() -> bool:
+    """Whether float32 recurrent products run in native.c (``product_f32``): it is built (AVX-512) and torch runs one
+    thread (train.py's default: the kernel is single-threaded, and with more threads oneDNN's products share each
+    step among them)."""
+    return torch.get_num_threads() == 1 and kernel("product_f32") is not None
+
+
 def _step_products_usable(W: torch.Tensor, rows: int, bias) -> bool:
     """Whether ``weight_product`` runs through native.c's ``product_f32``: per-step products (few rows, no bias) in
-    float32 on the CPU, torch on one thread, the kernel built (AVX-512)."""
-    return (
-        bias is None
-        and rows <= STEP_ROWS
-        and W.device.type == "cpu"
-        and W.dtype == torch.float32
-        and torch.get_num_threads() == 1
-        and hasattr(_library(), "product_f32")
-    )
+    float32 on the CPU, when ``products_in_c``."""
+    float32_cpu = W.device.type == "cpu" and W.dtype == torch.float32
+    return bias is None and rows <= STEP_ROWS and float32_cpu and products_in_c()
 
 
 def weight_product(W: torch.Tensor, rows: int, bias: torch.Tensor = None):
@@ -162,16 +163,13 @@ def weight_product(W: torch.Tensor, rows: int, bias: torch.Tensor = None):
     through oneDNN with W packed once on the CPU in float32, else ``torch.addmm``. ``bias`` is (out,) or None;
     ``add`` is (rows, out). Returns a new tensor."""
     if _step_products_usable(W, rows, bias):
-        packed, (N, K), kernel = pack_panels(W), W.shape, _library().product_f32
+        packed, (N, K), c_product = pack_panels(W), W.shape, kernel("product_f32")
 
         def step_product(x, add=None):
-            x = x.contiguous()
+            x, add = x.contiguous(), None if add is None else add.contiguous()
             out = torch.empty((x.shape[0], N), dtype=x.dtype)
-            if add is None:
-                kernel(x.data_ptr(), K, packed.data_ptr(), out.data_ptr(), N, None, 0, x.shape[0], N, K)
-            else:
-                add = add.contiguous()
-                kernel(x.data_ptr(), K, packed.data_ptr(), out.data_ptr(), N, add.data_ptr(), N, x.shape[0], N, K)
+            add_rows = None if add is None else add.data_ptr()
+            c_product(x.data_ptr(), K, packed.data_ptr(), out.data_ptr(), N, add_rows, N, x.shape[0], N, K)
             return out
 
         return step_product
@@ -203,16 +201,16 @@ def gradient_product(D: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(X.t(), D.t(), None, "none", [], "").t().contiguous()
 
 
-def sampling_kernel(name: str):
-    """Sampling's C function ``name`` (``lstm_generate``, ``matvec_f32_f64`` or ``matvec_f16``, see native.c), or
-    None."""
+def kernel(name: str):
+    """native.c's function ``name`` (e.g. sampling's ``lstm_generate``, ``matvec_f32_f64``, ``matvec_f16``, or
+    training's ``product_f32``), or None where it is not built (see native.c for which CPUs get which)."""
     return getattr(_library(), name, None)
 
 
 def half_available() -> bool:
     """Whether ``sample.py --half`` can run: native.c built with its float16 product, which needs a compiler
     targeting F16C, AVX2 and FMA (x86-64-v3)."""
-    return sampling_kernel("matvec_f16") is not None
+    return kernel("matvec_f16") is not None
 
 
 PANEL = 32  # native.c's packed weights: panels of 32 rows
@@ -229,15 +227,10 @@ def pack_panels(W: torch.Tensor) -> torch.Tensor:
 
 def lstm_windows(*tensors: torch.Tensor):
     """``(forward, backward)`` C loops over a whole LSTM window, recurrent products included, for these tensors
-    (float32, CPU, contiguous) on a CPU with AVX-512 when torch runs one thread (train.py's
-    default: the kernel is single-threaded, and with more threads oneDNN's products share each step among them);
-    None otherwise (``lstm_steps`` is then used)."""
-    if torch.get_num_threads() != 1 or any(t.dtype != torch.float32 for t in tensors) or lstm_steps(*tensors) is None:
+    (float32, CPU, contiguous) when ``products_in_c``; None otherwise (``lstm_steps`` is then used)."""
+    if not products_in_c() or any(t.dtype != torch.float32 for t in tensors) or lstm_steps(*tensors) is None:
         return None
-    library = _library()
-    if not hasattr(library, "product_f32"):
-        return None
-    return library.lstm_forward_window_f32, library.lstm_backward_window_f32
+    return kernel("lstm_forward_window_f32"), kernel("lstm_backward_window_f32")
 
 
 def lstm_steps(*tensors: torch.Tensor):
