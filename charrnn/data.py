@@ -7,7 +7,6 @@ padded. With N processes the text is cut into N * ``batch_size`` streams and ran
 r * B .. r * B + B - 1; the validation streams are split across ranks the same way.
 """
 
-import codecs
 import math
 import os
 import zlib
@@ -17,50 +16,14 @@ import numpy as np
 import torch
 
 from .callbacks import LastCheckpoint
-from .checks import regular_file
 from .distributed import block_of_rank
 from .errors import UsageError
+from .text import VAL_CHUNK, check_text_file, val_streams
+from .text import decoded_chunks as _decoded_chunks
 
 DEFAULT_PATH = "data/raw/input.txt"
 BUILTIN_TEXT = "pydoc_data.topics"  # the text a fresh clone trains on: Python's reference documentation
-_CHUNK_BYTES = 1 << 23
-VAL_STREAMS = 64
-VAL_CHUNK = 256
 BATCH_CHARS = 3200  # characters per trainer batch that amortise the trainer's per-batch overhead
-
-
-def _decoded_chunks(path: str):
-    """Yield the file's text in chunks: UTF-8 checked, BOM dropped, CRLF (and lone CR) turned into LF.
-
-    Line ends are normalised so a file saved on Windows trains the same model as on Unix and no '\\r' reaches
-    the vocabulary or the samples.
-    """
-    decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
-    offset, carry = 0, ""
-    with open(path, "rb") as f:
-        while True:
-            try:
-                raw = f.read(_CHUNK_BYTES)
-            except OSError as e:  # e.g. /proc/self/mem, or a disk failing
-                raise UsageError(f"cannot read data file {path} ({e.strerror})") from None
-            try:
-                text = carry + decoder.decode(raw, final=not raw)
-            except UnicodeDecodeError as e:
-                source = "utf-16" if offset + e.start == 0 and raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"
-                raise UsageError(
-                    f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {offset + e.start}); "
-                    f"convert it first, e.g. iconv -f {source} -t utf-8"
-                ) from None
-            offset += len(raw)
-            # Hold back a trailing CR: its LF may start the next chunk.
-            carry = text[-1:] if raw and text.endswith("\r") else ""
-            text = text[: len(text) - len(carry)]
-            if "\r" in text:  # a scan is much cheaper than two replaces on the common Unix text
-                text = text.replace("\r\n", "\n").replace("\r", "\n")
-            if text:
-                yield text
-            if not raw:
-                return
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -71,16 +34,6 @@ def _pydoc_text() -> str:
     from pydoc_data.topics import topics
 
     return "\n".join(topics[k] for k in sorted(topics))
-
-
-def check_text_file(path: str) -> None:
-    if not os.path.exists(path):
-        raise UsageError(f"data file {path} does not exist; pass --data.path with a UTF-8 text file")
-    if os.path.isdir(path):
-        raise UsageError(f"data path {path} is a directory; pass --data.path with a UTF-8 text file")
-    if not os.access(path, os.R_OK):
-        raise UsageError(f"data file {path} is not readable")
-    regular_file(path, "data file")
 
 
 class Vocab:
@@ -162,22 +115,6 @@ def train_streams(ids: torch.Tensor, streams: int, seq_length: int, per_process:
         )
     length = windows * seq_length
     return ids[: streams * length].view(streams, length), ids[1 : streams * length + 1].view(streams, length)
-
-
-def val_streams(ids: torch.Tensor, streams: int = VAL_STREAMS, multiple_of: int = 1):
-    """Cover every validation character: predict ids[1:] from ids[:-1] in parallel, padded rows masked out.
-
-    Returns inputs, targets (S, L) int64 and a bool mask (S, L) of real predictions; S is a multiple of
-    ``multiple_of`` so that S rows split evenly over that many ranks (surplus rows are all padding).
-    """
-    n = len(ids) - 1
-    streams = -(-max(1, min(streams, n)) // multiple_of) * multiple_of
-    length = -(-n // streams)
-    x = torch.zeros(streams * length, dtype=torch.long)
-    y = torch.zeros(streams * length, dtype=torch.long)
-    mask = torch.zeros(streams * length, dtype=torch.bool)
-    x[:n], y[:n], mask[:n] = ids[:-1], ids[1:], True
-    return x.view(streams, length), y.view(streams, length), mask.view(streams, length)
 
 
 def choose_windows_per_batch(chars_per_window: int, step_counts=()) -> int:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from charrnn import data
+from charrnn import text as text_module
 from tests.train_helpers import Malicious, assert_one_line_error, corpus, newest, snapshot, start_train_py, tiny_args, train
 
 
@@ -162,8 +163,8 @@ def test_decoding_across_chunk_boundaries(tmp_path, monkeypatch):
     (tmp_path / "t.txt").write_bytes(text.encode())
     expected = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     for size in range(1, 12):
-        monkeypatch.setattr(data, "_CHUNK_BYTES", size)
-        assert "".join(data._decoded_chunks(str(tmp_path / "t.txt"))) == expected, size
+        monkeypatch.setattr(text_module, "_CHUNK_BYTES", size)
+        assert "".join(text_module.decoded_chunks(str(tmp_path / "t.txt"))) == expected, size
 
 
 def test_thousands_of_cjk_characters_train(tmp_path):

@@ -25,18 +25,18 @@ def test_vocab_is_sorted_code_points_and_deterministic(tmp_path):
 
 
 def test_encode_matches_python_and_uses_compact_ids(tmp_path, monkeypatch):
-    import charrnn.data as data
+    import charrnn.text
 
-    monkeypatch.setattr(data, "_CHUNK_BYTES", 7)  # multi-byte characters split across read chunks
+    monkeypatch.setattr(charrnn.text, "_CHUNK_BYTES", 7)  # multi-byte characters split across read chunks
     vocab, ids = read_corpus(write(tmp_path, UNICODE))
     assert ids.dtype == np.uint8
     assert ids.tolist() == [vocab.index[c] for c in UNICODE]
 
 
 def test_crlf_and_bom_are_normalised(tmp_path, monkeypatch):
-    import charrnn.data as data
+    import charrnn.text
 
-    monkeypatch.setattr(data, "_CHUNK_BYTES", 4)  # a CR at the end of one chunk, its LF in the next
+    monkeypatch.setattr(charrnn.text, "_CHUNK_BYTES", 4)  # a CR at the end of one chunk, its LF in the next
     path = tmp_path / "win.txt"
     path.write_bytes(b"\xef\xbb\xbfab\r\ncd\r\n\r\nxyz\rw")
     vocab, ids = read_corpus(str(path))
