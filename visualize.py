@@ -13,7 +13,7 @@ import stat
 import sys
 import tempfile
 
-from charrnn import checkpoint
+import charrnn
 from charrnn.command import ArgumentParser, exit_code
 from charrnn.errors import UsageError
 from charrnn.sampling import encode_prime, generate
@@ -136,11 +136,12 @@ def _write_atomic(text: str, path: str) -> None:
 def run(argv) -> None:
     args = _parser().parse_args(argv)
     _check(args)
-    path = checkpoint.resolve(args.checkpoint)
-    net = checkpoint.load_network(path)
+    model = charrnn.load(args.checkpoint)
     _check_out(args.out)
-    ids = _text_ids(args, net)
-    html = page(trace(net.arch, net.params, ids), ids, net.vocab, title=path)
+    ids = _text_ids(args, model)
+    text = "".join(model.vocab[i] for i in ids)
+    log_probs = model.score(text).log_probs if len(text) > 1 else []  # the first character is not predicted
+    html = page(trace(model.arch, model.params, ids), ids, model.vocab, model.path, log_probs)
     try:
         _write_atomic(html, args.out)
     except OSError as e:
