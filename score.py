@@ -23,6 +23,7 @@ from charrnn.errors import UsageError
 from charrnn.text import read_text
 
 SHOWN = 100  # characters of a line shown by --per-line
+TOP = 10  # lines shown by --per-line
 
 
 def _parser() -> ArgumentParser:
@@ -32,7 +33,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--per-line", action="store_true",
                    help="also rank each file's lines by mean surprise (-log p per scored character, the newline "
                         "excluded), most surprising first")  # fmt: skip
-    p.add_argument("--top", metavar="N", type=int, default=10, help="lines shown by --per-line (default 10)")
+    p.add_argument("--top", metavar="N", type=int, default=None, help=f"lines shown by --per-line (default {TOP})")
     p.add_argument("--json", action="store_true", help="one JSON object: every file's numbers and the total")
     p.add_argument("--log-probs", action="store_true",
                    help="with --json, each file's per-character natural log-probabilities too, one for each "
@@ -69,10 +70,11 @@ def _say(name: str, n: dict) -> str:
 
 def run(argv) -> None:
     args = _parser().parse_args(argv)
-    if args.top < 1:
-        raise UsageError(f"--top must be 1 or more, got {args.top}")
-    if args.top != 10 and not args.per_line:
+    if args.top is not None and not args.per_line:
         raise UsageError("--top is the number of lines --per-line shows; add --per-line")
+    top = TOP if args.top is None else args.top
+    if top < 1:
+        raise UsageError(f"--top must be 1 or more, got {top}")
     if args.log_probs and not args.json:
         raise UsageError("--log-probs is part of --json's output; add --json")
     if args.streams < 1:
@@ -93,7 +95,7 @@ def run(argv) -> None:
             raise UsageError(f"{path}: {e}") from None
         row = {"file": path, **_numbers(score.chars, score.nats, score.unknown, score.unknown_chars)}
         if args.per_line:
-            row["lines"] = _lines(text, score.log_probs, args.top)
+            row["lines"] = _lines(text, score.log_probs, top)
         if args.log_probs:
             row["log_probs"] = [None if math.isnan(x) else x for x in score.log_probs.tolist()]
         files.append(row)
