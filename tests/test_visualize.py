@@ -419,3 +419,41 @@ def test_the_request_check_sees_requests(tmp_path):
     netlog = tmp_path / "netlog.json"
     chromium(tmp_path, control.as_uri(), "--dump-dom", f"--log-net-log={netlog}")
     assert sorted(page_requests(netlog)) == ["http://example.invalid/a.png", "https://example.org/b"]
+
+
+def test_page_surprise_is_validations_loss_and_score_pys(capsys, run, tmp_path):
+    """The page's mean surprise is the loss training's own validation code (CharRNN.validation_step) computes on the
+    page's text as one stream from the zero state, and below a uniform guess (ln V): the page once read character
+    t's probability off the distribution for character t + 1 and showed nearly 9 nats for a model of 1.6. Its
+    per-character surprise is the API's and score.py's."""
+    import score
+    from charrnn.data import ValBatches, val_streams
+    from charrnn.module import CharRNN
+
+    out = tmp_path / "page.html"
+    assert visualize_main(capsys, run["ckpt"], "--text", run["text"], "--length", 1000, "--out", out)[0] == 0
+    data = embedded(out)
+    surprise = np.array(data["surprise"][1:], dtype=float)
+
+    vocab = run["vocab"]
+    module = CharRNN(vocab_size=len(vocab), hidden_size=16, vocab=vocab)
+    module.load_state_dict(torch.load(run["ckpt"], weights_only=True)["state_dict"])
+    ids = torch.tensor([vocab.index(c) for c in data["text"]])
+    module.on_validation_epoch_start()
+    with torch.no_grad():
+        for batch in ValBatches(*val_streams(ids, streams=1)):
+            module.validation_step(batch, 0)
+    val_loss = float(module._val_sum / module._val_count)
+    assert int(module._val_count) == len(surprise) == 999
+    assert surprise.mean() == pytest.approx(val_loss, abs=1e-6)
+    assert val_loss < np.log(len(vocab)) - 0.5
+
+    import charrnn
+
+    api_log_probs = charrnn.load(run["ckpt"]).score(data["text"]).log_probs
+    np.testing.assert_allclose(-surprise, api_log_probs, rtol=0, atol=1e-6)
+    page_text = tmp_path / "page-text.txt"
+    page_text.write_text(data["text"], encoding="utf-8")
+    assert score.main([str(run["ckpt"]), str(page_text), "--json", "--log-probs"]) == 0
+    [scored] = json.loads(capsys.readouterr().out)["files"]
+    np.testing.assert_allclose(scored["log_probs"], api_log_probs, rtol=0, atol=1e-6)
