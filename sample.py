@@ -1,7 +1,7 @@
 """Generate text from a checkpoint written by train.py.
 
 ``python sample.py CHECKPOINT [--length N] [--prime TEXT] [--temperature T] [--top-k K] [--greedy] [--seed S]
-[--device cpu|cuda|auto] [--half]``
+[--device cpu|cuda|auto] [--half] [--verbose]``
 
 Prints the prime text, then exactly ``--length`` new characters as UTF-8, streamed while they are generated.
 Imports torch and NumPy but not Lightning, so it starts about as fast as ``import torch``.
@@ -21,7 +21,7 @@ from charrnn import checkpoint
 from charrnn.cells import native
 from charrnn.command import ArgumentParser, exit_code
 from charrnn.errors import UsageError
-from charrnn.sampling import encode_prime, generate
+from charrnn.sampling import Sampler, encode_prime
 
 FLUSH_EVERY = 64  # characters per write: streamed to a reader, yet few enough system calls to cost nothing
 # --device auto uses CUDA from this hidden size up. The CPU's product costs ~13 us per character at 256 and
@@ -45,6 +45,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--half", action="store_true",
                    help="on the CPU, weights in float16 and float32 sums: 1.5-3x faster, each probability within "
                         "about 0.01 of the exact one (default: exact, float64 sums)")
+    p.add_argument("--verbose", action="store_true",
+                   help="say on stderr which loop generates (native.c's or NumPy's), in which precision, and why")
     return p
 
 
@@ -97,9 +99,11 @@ def run(argv) -> None:
     if args.half and not native.half_available():
         print("sample.py: --half needs charrnn's C kernels (a C compiler, an x86-64 CPU with AVX2, FMA and F16C, "
               "CHARRNN_NATIVE not 0); sampling exactly instead", file=sys.stderr)  # fmt: skip
-    ids = generate(net.arch.cell, net.params, args.length, prime_ids=prime_ids, temperature=temperature,
-                   top_k=args.top_k, seed=args.seed, device=device, half=args.half)
-    _stream(sys.stdout.buffer, net.vocab, args.prime, ids)
+    sampler = Sampler(net.arch.cell, net.params, temperature=temperature, top_k=args.top_k, seed=args.seed,
+                      device=device, half=args.half)  # fmt: skip
+    if args.verbose:
+        print(f"sampling: {sampler.path}", file=sys.stderr)
+    _stream(sys.stdout.buffer, net.vocab, args.prime, sampler.generate(args.length, prime_ids))
 
 
 def main(argv=None) -> int:

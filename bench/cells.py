@@ -13,7 +13,7 @@ Rates are per CPU second of this process. Rounds alternate the two sides, so loa
 per round and its median printed. Also: the hand-written side's matrix-product rate (GFLOP/s) as a share of one
 large torch.mm on the same threads, the ceiling for this work.
 
-Then generation: characters per second of charrnn/stack.py's NumpyStack ``advance`` (all layers over one character
+Then generation: characters per second of charrnn/sampling.py's NumpyStack ``advance`` (all layers over one character
 and the next logits; drawing the character adds the same few microseconds for every cell), float64 and float32.
 """
 
@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from bench.common import print_table, set_threads  # noqa: E402
 from bench.throughput import mm_gflops  # noqa: E402
-from charrnn import stack  # noqa: E402
+from charrnn import sampling, stack  # noqa: E402
 from charrnn.cells import CELLS  # noqa: E402
 
 V = 65
@@ -102,7 +102,7 @@ def product_flops(name, H, L, B, T):
 
 def sampling_rate(name, H, L, dtype, seconds):
     """Characters per second of NumpyStack.advance over a cycle of all V characters (best of three windows)."""
-    stepper = stack.NumpyStack(CELLS[name], stack.init_params(CELLS[name], V, H, L), dtype=dtype)
+    stepper = sampling.NumpyStack(CELLS[name], stack.init_params(CELLS[name], V, H, L), dtype=dtype)
     chars = itertools.cycle(range(V))
     best = 0.0
     for _ in range(3):

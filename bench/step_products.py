@@ -7,7 +7,7 @@ Per shape (hidden size x layers x streams x window), one thread:
    ``product_f32`` by a weight packed into native.c's panels (called through ctypes, as a loop of 100 would be
    called from C, so the time includes the call), oneDNN by a weight packed once (``weight_product``, charrnn's
    per-step path elsewhere) and torch's ``mm`` (MKL); the best of ``--rounds`` rounds of 100 products, GFLOP/s;
-2. ``network.train_step`` of the LSTM with the window loops in C (``native.lstm_windows``) against the per-step path
+2. ``network.train_step`` of the LSTM with the window loops in C (``fast.LSTM_WINDOWS``) against the per-step path
    (C steps between oneDNN products), alternating step by step; the median of the per-pair ratios of process time.
 """
 
@@ -23,7 +23,7 @@ import torch
 from bench.cell_training import shape
 from bench.common import machine_line, print_table, set_threads
 from charrnn import cli, network, optim
-from charrnn.cells import native
+from charrnn.cells import fast, lstm, native
 
 V = 65
 
@@ -56,18 +56,19 @@ def step_ratio(H: int, L: int, B: int, T: int, steps: int) -> tuple[float, float
     opt = optim.Adagrad(params.values(), lr=0.02, initial_accumulator_value=0.03)
     g = torch.Generator().manual_seed(0)
     inputs, targets = torch.randint(V, (B, T), generator=g), torch.randint(V, (B, T), generator=g)
-    state, windows = arch.zero_state(B), native.lstm_windows
+    state, windows = arch.zero_state(B), fast.path
+    per_step = lambda *args: fast.Path("C steps", "", *fast.LSTM_STEPS)  # noqa: E731
     times = {"window": [], "per step": []}
     try:
         for k in range(steps * 2 + 2):  # two warm-up steps, then pairs in alternating order
             for name in ("window", "per step") if k % 2 else ("per step", "window"):
-                native.lstm_windows = windows if name == "window" else lambda *tensors: None
+                fast.path = windows if name == "window" else per_step
                 start = time.process_time()
                 _, state = network.train_step(arch, params, opt, inputs, targets, state)
                 if k >= 2:
                     times[name].append(time.process_time() - start)
     finally:
-        native.lstm_windows = windows
+        fast.path = windows
     ratios = [p / w for p, w in zip(times["per step"], times["window"])]
     return statistics.median(times["window"]), statistics.median(times["per step"]), statistics.median(ratios)
 
@@ -83,7 +84,7 @@ def main():
     cli._keep_freed_memory()  # as train.py: no page faults on each window's buffers
     flags = os.environ.get("CHARRNN_CFLAGS")
     print(machine_line() + (f"  CHARRNN_CFLAGS={flags}" if flags else ""))
-    if native.lstm_windows(torch.zeros(1)) is None:
+    if fast.path(lstm, torch.float32).name != "C window loops":
         print("nothing to measure: native.c's float32 products need a C compiler and an AVX-512 CPU")
         return
     products, steps = [], []

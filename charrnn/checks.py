@@ -110,7 +110,8 @@ def fits_in_memory(config, processes: int) -> None:
     free = available_memory()
     if free is not None and needed > free:
         each = f" ({processes} processes)" if processes > 1 else ""
-        layers = f" ({arch.num_layers} layers of {arch.cell})" if arch.num_layers > 1 or arch.cell != "rnn" else ""
+        plain = arch.num_layers == 1 and arch.cell == Architecture.cell  # the default cell
+        layers = "" if plain else f" ({arch.num_layers} layers of {arch.cell})"
         raise UsageError(
             f"--model.hidden_size {model['hidden_size']}{layers} with --data.batch_size {data['batch_size']} and "
             f"--data.seq_length {data['seq_length']} needs at least {_size(needed)} of memory{each}, and this "

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from . import checkpoint, distributed, network
+from .cells import CELLS
 from .errors import Diverged, UsageError
 from .optim import Adagrad
 from .sampling import generate
@@ -45,7 +46,7 @@ class CharRNN(L.LightningModule):
         self,
         vocab_size: int = 65,
         hidden_size: int = 100,
-        cell: Literal["rnn", "lstm", "gru"] = "rnn",
+        cell: Literal[tuple(CELLS)] = "rnn",
         num_layers: int = 1,
         dropout: float = 0.0,
         learning_rate: float = 0.1,

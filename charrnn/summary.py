@@ -10,9 +10,12 @@ import math
 import os
 
 import lightning as L
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
+
+from .cells import fast
 
 # The HPARAMS metrics: scalars written at every validation (module.py and callbacks.BestCheckpoint).
 METRICS = ("val/loss", "val/loss_best")
@@ -32,7 +35,17 @@ def lines(model, data, processes: int) -> list[str]:
         + ", ".join(f"{name} {'x'.join(map(str, shape))} = {sizes[name]:,}" for name, shape in shapes.items()),
         f"training: {streams} streams x {window} characters = {streams * window:,} characters per step{on}",
         f"text: {data.source}: {len(data.train_ids):,} characters for training, {len(data.val_ids):,} for validation",
+        f"compute: {_compute(model)}",
     ]
+
+
+def _compute(model) -> str:
+    """How the cell's loops run for this trainer's precision and device (cells/fast.py's path): C window loops,
+    C steps, oneDNN products or plain torch, and why not a faster one."""
+    trainer = model._trainer
+    dtype = torch.float64 if trainer is not None and str(trainer.precision).startswith("64") else torch.float32
+    device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+    return str(fast.path(model.arch.cell_math, dtype, device))
 
 
 def settings(config, model, data, trainer) -> dict:

@@ -7,7 +7,7 @@ Why C: on the CPU one LSTM step is one matrix product and about ten small elemen
 operation costs several microseconds of dispatch however small its tensors, so at 32 streams of 256 units the
 elementwise operations took a third of a window (BENCHMARKS.md, section 7). One C loop does them in one pass. On
 CPUs with AVX-512, float32 windows go further: one C call runs the window's loop, each step's product by the packed
-recurrent weight included (``lstm_windows``), at the core's peak rate where oneDNN's call reaches 90-94% of it: 2 x
+recurrent weight included (fast.py's ``LSTM_WINDOWS``), at the core's peak rate where oneDNN's call reaches 90-94% of it: 2 x
 512 LSTM windows 5% faster, 256-unit ones 15%. The GRU's per-step products take the same kernel from Python
 (``weight_product``): 5% and 10%. (Built for AVX2 alone, the same kernel with 8-lane vectors reached
 59-81 GFLOP/s where oneDNN reaches 95-103, so other CPUs keep oneDNN's products: BENCHMARKS.md, section 7.)
@@ -15,8 +15,8 @@ recurrent weight included (``lstm_windows``), at the core's peak rate where oneD
 The library is built once per source, compiler, flags and CPU (``-march=native``, and ``CHARRNN_CFLAGS`` from the
 environment: ``-mno-avx512f`` builds what a CPU without AVX-512 runs) into ~/.cache/charrnn (or
 $XDG_CACHE_HOME/charrnn; the temporary directory if neither is writable) and loaded with ctypes. Without a C
-compiler, or with ``CHARRNN_NATIVE=0`` in the environment, the LSTM trains with its plain torch loop instead (the
-same math, the one used on GPUs, proven against autograd like this one: tests/test_cells.py) and samples in NumPy
+compiler, or with ``CHARRNN_NATIVE=0`` in the environment, the LSTM trains with its plain torch loop instead (lstm.py,
+the same math, the one used on GPUs, proven against autograd like this one: tests/test_cells.py) and samples in NumPy
 (the same text: tests/test_sampling.py).
 
 Why oneDNN: torch sends a CPU float32 ``mm`` to MKL, which repacks the weight at every call. oneDNN, which torch
@@ -224,23 +224,3 @@ def pack_panels(W: torch.Tensor) -> torch.Tensor:
     _library().pack_panels_f32(W.data_ptr(), W.stride(0), W.stride(1), packed.data_ptr(), N, K)
     return packed
 
-
-def lstm_windows(*tensors: torch.Tensor):
-    """``(forward, backward)`` C loops over a whole LSTM window, recurrent products included, for these tensors
-    (float32, CPU, contiguous) when ``products_in_c``; None otherwise (``lstm_steps`` is then used)."""
-    if not products_in_c() or any(t.dtype != torch.float32 for t in tensors) or lstm_steps(*tensors) is None:
-        return None
-    return kernel("lstm_forward_window_f32"), kernel("lstm_backward_window_f32")
-
-
-def lstm_steps(*tensors: torch.Tensor):
-    """``(forward, backward)`` C functions for these tensors (all on the CPU, of one float dtype, contiguous),
-    called with data pointers; None when they cannot take them (the torch loop is then used)."""
-    dtype = tensors[0].dtype
-    if dtype not in DTYPES or any(t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous() for t in tensors):
-        return None
-    library = _library()
-    if library is None:
-        return None
-    suffix = DTYPES[dtype]
-    return getattr(library, f"lstm_forward_{suffix}"), getattr(library, f"lstm_backward_{suffix}")
