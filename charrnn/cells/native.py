@@ -26,99 +26,11 @@ EPYC core, 100 products of 32 x 512 by 512 x 2048: 64 ms against MKL's 85; backw
 section 7). ``CHARRNN_NATIVE=0`` turns this off too.
 """
 
-import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import torch
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native.c")
-COMPILE = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-c"]
-LINK = ["-shared", "-lmvec", "-lm"]  # glibc's vector exp
-DTYPES = {torch.float32: "float32", torch.float64: "float64"}
-
-
-def _cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for path in (os.path.join(base, "charrnn"), os.path.join(tempfile.gettempdir(), f"charrnn-{os.getuid()}")):
-        try:
-            os.makedirs(path, exist_ok=True)
-            if os.access(path, os.W_OK):
-                return path
-        except OSError:
-            continue
-    return None
-
-
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return platform.processor()
-
-
-def _build(compiler: str, directory: str) -> str:
-    """The library's path, compiling it unless a build of this source for this compiler and CPU is there."""
-    with open(SOURCE, "rb") as f:
-        source = f.read()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    compile_flags = COMPILE + shlex.split(os.environ.get("CHARRNN_CFLAGS", ""))
-    flags = " ".join(compile_flags + LINK).encode()
-    key = hashlib.sha256(b"\0".join([source, flags, version.encode(), _cpu_flags().encode()]))
-    library = os.path.join(directory, f"native-{key.hexdigest()[:16]}.so")
-    if not os.path.exists(library):
-        with tempfile.TemporaryDirectory(dir=directory) as tmp:  # concurrent builds (DDP ranks) never collide
-            obj, built = os.path.join(tmp, "native.o"), os.path.join(tmp, "native.so")
-            subprocess.run([compiler, *compile_flags, SOURCE, "-o", obj], check=True, capture_output=True, timeout=120)
-            subprocess.run([compiler, obj, *LINK, "-o", built], check=True, capture_output=True, timeout=120)
-            os.replace(built, library)
-    return library
-
-
-def _turned_off() -> bool:
-    """``CHARRNN_NATIVE=0``: plain torch and NumPy only (no C, no oneDNN products)."""
-    return os.environ.get("CHARRNN_NATIVE") == "0"
-
-
-@functools.cache
-def _library():
-    """The loaded library, or None (no compiler, a failed build, not Linux/macOS, or CHARRNN_NATIVE=0)."""
-    if _turned_off() or sys.platform == "win32":
-        return None
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    directory = _cache_dir()
-    if not compiler or not directory:
-        return None
-    try:
-        library = ctypes.CDLL(_build(compiler, directory))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    sizes = [ctypes.c_long] * 2
-    for suffix in DTYPES.values():
-        getattr(library, f"lstm_forward_{suffix}").argtypes = [ctypes.c_void_p] * 6 + sizes
-        getattr(library, f"lstm_backward_{suffix}").argtypes = [ctypes.c_void_p] * 7 + sizes
-    library.matvec_f32_f64.argtypes = [ctypes.c_void_p] * 3 + sizes
-    if hasattr(library, "product_f32"):  # compiled for AVX-512 CPUs only (native.c)
-        library.pack_panels_f32.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p] + sizes
-        library.product_f32.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
-                                        ctypes.c_void_p, ctypes.c_long] + [ctypes.c_long] * 3  # fmt: skip
-        library.lstm_forward_window_f32.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 3
-        library.lstm_backward_window_f32.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_long] * 3
-    if hasattr(library, "matvec_f16"):  # compiled for F16C + AVX2 + FMA CPUs only (native.c)
-        library.matvec_f16.argtypes = [ctypes.c_void_p] * 3 + sizes + [ctypes.c_void_p]
-    library.lstm_generate.argtypes = (
-        [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 7
-        + [ctypes.c_double, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    )  # fmt: skip
-    return library
+from .native_build import DTYPES, library as _library, turned_off as _turned_off
 
 
 @functools.cache
