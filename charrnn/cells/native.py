@@ -13,8 +13,8 @@ recurrent weight included (fast.py's ``LSTM_WINDOWS``), at the core's peak rate 
 59-81 GFLOP/s where oneDNN reaches 95-103, so other CPUs keep oneDNN's products: BENCHMARKS.md, section 7.)
 
 The library is built once per source, compiler, flags and CPU (``-march=native``, and ``CHARRNN_CFLAGS`` from the
-environment: ``-mno-avx512f`` builds what a CPU without AVX-512 runs) into ~/.cache/charrnn (or
-$XDG_CACHE_HOME/charrnn; the temporary directory if neither is writable) and loaded with ctypes. Without a C
+environment: ``-mno-avx512f`` builds what a CPU without AVX-512 runs) into a directory only this user can write and
+loaded with ctypes after its checksum is verified (native_build.py says where, and what it refuses). Without a C
 compiler, or with ``CHARRNN_NATIVE=0`` in the environment, the LSTM trains with its plain torch loop instead (lstm.py,
 the same math, the one used on GPUs, proven against autograd like this one: tests/test_cells.py) and samples in NumPy
 (the same text: tests/test_sampling.py).
