@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 
-from charrnn import checkpoint, checks, runlock
+from charrnn import checks, rundir, runlock
 from charrnn.network import Architecture
 from tests.train_helpers import ROOT, assert_one_line_error, corpus, newest, run_train_py, snapshot
 from tests.train_helpers import start_train_py, tiny_args, train
@@ -137,7 +137,7 @@ def test_divergence_stops_with_exit_2_in_both_precisions(tmp_path, capsys, preci
 
 def _wait_for_checkpoint(proc, root):
     deadline = time.monotonic() + 120
-    while checkpoint.newest_last_checkpoint(str(root)) is None:
+    while rundir.newest_last_checkpoint(str(root)) is None:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
 
@@ -235,4 +235,4 @@ def test_warnings_a_user_cannot_act_on_do_not_appear(tmp_path):
     (tmp_path / "input.txt").write_text(corpus())
     code, _, err = run_train_py(tiny_args(tmp_path / "input.txt", tmp_path, "--trainer.log_every_n_steps", 50))
     assert code == 0 and err == ""
-    assert torch.load(checkpoint.newest_last_checkpoint(str(tmp_path)), weights_only=True)["global_step"] == 60
+    assert torch.load(rundir.newest_last_checkpoint(str(tmp_path)), weights_only=True)["global_step"] == 60
