@@ -7,14 +7,17 @@ The page shows a text with each character coloured by a chosen unit's activation
 model was by each character. It has inline CSS and script only and fetches nothing, so it opens offline from disk.
 """
 
-import codecs
 import os
-import stat
 import sys
-import tempfile
 
-from charrnn import checkpoint
+from charrnn import entry
+
+if __name__ == "__main__":
+    entry.start()  # before torch is imported (seconds): see charrnn/entry.py
+
+from charrnn import checkpoint, files
 from charrnn.command import ArgumentParser, exit_code
+from charrnn.data import read_start
 from charrnn.errors import UsageError
 from charrnn.sampling import encode_prime, generate
 from charrnn.visualize import GENERATOR, page, trace
@@ -64,34 +67,13 @@ def _check_out(path: str) -> None:
         raise UsageError(f"--out {path} exists and was not written by visualize.py; pass another --out or remove it")
 
 
-def _read_start(path: str, limit: int) -> tuple[str, bool]:
-    """The first ``limit`` characters of a UTF-8 file read as training reads it (BOM dropped, CRLF and CR as LF),
-    and whether the file has more. Reads only the start: a character is at most 4 bytes."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        raise UsageError(f"--text {path}: {e.strerror}") from None
-    if not stat.S_ISREG(mode):
-        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-        raise UsageError(f"--text {path} is {kind}; pass a UTF-8 text file")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(4 * limit + 8)
-            more = f.read(1) != b""
-    except OSError as e:
-        raise UsageError(f"--text {path}: cannot read it ({e.strerror})") from None
-    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
-    try:
-        text = codecs.getincrementaldecoder("utf-8")("strict").decode(raw[bom:], final=not more)
-    except UnicodeDecodeError as e:
-        raise UsageError(
-            f"--text {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {bom + e.start}); "
-            "convert it first"
-        ) from None
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+def _read_text(path: str, limit: int) -> tuple[str, bool]:
+    """The first ``limit`` characters of --text as training reads it, and whether it has more."""
+    files.regular_file(path, "--text")
+    text, more = read_start(path, limit, "--text")
     if not text:
         raise UsageError(f"--text {path} is empty")
-    return text[:limit], more or len(text) > limit
+    return text, more
 
 
 def _text_ids(args, net) -> list[int]:
@@ -102,7 +84,7 @@ def _text_ids(args, net) -> list[int]:
         print(f"note: --length {args.length} is more than a page shows; it shows {MAX_CHARS} characters",
               file=sys.stderr)  # fmt: skip
     if args.text is not None:
-        text, cut = _read_start(args.text, limit)
+        text, cut = _read_text(args.text, limit)
         missing = sorted(set(text) - set(vocab))
         if missing:
             raise UsageError(
@@ -120,19 +102,6 @@ def _text_ids(args, net) -> list[int]:
     return prime_ids + list(generate(net.arch.cell, net.params, new, prime_ids=prime_ids, seed=args.seed))
 
 
-def _write_atomic(text: str, path: str) -> None:
-    """Write ``path`` whole or not at all (temporary file, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def run(argv) -> None:
     args = _parser().parse_args(argv)
     _check(args)
@@ -142,7 +111,7 @@ def run(argv) -> None:
     ids = _text_ids(args, net)
     html = page(trace(net.arch, net.params, ids), ids, net.vocab, title=path)
     try:
-        _write_atomic(html, args.out)
+        files.write_atomic(args.out, lambda f: f.write(html.encode()), mode=0o644)
     except OSError as e:
         raise UsageError(f"--out {args.out}: cannot write it ({e.strerror})") from None
     print(f"wrote {args.out}: {len(ids)} characters; open it in a browser")
@@ -153,4 +122,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry.run(main))

@@ -1,5 +1,5 @@
 """charrnn: min-char-rnn's tanh RNN with hand-written BPTT, trained by PyTorch Lightning.
 
 Importing the package is cheap: Lightning is imported only by the training modules (module, data, callbacks,
-cli), so sample.py starts fast.
+resume, runlock, summary, cli), so sample.py starts fast.
 """

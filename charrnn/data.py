@@ -8,6 +8,7 @@ r * B .. r * B + B - 1; the validation streams are split across ranks the same w
 """
 
 import codecs
+import contextlib
 import math
 import os
 import zlib
@@ -16,10 +17,9 @@ import lightning as L
 import numpy as np
 import torch
 
-from .callbacks import LastCheckpoint
-from .checks import regular_file
 from .distributed import block_of_rank
 from .errors import UsageError
+from .files import regular_file
 
 DEFAULT_PATH = "data/raw/input.txt"
 BUILTIN_TEXT = "pydoc_data.topics"  # the text a fresh clone trains on: Python's reference documentation
@@ -29,38 +29,56 @@ VAL_CHUNK = 256
 BATCH_CHARS = 3200  # characters per trainer batch that amortise the trainer's per-batch overhead
 
 
-def _decoded_chunks(path: str):
-    """Yield the file's text in chunks: UTF-8 checked, BOM dropped, CRLF (and lone CR) turned into LF.
+def _decoded_chunks(path: str, what: str = "data file", chunk_bytes: int | None = None):
+    """Yield the file's text in chunks: UTF-8 checked, BOM dropped, CRLF (and lone CR) turned into LF. ``what``
+    names the file in errors.
 
     Line ends are normalised so a file saved on Windows trains the same model as on Unix and no '\\r' reaches
     the vocabulary or the samples.
     """
-    decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
-    offset, carry = 0, ""
-    with open(path, "rb") as f:
-        while True:
-            try:
-                raw = f.read(_CHUNK_BYTES)
-            except OSError as e:  # e.g. /proc/self/mem, or a disk failing
-                raise UsageError(f"cannot read data file {path} ({e.strerror})") from None
-            try:
-                text = carry + decoder.decode(raw, final=not raw)
-            except UnicodeDecodeError as e:
-                source = "utf-16" if offset + e.start == 0 and raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"
-                raise UsageError(
-                    f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {offset + e.start}); "
-                    f"convert it first, e.g. iconv -f {source} -t utf-8"
-                ) from None
-            offset += len(raw)
-            # Hold back a trailing CR: its LF may start the next chunk.
-            carry = text[-1:] if raw and text.endswith("\r") else ""
-            text = text[: len(text) - len(carry)]
-            if "\r" in text:  # a scan is much cheaper than two replaces on the common Unix text
-                text = text.replace("\r\n", "\n").replace("\r", "\n")
-            if text:
-                yield text
-            if not raw:
-                return
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset, carry, at_start = 0, "", True
+    try:
+        with open(path, "rb") as f:
+            while True:
+                raw = f.read(chunk_bytes or _CHUNK_BYTES)
+                pending = len(decoder.getstate()[0])  # bytes of a character split by the previous chunk
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError as e:
+                    at = offset - pending + e.start  # in the file, BOM included
+                    source = "utf-16" if at == 0 and raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"
+                    raise UsageError(
+                        f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {at}); "
+                        f"convert it first, e.g. iconv -f {source} -t utf-8"
+                    ) from None
+                offset += len(raw)
+                if at_start and text:
+                    text, at_start = text.removeprefix("\ufeff"), False
+                text = carry + text
+                # Hold back a trailing CR: its LF may start the next chunk.
+                carry = text[-1:] if raw and text.endswith("\r") else ""
+                text = text[: len(text) - len(carry)]
+                if "\r" in text:  # a scan is much cheaper than two replaces on the common Unix text
+                    text = text.replace("\r\n", "\n").replace("\r", "\n")
+                if text:
+                    yield text
+                if not raw:
+                    return
+    except OSError as e:  # e.g. /proc/self/mem, or a disk failing
+        raise UsageError(f"cannot read {what} {path} ({e.strerror})") from None
+
+
+def read_start(path: str, limit: int, what: str) -> tuple[str, bool]:
+    """The first ``limit`` characters of a text file read as training reads it, and whether it holds more. Reads
+    about as far as needed: a character is at most 4 bytes."""
+    text = ""
+    with contextlib.closing(_decoded_chunks(path, what, 4 * limit + 8)) as chunks:
+        for chunk in chunks:
+            text += chunk
+            if len(text) > limit:
+                break
+    return text[:limit], len(text) > limit
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -260,13 +278,9 @@ class CharDataModule(L.LightningDataModule):
 
     def __init__(self, path: str = DEFAULT_PATH, seq_length: int = 25, batch_size: int = 32, val_fraction: float = 0.1):
         super().__init__()
-        for name, value in (("seq_length", seq_length), ("batch_size", batch_size)):
-            if value < 1:
-                raise UsageError(f"--data.{name} must be a positive integer, got {value}")
-        if not 0 <= val_fraction < 1:
-            raise UsageError(f"--data.val_fraction must be in [0, 1), got {val_fraction}")
         self.path, self.seq_length, self.batch_size, self.val_fraction = path, seq_length, batch_size, val_fraction
-        self.windows_per_batch = None  # fixed by the first setup("fit"); one window per batch until then
+        # Optimizer steps per trainer batch: one unless the trainer's side (cli._group_windows) groups several.
+        self.windows_per_batch = 1
         if path == DEFAULT_PATH and not os.path.exists(path):
             print(f"{path} not found: training on Python's reference documentation ({BUILTIN_TEXT}) instead")
             vocab, ids = corpus_from_text(_pydoc_text())
@@ -311,20 +325,6 @@ class CharDataModule(L.LightningDataModule):
         # The streams of all ranks (batch_size each); train_dataloader hands each rank its own rows.
         world = self._rank_and_world()[1]
         self.train_inputs, self.train_targets = train_streams(self.train_ids, world * self.batch_size, self.seq_length)
-        if stage == "fit" and self.windows_per_batch is None:
-            self.windows_per_batch = self._group_windows() if world == 1 else 1
-
-    def _group_windows(self) -> int:
-        """Several windows per trainer batch when windows are small (not under DDP: one window per batch keeps every
-        rank's collectives in step). Validation and checkpoints keep counting optimizer steps: the trainer's
-        validation interval, which Lightning counts in batches and reads only after setup, is divided here."""
-        trainer = self.trainer
-        val_every = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else 0
-        saves = [c.every_n_steps for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
-        per_batch = choose_windows_per_batch(self.batch_size * self.seq_length, (val_every, trainer.max_steps, *saves))
-        if val_every:
-            trainer.val_check_interval = val_every // per_batch
-        return per_batch
 
     def train_dataloader(self):
         # A plain iterable, not a DataLoader, so Lightning injects no DistributedSampler: each rank takes its own rows.
@@ -332,7 +332,7 @@ class CharDataModule(L.LightningDataModule):
         rank, world = self._rank_and_world()
         inputs, targets = (block_of_rank(rows, rank, world) for rows in (self.train_inputs, self.train_targets))
         streams = self.train_inputs.shape[0]
-        return TrainBatches(inputs, targets, self.seq_length, step, self.windows_per_batch or 1, streams)
+        return TrainBatches(inputs, targets, self.seq_length, step, self.windows_per_batch, streams)
 
     def val_dataloader(self):
         if self.val_fraction == 0:

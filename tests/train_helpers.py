@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from pydoc_data.topics import topics
 
-from charrnn import checkpoint, cli
+from charrnn import checkpoint, cli, rundir
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCH = 44  # training windows per epoch of tiny_args on corpus(): (720 - 1) // (2 streams * 8 characters)
@@ -93,7 +93,7 @@ class Malicious:
 
 def newest(root) -> dict:
     """The newest last.ckpt under root, loaded the safe way (as sample.py and resume do)."""
-    path = checkpoint.newest_last_checkpoint(str(root))
+    path = rundir.newest_last_checkpoint(str(root))
     assert path is not None, f"no last.ckpt under {root}"
     return checkpoint.load(path)
 

@@ -1,0 +1,63 @@
+"""Files written whole or not at all, and files that must be regular files.
+
+A write goes to a hidden temporary file beside the target that is flushed, fsynced and renamed over it, so a
+process killed at any moment leaves either the old file or the new one, never half of one.
+"""
+
+import glob
+import os
+import stat
+import tempfile
+
+from .errors import UsageError
+
+
+def _temporary_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}.tmp-"
+
+
+def write_atomic(path: str, write, mode: int | None = None) -> None:
+    """``write(f)`` into a binary file that replaces ``path`` only once complete; ``mode``: its permissions
+    (default: the temporary file's, readable by the owner only)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    # Hidden and not ending like the target, so nothing mistakes a half-written file for a finished one.
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temporary_prefix(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def remove_temporaries(path: str) -> None:
+    """Delete what killed ``write_atomic(path, ...)`` calls left behind: a whole file's size per kill."""
+    directory = glob.escape(os.path.dirname(os.path.abspath(path)))
+    for tmp in glob.glob(os.path.join(directory, glob.escape(_temporary_prefix(path)) + "*")):
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def regular_file(path: str, what: str) -> None:
+    """Refuse a pipe, device, socket or directory where a file is expected: reading one would block forever
+    (a FIFO), never end (``/dev/zero``) or fail half-way."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the caller says which, in its own words
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe, a device or a socket)"
+        raise UsageError(f"{what} {path} is {kind}; pass a regular file")
