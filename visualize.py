@@ -17,7 +17,7 @@ if __name__ == "__main__":
 
 from charrnn import checkpoint, files
 from charrnn.command import ArgumentParser, exit_code
-from charrnn.data import read_start
+from charrnn.text import read_start
 from charrnn.errors import UsageError
 from charrnn.sampling import encode_prime, generate
 from charrnn.visualize import GENERATOR, page, trace

@@ -53,7 +53,7 @@ def measure(path: str, batch_size: int, seq_length: int = 25) -> dict:
     import torch
 
     from bench.common import peak_rss_bytes, reset_peak_rss, rss_bytes
-    from charrnn.data import read_corpus, train_streams, val_streams
+    from charrnn.text import read_corpus, train_streams, val_streams
 
     start_rss = rss_bytes()
     reset_peak_rss()

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.data import CharDataModule, TrainBatches, ValBatches, read_corpus, train_streams, val_streams
+from charrnn.data import CharDataModule, TrainBatches, ValBatches
+from charrnn.text import read_corpus, train_streams, val_streams
 
 UNICODE = "Où est la bibliothèque? 图书馆在哪里？ 📚🦉 naïve café\n" * 40
 
@@ -25,7 +26,7 @@ def test_vocab_is_sorted_code_points_and_deterministic(tmp_path):
 
 
 def test_encode_matches_python_and_uses_compact_ids(tmp_path, monkeypatch):
-    import charrnn.data as data
+    import charrnn.text as data
 
     monkeypatch.setattr(data, "_CHUNK_BYTES", 7)  # multi-byte characters split across read chunks
     vocab, ids = read_corpus(write(tmp_path, UNICODE))
@@ -34,7 +35,7 @@ def test_encode_matches_python_and_uses_compact_ids(tmp_path, monkeypatch):
 
 
 def test_crlf_and_bom_are_normalised(tmp_path, monkeypatch):
-    import charrnn.data as data
+    import charrnn.text as data
 
     monkeypatch.setattr(data, "_CHUNK_BYTES", 4)  # a CR at the end of one chunk, its LF in the next
     path = tmp_path / "win.txt"

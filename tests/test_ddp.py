@@ -19,7 +19,8 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from charrnn import checkpoint, network
 from charrnn.callbacks import AtomicCheckpointIO, LastCheckpoint
-from charrnn.data import CharDataModule, _pydoc_text
+from charrnn.data import CharDataModule
+from charrnn.text import pydoc_text
 from charrnn.distributed import mean_over_ranks
 from charrnn.module import CharRNN
 from charrnn.sampling import generate
@@ -32,7 +33,7 @@ TOL = 1e-9
 def write_text(directory) -> str:
     path = os.path.join(directory, "text.txt")
     with open(path, "w") as f:
-        f.write(_pydoc_text()[:800])
+        f.write(pydoc_text()[:800])
     return path
 
 

@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from . import gru, lstm, native
+from . import gru, lstm, native, native_build
 
 
 class Path(NamedTuple):
@@ -34,7 +34,7 @@ def _addresses(x: torch.Tensor) -> list[int]:
 
 
 def _step_kernel(direction: str, dtype: torch.dtype):
-    return native.kernel(f"lstm_{direction}_{native.DTYPES[dtype]}")
+    return native.kernel(f"lstm_{direction}_{native_build.DTYPES[dtype]}")
 
 
 def lstm_window_forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
@@ -105,7 +105,7 @@ def _obstacles(dtype: torch.dtype, device: torch.device) -> list[tuple[str, str]
     checks = [
         ("c", device.type != "cpu", device.type),
         ("c", native._turned_off(), "CHARRNN_NATIVE=0"),
-        ("c", dtype not in native.DTYPES, str(dtype).removeprefix("torch.")),
+        ("c", dtype not in native_build.DTYPES, str(dtype).removeprefix("torch.")),
         ("c", device.type == "cpu" and native._library() is None, "native.c not built: no C compiler?"),
         ("windows", dtype != torch.float32, str(dtype).removeprefix("torch.")),
         ("windows", native.kernel("product_f32") is None, "no AVX-512"),

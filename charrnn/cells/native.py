@@ -30,7 +30,7 @@ import functools
 
 import torch
 
-from .native_build import DTYPES, library as _library, turned_off as _turned_off
+from .native_build import library as _library, turned_off as _turned_off
 
 
 @functools.cache
