@@ -8,11 +8,14 @@ in a fresh process so its peak RSS above the start (Linux VmHWM, reset at the st
 Targets: <= 10 s (goal 5 s) and <= 1.5 GB above the start.
 """
 
-import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
+import os
+
+from bench import threads
+
+os.environ.update(threads.pool_sizes())  # first: NumPy and torch size their thread pools when they load
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile

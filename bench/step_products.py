@@ -11,10 +11,13 @@ Per shape (hidden size x layers x streams x window), one thread:
    (C steps between oneDNN products), alternating step by step; the median of the per-pair ratios of process time.
 """
 
-import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
+import os
+
+from bench import threads
+
+os.environ.update(threads.pool_sizes())  # first: NumPy and torch size their thread pools when they load
 
 import argparse
-import os
 import statistics
 import time
 

@@ -14,12 +14,15 @@ hits them alike; ratios are only compared within one run.
 Also: GFLOP/s of (a) at the largest configuration against one large torch.mm.
 """
 
-import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
+import os
+
+from bench import threads
+
+os.environ.update(threads.pool_sizes())  # first: NumPy and torch size their thread pools when they load
 
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -28,8 +31,9 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from bench.baselines import MinCharRNN, TorchRNN
+from bench.baselines import TorchRNN
 from bench.common import ROOT, SEQ_LENGTH, RateMeter, Stopwatch, print_table, shakespeare_path, start
+from bench.min_char_rnn import MinCharRNN
 from charrnn import network, optim
 from charrnn.cli import main as train_main
 from charrnn.data import CharDataModule, TrainBatches, choose_windows_per_batch

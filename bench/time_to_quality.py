@@ -27,21 +27,25 @@ the same start, so the ratio of their times is one of speed alone. Its weights a
 the same steps as the preset's.
 """
 
-import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
+import os
+
+from bench import threads
+
+os.environ.update(threads.pool_sizes())  # first: NumPy and torch size their thread pools when they load
 
 import argparse
 import contextlib
 import json
-import os
 import shlex
 import tempfile
 import time
 
 import yaml
 
-from bench.baselines import MinCharRNN, preset_twin, twin_trainer, validation_loss
-from bench.common import (ROOT, SEQ_LENGTH, QualityClock, first_point, first_reaching, machine_line, print_table, run_train,
-                          shakespeare_path, start)  # fmt: skip
+from bench.baselines import preset_twin, twin_trainer, validation_loss
+from bench.common import (ROOT, SEQ_LENGTH, QualityClock, first_point, first_reaching, machine_line, print_table,
+                          run_train, shakespeare_path, start)  # fmt: skip
+from bench.min_char_rnn import MinCharRNN
 from charrnn.data import CharDataModule
 
 PRESETS = ("default", "lstm", "gru", "large")

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from pydoc_data.topics import topics
 
+from bench.common import find_shakespeare as shakespeare_path  # noqa: F401  (the tests' larger text, if present)
 from charrnn import checkpoint, cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,12 +38,6 @@ def tiny_args(data, root, *extra, steps: int = 60) -> list[str]:
 def train(args) -> int:
     """``python train.py ARGS`` in this process; returns the exit code."""
     return cli.main([str(a) for a in args])
-
-
-def shakespeare_path() -> str | None:
-    """tiny-shakespeare in ``shared/data`` beside the repository, if it is there (never copied into it)."""
-    path = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-    return str(path) if path.exists() else None
 
 
 def start_script(script: str, args, cwd=ROOT, text=True) -> subprocess.Popen:
