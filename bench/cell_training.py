@@ -162,7 +162,8 @@ def main():
                 ratio = {x: statistics.median(a / r for a, r in zip(rates["a"], rates[x])) for x in "bc"}
                 gflops = flops_per_step(B, H, V, T, CELLS[cell].GATES, L) * median["a"] / (B * T) / 1e9
                 rows.append([cell, f"{H}x{L}", f"{B}x{T}", *(f"{median[k] / 1e3:.1f}" for k in VARIANTS),
-                             f"{ratio['c']:.2f}", f"{ratio['b']:.2f}", f"{gflops:.1f}", f"{gflops / peak:.0%}"])  # fmt: skip
+                             f"{ratio['c']:.2f}", f"{ratio['b']:.2f}", f"{gflops:.1f}",
+                             f"{gflops / peak:.0%}"])  # fmt: skip
                 spread = " ".join(f"{a / c:.2f}" for a, c in zip(rates["a"], rates["c"]))
                 print("  " + " ".join(map(str, rows[-1])) + f"   a/c by round: {spread}", flush=True)
     print()

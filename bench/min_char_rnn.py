@@ -15,7 +15,8 @@ class MinCharRNN:
     tests/test_min_char_rnn.py holds charrnn to; the benchmarks time it as the NumPy baseline.
     """
 
-    def __init__(self, vocab_size: int, hidden_size: int = 100, learning_rate: float = 1e-1, seed: int = 0, params=None):
+    def __init__(self, vocab_size: int, hidden_size: int = 100, learning_rate: float = 1e-1, seed: int = 0,
+                 params=None):  # fmt: skip
         rng = np.random.default_rng(seed)
         V, H = vocab_size, hidden_size
         if params is None:

@@ -170,9 +170,12 @@ def main():
     parser.add_argument("--max-seconds", type=float, help="stop each run after this much training (the default "
                         "comparison: 180; presets: their whole step budget)")  # fmt: skip
     parser.add_argument("--train-args", default="", help="more train.py flags, e.g. '--data.batch_size 8' (a sweep)")
-    parser.add_argument("--numpy-seconds", type=float, default=150, help="min-char-rnn: stop after this much training (0: skip)")
+    parser.add_argument("--numpy-seconds", type=float, default=150,
+                        help="min-char-rnn: stop after this much training (0: skip)")
     parser.add_argument("--numpy-eval", type=float, default=5, help="min-char-rnn: seconds between validations")
-    parser.add_argument("--presets", nargs="+", choices=PRESETS, help="time these configs/NAME.yaml instead of the default comparison (no min-char-rnn, no --train-args)")
+    parser.add_argument("--presets", nargs="+", choices=PRESETS,
+                        help="time these configs/NAME.yaml instead of the default comparison (no min-char-rnn, "
+                        "no --train-args)")
     parser.add_argument("--autograd-lstm", action="store_true", help="with --presets ... lstm: and its autograd twin")
     args = parser.parse_args()
     if args.autograd_lstm and "lstm" not in (args.presets or []):

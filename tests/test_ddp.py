@@ -315,7 +315,8 @@ def test_device_run_resumes_on_device_equals_cpu_and_samples_on_cpu(single, tmp_
     assert len(set(ids)) > 5  # a trained model's text, not one character repeated
 
 
-TWO_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs"))]
+TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+TWO_DEVICES = ["cpu", pytest.param("cuda", marks=TWO_GPUS)]
 
 
 @pytest.mark.parametrize("device", TWO_DEVICES)

@@ -63,7 +63,7 @@ def run_train_py(args, cwd=ROOT) -> tuple[int, str, str]:
 
 def quiet_trainer(**kwargs) -> L.Trainer:
     """A Trainer that prints, logs and checkpoints nothing unless ``kwargs`` ask for it."""
-    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False}
+    quiet = dict.fromkeys(("logger", "enable_progress_bar", "enable_model_summary", "enable_checkpointing"), False)
     return L.Trainer(**{**quiet, **kwargs})
 
 
@@ -94,9 +94,9 @@ def newest(root) -> dict:
 
 
 def assert_same_training_state(a: dict, b: dict) -> None:
-    """Bitwise: parameters, smoothed loss, Adagrad memory, carried hidden state, dropout seed and step. (Not Lightning's epoch
-    counter: it counts trainer batches, which group several windows in a number that depends on the run's step
-    counts; the position in the text is a function of the step.)"""
+    """Bitwise: parameters, smoothed loss, Adagrad memory, carried hidden state, dropout seed and step. (Not
+    Lightning's epoch counter: it counts trainer batches, which group several windows in a number that depends on the
+    run's step counts; the position in the text is a function of the step.)"""
     assert a["global_step"] == b["global_step"]
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for name in a["state_dict"]:
