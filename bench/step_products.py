@@ -11,10 +11,13 @@ Per shape (hidden size x layers x streams x window), one thread:
    (C steps between oneDNN products), alternating step by step; the median of the per-pair ratios of process time.
 """
 
-import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
+import os
+
+from bench import threads
+
+os.environ.update(threads.pool_sizes())  # first: NumPy and torch size their thread pools when they load
 
 import argparse
-import os
 import statistics
 import time
 
@@ -32,7 +35,7 @@ def product_times(M: int, K: int, N: int, rounds: int, reps: int = 100) -> dict:
     """Seconds per product ``x (M x K) @ W^T`` (W is N x K) of each implementation, best of ``rounds``."""
     x, W = torch.randn(M, K), torch.randn(N, K) * K**-0.5
     out, packed = torch.empty(M, N), native.pack_panels(W)
-    ours, onednn = native._library().product_f32, native.weight_product(W, M)
+    ours, onednn = native.kernel("product_f32"), native.weight_product(W, M)
     runs = {
         "C kernel": lambda: ours(x.data_ptr(), K, packed.data_ptr(), out.data_ptr(), N, None, 0, M, N, K),
         "oneDNN": lambda: onednn(x),
