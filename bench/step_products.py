@@ -84,7 +84,7 @@ def main():
     parser.add_argument("--steps", type=int, default=6, help="training steps of each kind per shape")
     args = parser.parse_args()
     set_threads(1)
-    cli._keep_freed_memory()  # as train.py: no page faults on each window's buffers
+    cli.keep_freed_memory()  # as train.py: no page faults on each window's buffers
     flags = os.environ.get("CHARRNN_CFLAGS")
     print(machine_line() + (f"  CHARRNN_CFLAGS={flags}" if flags else ""))
     if fast.path(lstm, torch.float32).name != "C window loops":

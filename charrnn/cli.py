@@ -125,7 +125,7 @@ def _default_threads() -> None:
         torch.set_num_threads(1)
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Keep freed blocks of up to 32 MiB in the process (glibc): by default glibc maps large blocks afresh and
     returns them on free, so every window's activation buffers page-fault again (1.4 us a 4 KiB page here; up to
     5,000 faults a window for an LSTM of 256 over 32 x 50 characters: a tenth of its time)."""
@@ -237,7 +237,7 @@ def run(args=None) -> None:
 
 def _run(args) -> None:
     _default_threads()
-    _keep_freed_memory()
+    keep_freed_memory()
     cli, last = _build(args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     _group_windows(trainer, data, last.every_n_steps)
