@@ -15,10 +15,9 @@ from charrnn import entry
 if __name__ == "__main__":
     entry.start()  # before torch is imported (seconds): see charrnn/entry.py
 
-from charrnn import checkpoint
+from charrnn import checkpoint, outfile
 from charrnn.command import ArgumentParser, exit_code
-from charrnn.errors import UsageError
-from charrnn.export import FORMATS, check_out, export, write_atomic
+from charrnn.export import FORMATS, export, written_by_charrnn
 
 
 def _parser() -> ArgumentParser:
@@ -34,12 +33,9 @@ def run(argv) -> None:
     args = _parser().parse_args(argv)
     path = checkpoint.resolve(args.checkpoint)
     net = checkpoint.load_network(path)
-    check_out(args.out)
+    outfile.check(args.out, written_by_charrnn, "export.py")
     data = export(net.arch, net.params, net.vocab, args.format, title=path)
-    try:
-        write_atomic(data, args.out)
-    except OSError as e:
-        raise UsageError(f"--out {args.out}: cannot write it ({e.strerror})") from None
+    outfile.write_atomic(data, args.out)
     print(f"wrote {args.out}: {args.format}, {len(data)} bytes")
 
 

@@ -21,8 +21,6 @@ import html
 import inspect
 import io
 import json
-import os
-import tempfile
 import warnings
 import zipfile
 
@@ -31,7 +29,6 @@ from torch import nn
 
 from . import stack
 from .cells import CELLS, lstm
-from .errors import UsageError
 
 GENERATOR = "charrnn export.py"  # ONNX producer, page generator: the mark of a file charrnn wrote
 ONNX_VOCAB, ONNX_ARCH = "charrnn.vocab", "charrnn.architecture"  # ONNX metadata keys (JSON values)
@@ -264,7 +261,9 @@ window.charrnn = (() => {
     if (temperature === 0) return best;
     const cdf = new Float64Array(logits.length), max = logits[best], scale = 1 / temperature;
     let total = 0;
-    for (let k = 0; k < logits.length; k++) cdf[k] = total += Math.exp(scale === 1 ? logits[k] - max : (logits[k] - max) * scale);
+    for (let k = 0; k < logits.length; k++) {
+      cdf[k] = total += Math.exp(scale === 1 ? logits[k] - max : (logits[k] - max) * scale);
+    }
     const target = u * total;
     for (let k = 0; k < cdf.length; k++) if (cdf[k] > target) return k;
     return cdf.indexOf(total);  // u * total rounded up to the total: the last character with a probability
@@ -287,7 +286,9 @@ window.charrnn = (() => {
       const id = model.vocab.indexOf(ch);
       if (id < 0) missing.add(ch); else ids.push(id);
     }
-    if (missing.size) throw new Error("the prime has characters not in the vocabulary: " + JSON.stringify([...missing].join("")));
+    if (missing.size) {
+      throw new Error("the prime has characters not in the vocabulary: " + JSON.stringify([...missing].join("")));
+    }
     return ids;
   }
 
@@ -386,33 +387,3 @@ def written_by_charrnn(path: str) -> bool:
     except Exception:  # not ONNX (or no onnx to read it with): not known to be ours
         return False
     return any(p.key == "charrnn.generator" and p.value == json.dumps(GENERATOR) for p in model.metadata_props)
-
-
-def check_out(path: str) -> None:
-    """Refuse, before any work, to replace a file that is not an export of ours, or to write where nothing can be."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UsageError(f"--out {path}: directory {directory} does not exist")
-    if not os.path.lexists(path):
-        return
-    if not os.path.isfile(path):  # a directory, a FIFO, a dangling link
-        raise UsageError(f"--out {path} exists and is not a regular file; pass another --out")
-    try:
-        ours = written_by_charrnn(path)
-    except OSError as e:
-        raise UsageError(f"--out {path}: cannot read it to check who wrote it ({e.strerror})") from None
-    if not ours:
-        raise UsageError(f"--out {path} exists and was not written by export.py; pass another --out or remove it")
-
-
-def write_atomic(data: bytes, path: str) -> None:
-    """Write ``path`` whole or not at all (a temporary file beside it, then a rename)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

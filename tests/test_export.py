@@ -3,7 +3,6 @@ page samples as charrnn's NumPy sampler does (in headless Chromium), the example
 and bad input is one line that changes nothing."""
 
 import html
-import io
 import json
 import os
 import re
@@ -20,21 +19,25 @@ import torch
 import export as export_py
 from charrnn import checkpoint, network, stack
 from charrnn.cells import CELLS
-from charrnn.export import ONNX_VOCAB, TORCHSCRIPT_EXTRA, onnx_bytes, page, torch_network, torchscript_bytes
+from charrnn.export import FORMATS, ONNX_VOCAB, TORCHSCRIPT_EXTRA, onnx_bytes, page, torch_network, torchscript_bytes
 from charrnn.network import Architecture
-from charrnn.sampling import Sampler, encode_prime, generate
+from charrnn.sampling import Sampler, encode_prime
 from tests.test_visualize import chromium, needs_chromium, page_requests
 from tests.train_helpers import ROOT, corpus, run_script, snapshot, tiny_args, train
 
 TOLERANCE = 1e-5  # float32 against charrnn's float32 forward pass
 
 
-def make_network(cell: str, L: int, V: int = 11, H: int = 8, seed: int = 0):
-    """Architecture and float32 parameters moved off their initialisation, so that every gate is partly saturated."""
-    arch = Architecture(V, H, cell, L)
+VOCAB = list('ab</s>&"\n\u2028\U0001F642')  # characters that could end a script block, a line, a string
+
+
+def make_network(cell: str, L: int, H: int = 8, seed: int = 0):
+    """Architecture and float32 parameters moved off their initialisation, so that every gate is partly saturated,
+    and a vocabulary of characters that HTML, JavaScript and JSON treat specially."""
+    arch = Architecture(len(VOCAB), H, cell, L)
     g = torch.Generator().manual_seed(seed)
     params = {k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in arch.init_params(g).items()}
-    return arch, params, [chr(ord("a") + i) for i in range(V)]
+    return arch, params, VOCAB
 
 
 def charrnn_windows(arch, params, windows, state):
@@ -66,7 +69,8 @@ def test_exports_compute_charrnns_forward_pass(cell, L, tmp_path):
     runtimes = {
         "nn.Module": lambda ids, s: torch_network(cell, params)(ids, s),
         "TorchScript": lambda ids, s: scripted(ids, s),
-        "onnxruntime": lambda ids, s: map(torch.from_numpy, session.run(None, {"ids": ids.numpy(), "state": s.numpy()})),
+        "onnxruntime": lambda ids, s: [torch.from_numpy(a) for a in session.run(None, {"ids": ids.numpy(),
+                                                                                          "state": s.numpy()})],
     }
     for name, run in runtimes.items():
         s = state
@@ -104,7 +108,8 @@ def trained(tmp_path_factory):
     (d / "input.txt").write_text(corpus(500) * 6, encoding="utf-8")
     args = tiny_args(d / "input.txt", d / "run", "--model.cell", "lstm", "--model.hidden_size", 32,
                      "--data.batch_size", 8, "--data.seq_length", 16, "--model.learning_rate", 0.05,
-                     "--model.initial_accumulator_value", 0.03, "--trainer.val_check_interval", 100, steps=400)  # fmt: skip
+                     "--model.initial_accumulator_value", 0.03, "--trainer.val_check_interval", 100,
+                     steps=400)  # fmt: skip
     assert train(args) == 0
     ckpt = checkpoint.newest_last_checkpoint(str(d / "run"))
     return {"dir": d, "ckpt": ckpt, "net": checkpoint.load_network(ckpt)}
@@ -149,8 +154,8 @@ def test_bad_inputs_are_one_line_errors_and_touch_nothing(capsys, trained, tmp_p
         ([good, "--format", "onnx"], "--out"),
         ([d / "missing.ckpt", "--format", "onnx", "--out", d / "x"], "does not exist"),
         ([d / "notes.html", "--format", "onnx", "--out", d / "x"], "not a checkpoint"),
-        *[([good, "--format", fmt, "--out", d / name], "not written by export.py")
-          for fmt in ("onnx", "torchscript", "html") for name in ("notes.html", "model.onnx", "model.pt", "archive.zip")],
+        *[([good, "--format", fmt, "--out", d / name], "not written by export.py") for fmt in FORMATS
+          for name in ("notes.html", "model.onnx", "model.pt", "archive.zip")],
         ([good, "--format", "html", "--out", d / "folder"], "not a regular file"),
         ([good, "--format", "html", "--out", d / "fifo"], "not a regular file"),
         ([good, "--format", "html", "--out", d / "nowhere" / "page.html"], "does not exist"),
@@ -212,7 +217,8 @@ const load = src => new Promise(resolve => {
 def in_chromium(tmp_path, pages: list[tuple[str, object]], task: str, *flags) -> list:
     """``task``'s result on each page (file names in ``tmp_path``), run in headless Chromium."""
     harness = tmp_path / "harness.html"
-    harness.write_text(HARNESS.replace("{{task}}", task).replace("{{pages}}", json.dumps(pages)))
+    pages = json.dumps(pages).replace("<", "\\u003c")  # no "</script>" in the harness's own script
+    harness.write_text(HARNESS.replace("{{task}}", task).replace("{{pages}}", pages))
     # Only the harness needs file access (to reach into its frames); a page alone runs with none.
     dom = chromium(tmp_path, harness.as_uri(), "--dump-dom", "--allow-file-access-from-files",
                    "--virtual-time-budget=600000", *flags)  # fmt: skip
@@ -235,13 +241,13 @@ LOGITS_TASK = """async function task(w, { prime, choices }) {
 def test_page_computes_the_numpy_samplers_logits_and_choices(tmp_path):
     """For every cell, 1 and 2 layers: the logits after each character of a prime are the NumPy sampler's (float64)
     to 1e-4, and the character drawn for a uniform at a temperature is the sampler's."""
-    prime = "abcabbacfkjihgfedcba"
+    prime = "".join(VOCAB[i] for i in np.random.default_rng(1).integers(len(VOCAB), size=30))
     rng = np.random.default_rng(0)
     choices = [(t, float(u)) for t in (0, 0.5, 1, 2) for u in rng.random(40)] + [(1, 0.0), (1, 1 - 2**-53)]
     pages = []
     for cell, L in CONFIGS:
         arch, params, vocab = make_network(cell, L)
-        (tmp_path / f"{cell}{L}.html").write_text(page(arch, params, vocab, f"{cell} {L}"), encoding="utf-8")
+        (tmp_path / f"{cell}{L}.html").write_text(page(arch, params, vocab, f"<b>{cell} {L}</b>"), encoding="utf-8")
         pages.append((f"{cell}{L}.html", {"prime": prime, "choices": choices}))
     results = in_chromium(tmp_path, pages, LOGITS_TASK)
     for (cell, L), result in zip(CONFIGS, results):
@@ -260,7 +266,11 @@ UI_TASK = """async function task(w, { prime, temperature, length, seed }) {
   const d = w.document, output = d.getElementById("output");
   let mutations = 0;
   new w.MutationObserver(records => { mutations += records.length; }).observe(output, { childList: true });
-  const set = (id, value) => { const e = d.getElementById(id); e.value = value; e.dispatchEvent(new w.Event("input")); };
+  const set = (id, value) => {
+    const input = d.getElementById(id);
+    input.value = value;
+    input.dispatchEvent(new w.Event("input"));
+  };
   set("prime", prime); set("temperature", temperature); set("length", length); set("seed", seed);
   d.getElementById("generate").click();
   const first = output.textContent;  // after the click's own work: the prime and the first chunk
