@@ -30,8 +30,8 @@ from torch import nn
 from . import stack
 from .cells import CELLS, lstm
 
-GENERATOR = "charrnn export.py"  # ONNX producer, page generator: the mark of a file charrnn wrote
-ONNX_VOCAB, ONNX_ARCH = "charrnn.vocab", "charrnn.architecture"  # ONNX metadata keys (JSON values)
+GENERATOR = "charrnn export.py"  # the mark of a file export.py wrote, in every format
+ONNX_PREFIX = "charrnn."  # ONNX metadata keys charrnn.generator, charrnn.vocab, charrnn.architecture (JSON values)
 TORCHSCRIPT_EXTRA = "charrnn.json"  # TorchScript extra file: {"generator", "vocab", "architecture"}
 NN_LSTM_ORDER = [lstm.I, lstm.F, lstm.G, lstm.O]  # nn.LSTM's gate k is charrnn's gate NN_LSTM_ORDER[k]
 FORMATS = ("onnx", "torchscript", "html")
@@ -99,13 +99,14 @@ def onnx_bytes(arch, params: dict, vocab: list[str]) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the exporter's notes on its own deprecation
         warnings.simplefilter("ignore")
-        # The TorchScript-based exporter keeps T free; the torch.export-based one (2.9's default) unrolls the tanh
-        # RNN and stacked layers over the example's T steps.
+        # The TorchScript-based exporter (deprecated, still in torch 2.13) keeps T free and writes ONNX's RNN, LSTM
+        # and GRU operators; the torch.export-based one (2.9's default) unrolls the tanh RNN and stacked layers over
+        # the example's T steps.
         legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
         torch.onnx.export(module, (ids, state), buffer, opset_version=17, dynamic_axes=axes, **names, **legacy)
     model = onnx.load_from_string(buffer.getvalue())
     for key, value in _metadata(arch, vocab).items():
-        model.metadata_props.add(key=f"charrnn.{key}", value=json.dumps(value, ensure_ascii=False))
+        model.metadata_props.add(key=ONNX_PREFIX + key, value=json.dumps(value, ensure_ascii=False))
     return model.SerializeToString()
 
 
@@ -378,12 +379,15 @@ def written_by_charrnn(path: str) -> bool:
     if f'<meta name="generator" content="{GENERATOR}">'.encode() in head:
         return True
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith(f"/extra/{TORCHSCRIPT_EXTRA}") for name in archive.namelist())
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith(f"/extra/{TORCHSCRIPT_EXTRA}") for name in archive.namelist())
+        except zipfile.BadZipFile:
+            return False
     try:
         import onnx
 
         model = onnx.load(path, load_external_data=False)
     except Exception:  # not ONNX (or no onnx to read it with): not known to be ours
         return False
-    return any(p.key == "charrnn.generator" and p.value == json.dumps(GENERATOR) for p in model.metadata_props)
+    return any(p.key == ONNX_PREFIX + "generator" and p.value == json.dumps(GENERATOR) for p in model.metadata_props)

@@ -2,6 +2,7 @@
 page samples as charrnn's NumPy sampler does (in headless Chromium), the examples of docs/export.md run as written,
 and bad input is one line that changes nothing."""
 
+import base64
 import html
 import json
 import os
@@ -19,7 +20,7 @@ import torch
 import export as export_py
 from charrnn import checkpoint, network, stack
 from charrnn.cells import CELLS
-from charrnn.export import FORMATS, ONNX_VOCAB, TORCHSCRIPT_EXTRA, onnx_bytes, page, torch_network, torchscript_bytes
+from charrnn.export import FORMATS, TORCHSCRIPT_EXTRA, onnx_bytes, page, torch_network, torchscript_bytes
 from charrnn.network import Architecture
 from charrnn.sampling import Sampler, encode_prime
 from tests.test_visualize import chromium, needs_chromium, page_requests
@@ -84,7 +85,7 @@ def test_exports_compute_charrnns_forward_pass(cell, L, tmp_path):
 
     assert json.loads(extra[TORCHSCRIPT_EXTRA])["vocab"] == vocab
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
-    assert json.loads(props[ONNX_VOCAB]) == vocab and json.loads(props["charrnn.architecture"]) == arch.as_dict()
+    assert json.loads(props["charrnn.vocab"]) == vocab and json.loads(props["charrnn.architecture"]) == arch.as_dict()
 
 
 def test_the_mapping_can_fail():
@@ -95,6 +96,20 @@ def test_the_mapping_can_fail():
         module.rnn.weight_hh_l0.copy_(params["Whh"])
         ids, state = torch.tensor([[1, 2, 3]]), arch.zero_state(1)
         assert not torch.allclose(module(ids, state)[0], network.forward(arch, params, ids, state)[0], atol=1e-3)
+
+
+def test_page_holds_the_float32_weights_and_the_vocabulary():
+    """The page's data block is JSON that no character of the vocabulary or the title can end early, holding every
+    parameter as base64 of its little-endian float32 values."""
+    arch, params, vocab = make_network("gru", 2)
+    text = page(arch, params, vocab, "</script><b>&")
+    [block] = re.findall(r'<script type="application/json" id="model">(.*?)</script>', text, re.S)
+    assert "<" not in block and "<b>" not in text
+    data = json.loads(block)
+    assert data["vocab"] == vocab and data["architecture"] == arch.as_dict() and data["title"] == "</script><b>&"
+    assert data["params"].keys() == params.keys()
+    for name, p in params.items():
+        assert np.array_equal(np.frombuffer(base64.b64decode(data["params"][name]), "<f4"), p.numpy().ravel()), name
 
 
 # --- export.py on a checkpoint written by train.py ---
