@@ -84,7 +84,9 @@ def test_exports_compute_charrnns_forward_pass(cell, L, tmp_path):
         assert logits.abs().max() > 0.5  # the logits are not all near zero (the comparison can fail)
 
     assert json.loads(extra[TORCHSCRIPT_EXTRA])["vocab"] == vocab
-    props = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    props = {p.key: p.value for p in model.metadata_props}
     assert json.loads(props["charrnn.vocab"]) == vocab and json.loads(props["charrnn.architecture"]) == arch.as_dict()
 
 
