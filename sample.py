@@ -1,7 +1,7 @@
 """Generate text from a checkpoint written by train.py.
 
 ``python sample.py CHECKPOINT [--length N] [--prime TEXT | --prime-file FILE] [--temperature T] [--top-k K] [--greedy]
-[--seed S] [--stop STR]... [--num-samples N] [--beam K] [--json] [--device cpu|cuda|auto] [--half]``
+[--seed S] [--stop STR]... [--num-samples N] [--beam K] [--json] [--device cpu|cuda|auto] [--half] [--verbose]``
 
 Prints the prime text, then ``--length`` new characters as UTF-8 (fewer when a ``--stop`` string ends the sample),
 streamed while they are generated. A thin layer over the Python API (charrnn/api.py); docs/sampling-control.md
@@ -68,6 +68,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--half", action="store_true",
                    help="on the CPU, weights in float16 and float32 sums: 1.5-3x faster, each probability within "
                         "about 0.01 of the exact one (default: exact, float64 sums)")
+    p.add_argument("--verbose", action="store_true",
+                   help="say on stderr which loop generates (native.c's or NumPy's), in which precision, and why")
     return p
 
 
@@ -131,7 +133,7 @@ def run(argv) -> None:
     _check(args)
     stops = [decode_escapes(s) for s in args.stop]
     model = api.load(args.checkpoint)
-    prime = args.prime if args.prime_file is None else read_text(args.prime_file, "--prime-file", "pass a UTF-8 text file")
+    prime = args.prime if args.prime_file is None else read_text(args.prime_file, "--prime-file")
     source = "--prime" if args.prime_file is None else f"--prime-file {args.prime_file}"
     encode_prime(model.vocab, prime, source)  # its characters checked before anything is printed
     if args.num_samples > 1 and not args.json and SEPARATOR in model.vocab:
@@ -150,7 +152,11 @@ def run(argv) -> None:
     temperature = 0.0 if args.greedy else 1.0 if args.temperature is None else args.temperature
     for i in range(args.num_samples):
         seed = args.seed + i if args.seed is not None else secrets.randbits(63) if args.json else None
-        chunks = model.stream(args.length, prime, temperature, args.top_k, seed, stops, device, args.half)
+        session = model.session(seed, device, args.half)
+        session.feed(prime)
+        chunks = session.stream(args.length, temperature, args.top_k, stops)
+        if args.verbose and i == 0:
+            print(f"sampling: {session.path}", file=sys.stderr)
         if args.json:
             _json_line(out, model, prime, "".join(chunks), seed=seed)
             continue

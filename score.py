@@ -82,7 +82,7 @@ def run(argv) -> None:
     model = api.load(args.checkpoint)
     texts = []
     for path in args.files:  # every file read and checked before anything is printed
-        text = read_text(path, "text file", "pass a UTF-8 text file to score")
+        text = read_text(path, "text file")
         if len(text) < 2:
             raise UsageError(f"text file {path} is {'empty' if not text else 'one character'}; "
                              "the first character is context, so scoring needs at least 2")  # fmt: skip

@@ -7,14 +7,16 @@ The page shows a text with each character coloured by a chosen unit's activation
 model was by each character. It has inline CSS and script only and fetches nothing, so it opens offline from disk.
 """
 
-import codecs
-import os
-import stat
 import sys
-import tempfile
 
-import charrnn
+from charrnn import entry
+
+if __name__ == "__main__":
+    entry.start()  # before torch is imported (seconds): see charrnn/entry.py
+
+from charrnn import api, files
 from charrnn.command import ArgumentParser, exit_code
+from charrnn.text import read_start
 from charrnn.errors import UsageError
 from charrnn.sampling import encode_prime, generate
 from charrnn.visualize import GENERATOR, page, trace
@@ -46,52 +48,19 @@ def _check(args) -> None:
         raise UsageError(f"--seed must be 0 or more, got {args.seed}")
 
 
-def _check_out(path: str) -> None:
-    """Refuse before any work to replace a file that is not a page of ours, or to write where nothing can be."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UsageError(f"--out {path}: directory {directory} does not exist")
-    if not os.path.lexists(path):
-        return
-    if not os.path.isfile(path):  # a directory, a FIFO, a dangling link
-        raise UsageError(f"--out {path} exists and is not a regular file; pass another --out")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1024)
-    except OSError as e:
-        raise UsageError(f"--out {path}: cannot read it to check who wrote it ({e.strerror})") from None
-    if f'<meta name="generator" content="{GENERATOR}">'.encode() not in head:
-        raise UsageError(f"--out {path} exists and was not written by visualize.py; pass another --out or remove it")
+def _ours(path: str) -> bool:
+    """Whether ``path`` is a page visualize.py wrote (its generator tag is in the first kilobyte)."""
+    with open(path, "rb") as f:
+        return f'<meta name="generator" content="{GENERATOR}">'.encode() in f.read(1024)
 
 
-def _read_start(path: str, limit: int) -> tuple[str, bool]:
-    """The first ``limit`` characters of a UTF-8 file read as training reads it (BOM dropped, CRLF and CR as LF),
-    and whether the file has more. Reads only the start: a character is at most 4 bytes."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        raise UsageError(f"--text {path}: {e.strerror}") from None
-    if not stat.S_ISREG(mode):
-        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-        raise UsageError(f"--text {path} is {kind}; pass a UTF-8 text file")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(4 * limit + 8)
-            more = f.read(1) != b""
-    except OSError as e:
-        raise UsageError(f"--text {path}: cannot read it ({e.strerror})") from None
-    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
-    try:
-        text = codecs.getincrementaldecoder("utf-8")("strict").decode(raw[bom:], final=not more)
-    except UnicodeDecodeError as e:
-        raise UsageError(
-            f"--text {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {bom + e.start}); "
-            "convert it first"
-        ) from None
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+def _read_text(path: str, limit: int) -> tuple[str, bool]:
+    """The first ``limit`` characters of --text as training reads it, and whether it has more."""
+    files.regular_file(path, "--text")
+    text, more = read_start(path, limit, "--text")
     if not text:
         raise UsageError(f"--text {path} is empty")
-    return text[:limit], more or len(text) > limit
+    return text, more
 
 
 def _text_ids(args, net) -> list[int]:
@@ -102,7 +71,7 @@ def _text_ids(args, net) -> list[int]:
         print(f"note: --length {args.length} is more than a page shows; it shows {MAX_CHARS} characters",
               file=sys.stderr)  # fmt: skip
     if args.text is not None:
-        text, cut = _read_start(args.text, limit)
+        text, cut = _read_text(args.text, limit)
         missing = sorted(set(text) - set(vocab))
         if missing:
             raise UsageError(
@@ -120,32 +89,16 @@ def _text_ids(args, net) -> list[int]:
     return prime_ids + list(generate(net.arch.cell, net.params, new, prime_ids=prime_ids, seed=args.seed))
 
 
-def _write_atomic(text: str, path: str) -> None:
-    """Write ``path`` whole or not at all (temporary file, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def run(argv) -> None:
     args = _parser().parse_args(argv)
     _check(args)
-    model = charrnn.load(args.checkpoint)
-    _check_out(args.out)
+    model = api.load(args.checkpoint)
+    files.check_out(args.out, _ours, "visualize.py")
     ids = _text_ids(args, model)
     text = "".join(model.vocab[i] for i in ids)
     log_probs = model.score(text).log_probs if len(text) > 1 else []  # the first character is not predicted
     html = page(trace(model.arch, model.params, ids), ids, model.vocab, model.path, log_probs)
-    try:
-        _write_atomic(html, args.out)
-    except OSError as e:
-        raise UsageError(f"--out {args.out}: cannot write it ({e.strerror})") from None
+    files.write_out(args.out, html.encode())
     print(f"wrote {args.out}: {len(ids)} characters; open it in a browser")
 
 
@@ -154,4 +107,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry.run(main))

@@ -1,6 +1,6 @@
-"""What charrnn is measured against: Karpathy's NumPy min-char-rnn, and the model a PyTorch user would write
-(``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` + ``nn.Linear`` + autograd + a ``torch.optim`` optimizer in a LightningModule
-with automatic optimization).
+"""What charrnn is measured against besides Karpathy's NumPy min-char-rnn (bench/min_char_rnn.py): the model a
+PyTorch user would write (``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` + ``nn.Linear`` + autograd + a ``torch.optim``
+optimizer in a LightningModule with automatic optimization).
 """
 
 import functools
@@ -14,7 +14,6 @@ from charrnn import stack
 from charrnn.cells import lstm
 from charrnn.module import CharRNN
 from charrnn.network import Architecture
-from tests.min_char_rnn import MinCharRNN  # noqa: F401  (the NumPy baseline, owned by the tests it is the reference of)
 
 
 def validation_loss(params: dict, datamodule, cell: str = "rnn") -> float:

@@ -15,15 +15,19 @@ import time
 import lightning as L
 import torch
 
-from tests.train_helpers import shakespeare_path as find_shakespeare
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
 SEQ_LENGTH = 25
 
 
+def find_shakespeare() -> str | None:
+    """tiny-shakespeare in ``shared/data`` beside the repository, if it is there (never copied into it)."""
+    path = os.path.join(os.path.dirname(ROOT), "shared", "data", "tinyshakespeare.txt")
+    return path if os.path.exists(path) else None
+
+
 def shakespeare_path() -> str:
-    """tiny-shakespeare (tests.train_helpers.shakespeare_path); exit cleanly if absent."""
+    """tiny-shakespeare (find_shakespeare); exit cleanly if absent."""
     path = find_shakespeare()
     if path is None:
         sys.exit("error: tinyshakespeare.txt not found under ../shared/data beside the repository")

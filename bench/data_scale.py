@@ -8,11 +8,14 @@ in a fresh process so its peak RSS above the start (Linux VmHWM, reset at the st
 Targets: <= 10 s (goal 5 s) and <= 1.5 GB above the start.
 """
 
-import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
+import os
+
+from bench import threads
+
+os.environ.update(threads.pool_sizes())  # first: NumPy and torch size their thread pools when they load
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,8 +25,8 @@ import numpy as np
 
 from bench.common import ROOT, machine_line, print_table, shakespeare_path
 
-NON_ASCII = ["Ça va? Déjà vu — naïve café, façade, São Paulo.", "日本語のテキスト、漢字とかな。", "Emoji 🎭🗡️👑 and “quotes” ‘here’ …",
-             "Ελληνικά και Русский текст, ß ø å ñ."]  # fmt: skip
+NON_ASCII = ["Ça va? Déjà vu — naïve café, façade, São Paulo.", "日本語のテキスト、漢字とかな。",
+             "Emoji 🎭🗡️👑 and “quotes” ‘here’ …", "Ελληνικά και Русский текст, ß ø å ñ."]  # fmt: skip
 
 
 def write_corpus(path: str, megabytes: float, seed: int = 0) -> int:
@@ -53,7 +56,7 @@ def measure(path: str, batch_size: int, seq_length: int = 25) -> dict:
     import torch
 
     from bench.common import peak_rss_bytes, reset_peak_rss, rss_bytes
-    from charrnn.data import read_corpus, train_streams, val_streams
+    from charrnn.text import read_corpus, train_streams, val_streams
 
     start_rss = rss_bytes()
     reset_peak_rss()
@@ -99,7 +102,8 @@ def main():
         [[f"{r['read_encode_s']:.2f}", f"{r['layout_s']:.2f}", f"{total:.2f}", "<= 10 (goal 5)",
           f"{r['peak_above_start_mb']:.0f}", "<= 1500"]],
     )  # fmt: skip
-    print(f"(of the peak: {r['arrays_mb']:.0f} MB are the results themselves: the ids and the int64 validation streams)")
+    print(f"(of the peak: {r['arrays_mb']:.0f} MB are the results themselves: the ids and the int64 validation "
+          "streams)")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ validation, TensorBoard logging and the checkpoint) and reads the child's peak R
 Lightning.
 """
 
-import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
+import os
+
+from bench import threads
+
+os.environ.update(threads.pool_sizes())  # first: NumPy and torch size their thread pools when they load
 
 import argparse
-import os
 import resource
 import subprocess
 import tempfile

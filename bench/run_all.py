@@ -1,6 +1,6 @@
 """Every benchmark, one after the other (``make bench``): throughput, time to quality, data scale, memory, every
-cell's training speed, the LSTM's per-step products, sampling speed and GPU throughput (which says so and measures nothing on a machine without
-CUDA).
+cell's training speed, the LSTM's per-step products, sampling speed and GPU throughput (which says so and measures
+nothing on a machine without CUDA).
 
     python -m bench.run_all [--threads 1] [--quick]
 
@@ -26,9 +26,13 @@ def main():
     quick = args.quick
     runs = [
         ("throughput", threads + (["--hidden", "100", "--batch", "1", "32", "--rounds", "1"] if quick else [])),
-        ("throughput", threads + ["--hidden", "256", "--batch", "6"] + (["--rounds", "1"] if quick else [])),  # default.yaml
+        # configs/default.yaml's size
+        ("throughput", threads + ["--hidden", "256", "--batch", "6"] + (["--rounds", "1"] if quick else [])),
         # min-char-rnn is capped at 150 s here (a bound); BENCHMARKS.md's run of record gives it 1200 s.
-        ("time_to_quality", threads + ["--max-seconds", "30" if quick else "60", "--numpy-seconds", "20" if quick else "150"]),
+        (
+            "time_to_quality",
+            threads + ["--max-seconds", "30" if quick else "60", "--numpy-seconds", "20" if quick else "150"],
+        ),
         ("data_scale", ["--mb", "10"] if quick else []),
         ("memory", ["--max-steps", "50"] if quick else []),
         ("cell_training", threads + (["--rounds", "1", "--seconds", "1"] if quick else [])),

@@ -7,14 +7,17 @@ Per shape (hidden size x layers x streams x window), one thread:
    ``product_f32`` by a weight packed into native.c's panels (called through ctypes, as a loop of 100 would be
    called from C, so the time includes the call), oneDNN by a weight packed once (``weight_product``, charrnn's
    per-step path elsewhere) and torch's ``mm`` (MKL); the best of ``--rounds`` rounds of 100 products, GFLOP/s;
-2. ``network.train_step`` of the LSTM with the window loops in C (``native.lstm_windows``) against the per-step path
+2. ``network.train_step`` of the LSTM with the window loops in C (``fast.LSTM_WINDOWS``) against the per-step path
    (C steps between oneDNN products), alternating step by step; the median of the per-pair ratios of process time.
 """
 
-import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
+import os
+
+from bench import threads
+
+os.environ.update(threads.pool_sizes())  # first: NumPy and torch size their thread pools when they load
 
 import argparse
-import os
 import statistics
 import time
 
@@ -23,7 +26,7 @@ import torch
 from bench.cell_training import shape
 from bench.common import machine_line, print_table, set_threads
 from charrnn import cli, network, optim
-from charrnn.cells import native
+from charrnn.cells import fast, lstm, native
 
 V = 65
 
@@ -32,7 +35,7 @@ def product_times(M: int, K: int, N: int, rounds: int, reps: int = 100) -> dict:
     """Seconds per product ``x (M x K) @ W^T`` (W is N x K) of each implementation, best of ``rounds``."""
     x, W = torch.randn(M, K), torch.randn(N, K) * K**-0.5
     out, packed = torch.empty(M, N), native.pack_panels(W)
-    ours, onednn = native._library().product_f32, native.weight_product(W, M)
+    ours, onednn = native.kernel("product_f32"), native.weight_product(W, M)
     runs = {
         "C kernel": lambda: ours(x.data_ptr(), K, packed.data_ptr(), out.data_ptr(), N, None, 0, M, N, K),
         "oneDNN": lambda: onednn(x),
@@ -56,18 +59,19 @@ def step_ratio(H: int, L: int, B: int, T: int, steps: int) -> tuple[float, float
     opt = optim.Adagrad(params.values(), lr=0.02, initial_accumulator_value=0.03)
     g = torch.Generator().manual_seed(0)
     inputs, targets = torch.randint(V, (B, T), generator=g), torch.randint(V, (B, T), generator=g)
-    state, windows = arch.zero_state(B), native.lstm_windows
+    state, windows = arch.zero_state(B), fast.path
+    per_step = lambda *args: fast.Path("C steps", "", *fast.LSTM_STEPS)  # noqa: E731
     times = {"window": [], "per step": []}
     try:
         for k in range(steps * 2 + 2):  # two warm-up steps, then pairs in alternating order
             for name in ("window", "per step") if k % 2 else ("per step", "window"):
-                native.lstm_windows = windows if name == "window" else lambda *tensors: None
+                fast.path = windows if name == "window" else per_step
                 start = time.process_time()
                 _, state = network.train_step(arch, params, opt, inputs, targets, state)
                 if k >= 2:
                     times[name].append(time.process_time() - start)
     finally:
-        native.lstm_windows = windows
+        fast.path = windows
     ratios = [p / w for p, w in zip(times["per step"], times["window"])]
     return statistics.median(times["window"]), statistics.median(times["per step"]), statistics.median(ratios)
 
@@ -80,10 +84,10 @@ def main():
     parser.add_argument("--steps", type=int, default=6, help="training steps of each kind per shape")
     args = parser.parse_args()
     set_threads(1)
-    cli._keep_freed_memory()  # as train.py: no page faults on each window's buffers
+    cli.keep_freed_memory()  # as train.py: no page faults on each window's buffers
     flags = os.environ.get("CHARRNN_CFLAGS")
     print(machine_line() + (f"  CHARRNN_CFLAGS={flags}" if flags else ""))
-    if native.lstm_windows(torch.zeros(1)) is None:
+    if fast.path(lstm, torch.float32).name != "C window loops":
         print("nothing to measure: native.c's float32 products need a C compiler and an AVX-512 CPU")
         return
     products, steps = [], []

@@ -14,12 +14,15 @@ hits them alike; ratios are only compared within one run.
 Also: GFLOP/s of (a) at the largest configuration against one large torch.mm.
 """
 
-import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
+import os
+
+from bench import threads
+
+os.environ.update(threads.pool_sizes())  # first: NumPy and torch size their thread pools when they load
 
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -28,8 +31,9 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from bench.baselines import MinCharRNN, TorchRNN
+from bench.baselines import TorchRNN
 from bench.common import ROOT, SEQ_LENGTH, RateMeter, Stopwatch, print_table, shakespeare_path, start
+from bench.min_char_rnn import MinCharRNN
 from charrnn import network, optim
 from charrnn.cli import main as train_main
 from charrnn.data import CharDataModule, TrainBatches, choose_windows_per_batch
@@ -128,7 +132,8 @@ def mm_gflops(n=2048, seconds=2.0):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=1.0, help="measured seconds per round and entry, after warm-up")
+    parser.add_argument("--seconds", type=float, default=1.0,
+                        help="measured seconds per round and entry, after warm-up")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all variants; each entry is its best round")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, here and in train.py")
     parser.add_argument("--hidden", type=int, nargs="+", default=[100, 512])

@@ -1,8 +1,8 @@
 """charrnn: min-char-rnn's tanh RNN with hand-written BPTT, trained by PyTorch Lightning.
 
 ``charrnn.load(CHECKPOINT)`` is the Python API (charrnn/api.py, docs/api.md). Importing the package is cheap:
-Lightning is imported only by the training modules (module, data, callbacks, cli), so sample.py starts fast; the
-API's modules (torch and NumPy) are imported at the first ``charrnn.load``.
+Lightning is imported only by the training modules (module, data, callbacks, resume, runlock, summary, cli), so
+sample.py starts fast; the API's modules (torch and NumPy) are imported at the first ``charrnn.load``.
 """
 
 

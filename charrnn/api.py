@@ -289,6 +289,11 @@ class Session:
         self._sampler.configure(temperature, top_k)
         return self._pieces(length, stops)
 
+    @property
+    def path(self) -> str:
+        """Which loop generates (native.c's or NumPy's), in which precision, and why: ``sample.py --verbose``."""
+        return self._sampler.path
+
     def state(self) -> SessionState:
         sampler = self._sampler
         return SessionState(sampler.state, dict(sampler.rng.bit_generator.state), self._context)

@@ -10,9 +10,8 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from . import checkpoint, optim
-from .entry import Interrupted
-from .errors import UsageError
+from . import checkpoint, files, optim, rundir
+from .errors import Interrupted, UsageError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -31,14 +30,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
-def checkpoint_path(trainer, name: str) -> str:
-    """Where this run keeps its checkpoint ``name``: its TensorBoard version's, or the root's, ``checkpoints``."""
-    return os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints", name)
-
-
 class LastCheckpoint(L.Callback):
-    """Keeps ``<log_dir>/checkpoints/last.ckpt`` current (every ``every_n_steps`` steps and where training stops),
-    and turns the first Ctrl-C / SIGTERM into a stop after the batch in progress, saved: a second one aborts."""
+    """Keeps the run's ``last.ckpt`` current (every ``every_n_steps`` steps and where training stops), and turns
+    the first Ctrl-C / SIGTERM into a stop after the batch in progress, saved: a second one aborts."""
 
     def __init__(self, every_n_steps: int = 1000):
         self.every_n_steps = every_n_steps
@@ -48,7 +42,7 @@ class LastCheckpoint(L.Callback):
         self._previous_handlers = {}
 
     def path(self, trainer) -> str:
-        return checkpoint_path(trainer, checkpoint.LAST)
+        return rundir.checkpoint_path(trainer, rundir.LAST)
 
     def _request_stop(self, signum, frame):
         if self.stop_signal is not None:
@@ -56,7 +50,7 @@ class LastCheckpoint(L.Callback):
         self.stop_signal = signal.Signals(signum).name
 
     def on_train_start(self, trainer, pl_module):
-        checkpoint.remove_temporaries(self.path(trainer))
+        files.remove_temporaries(self.path(trainer))
         self._step = self.start_step = trainer.global_step
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous_handlers[sig] = signal.signal(sig, self._request_stop)
@@ -106,14 +100,14 @@ class BestCheckpoint(L.Callback):
         self.val_loss = math.inf
 
     def path(self, trainer) -> str:
-        return checkpoint_path(trainer, checkpoint.BEST)
+        return rundir.checkpoint_path(trainer, rundir.BEST)
 
     def state_dict(self):
         return {"val_loss": self.val_loss}
 
     def on_train_start(self, trainer, pl_module):
         path = self.path(trainer)
-        checkpoint.remove_temporaries(path)
+        files.remove_temporaries(path)
         saved = checkpoint.load(path).get("callbacks", {}).get(self.state_key) if os.path.exists(path) else None
         self.val_loss = saved["val_loss"] if saved else math.inf
 

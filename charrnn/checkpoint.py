@@ -1,103 +1,47 @@
-"""Checkpoint files: atomic writes, safe reads, finding a run's newest ``last.ckpt``, and charrnn's own entry in them.
+"""Checkpoint files: atomic writes, safe reads, and charrnn's own entry in them.
 
 Reading never unpickles code (``weights_only=True``), so a checkpoint from an untrusted source cannot run
-anything. Writing goes to a temporary file that is flushed, fsynced and renamed over the target, so a process
-killed at any moment leaves either the old checkpoint or the new one, never half of one.
+anything. Writing is atomic (files.write_atomic): a process killed at any moment leaves either the old checkpoint
+or the new one, never half of one. Which file a run directory means is rundir.py's.
 
-This module imports torch only (not Lightning), so ``sample.py`` starts fast.
+This module imports torch only (not Lightning, not the flag checks), so ``sample.py`` starts fast.
 """
 
-import glob
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from typing import NamedTuple
 
 import torch
 
-from . import checks
+from . import files, rundir
 from .errors import UsageError
 from .network import Architecture
 
-LAST = "last.ckpt"
-BEST = "best.ckpt"  # beside last.ckpt: the state after the validation with the lowest loss (callbacks.BestCheckpoint)
 # The layout of checkpoint["charrnn"] this version writes. Earlier ones are read too, upgraded on reading: format 1
 # (vocab, hidden_size, hidden_state (B, H); the tanh RNN of one layer) and format 2 (the architecture recorded, the
 # state still (B, H), no dropout seed).
 FORMAT = 3
 
 
-def _temporary_prefix(path: str) -> str:
-    return f".{os.path.basename(path)}.tmp-"
-
-
 def save_atomic(obj, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # Hidden and not ending in .ckpt, so nothing mistakes a half-written file for a checkpoint.
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temporary_prefix(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def remove_temporaries(path: str) -> None:
-    """Delete what a killed ``save_atomic(..., path)`` left behind: a checkpoint-sized file per kill."""
-    directory = glob.escape(os.path.dirname(os.path.abspath(path)))
-    for tmp in glob.glob(os.path.join(directory, glob.escape(_temporary_prefix(path)) + "*")):
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-
-
-def _version_number(path: str) -> int:
-    match = re.search(r"version_(\d+)", path)
-    return int(match.group(1)) if match else -1
-
-
-# Where a run keeps last.ckpt, relative to the directory a user names: the run's root (train.py's
-# --trainer.default_root_dir), its lightning_logs, one version_N, or the checkpoints folder itself.
-_LAYOUTS = (
-    LAST,
-    os.path.join("checkpoints", LAST),
-    os.path.join("version_*", "checkpoints", LAST),
-    os.path.join("lightning_logs", "version_*", "checkpoints", LAST),
-)
-
-
-def newest_last_checkpoint(directory: str) -> str | None:
-    """The ``last.ckpt`` of the highest ``version_N`` of a run directory, if any (no deep search: naming
-    a large unrelated folder must neither be slow nor pick up someone else's run)."""
-    found = [p for layout in _LAYOUTS for p in glob.glob(os.path.join(glob.escape(directory), layout))]
-    return max(found, key=lambda p: (_version_number(p), os.path.getmtime(p))) if found else None
+    """``torch.save(obj)`` to ``path`` whole or not at all (files.write_atomic), creating its directory."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    files.write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def resolve(path: str) -> str:
     """A checkpoint file, or a run directory meaning its newest ``last.ckpt``."""
     if os.path.isdir(path):
-        found = newest_last_checkpoint(path)
+        found = rundir.newest_last_checkpoint(path)
         if found is None:
-            raise UsageError(f"no {LAST} found under {path}; pass a .ckpt file or a run directory")
+            raise UsageError(f"no {rundir.LAST} found under {path}; pass a .ckpt file or a run directory")
         return found
     if not os.path.exists(path):
         raise UsageError(f"checkpoint {path} does not exist")
-    checks.regular_file(path, "checkpoint")
+    files.regular_file(path, "checkpoint")
     return path
 
 

@@ -12,7 +12,6 @@ flags, everything else from the checkpoint.
 import argparse
 import contextlib
 import ctypes
-import importlib
 import logging
 import os
 import sys
@@ -25,13 +24,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from . import checks, optim, resume, runlock, summary
 from .callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, OptimizerFromFlags, ProgressBar
-from .data import CharDataModule
-from .entry import Interrupted
-from .errors import Diverged, UsageError, one_line
+from .command import exit_code
+from .data import CharDataModule, choose_windows_per_batch
+from .errors import Diverged, Interrupted, UsageError
 from .module import CharRNN
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.yaml")
-SUPPORTED_PRECISION = ("32-true", "32", "64-true", "64")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 # The default optimizer's settings as --model flags: (name, what it is, the --optimizer argument that replaces it).
 DEFAULT_OPTIMIZER_FLAGS = (("learning_rate", "rate", "lr"),
@@ -68,7 +66,7 @@ class CharRNNCLI(LightningCLI):
         except (OSError, UnicodeDecodeError) as e:  # the parser reads a path given for a class (e.g. a logger)
             reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
             raise UsageError(f"a flag names a file that cannot be read as settings ({reason})") from None
-        _check_flags(self.config)  # before LightningCLI seeds (a seed out of range crashes there) or builds anything
+        checks.flags(self.config)  # before LightningCLI seeds or builds anything
         if self.config["optimizer"]:
             given = parser.parse_args(args, defaults=False)
             for name, what, twin in DEFAULT_OPTIMIZER_FLAGS:
@@ -84,61 +82,9 @@ class CharRNNCLI(LightningCLI):
             raise UsageError(f"the --trainer settings do not work: {' '.join(str(e).split())}") from None
 
 
-def _check_flags(config) -> None:
-    """Flag values Lightning would accept and then crash on, refused before the text is read."""
-    if config["checkpoint_every"] < 1:
-        raise UsageError(f"--checkpoint_every must be a positive integer, got {config['checkpoint_every']}")
-    trainer = config["trainer"]
-    precision = str(trainer["precision"] or "32-true")
-    if precision not in SUPPORTED_PRECISION:
-        # Measured: bf16-true runs but the smoothed loss and Adagrad's sums of squares stop growing in 16 bits
-        # (tinyshakespeare, H=100, B=32, 600 steps: val loss 2.57 against 2.38 in float32).
-        raise UsageError(
-            f"--trainer.precision {precision} is not supported: the hand-written BPTT computes in the parameters' "
-            "dtype and is not written for autocast, and in 16 bits Adagrad's accumulators and the smoothed loss "
-            "stall; use 32-true or 64-true"
-        )
-    for name in ("max_steps", "max_epochs"):
-        if trainer[name] is not None and trainer[name] != -1 and trainer[name] < 1:
-            raise UsageError(f"--trainer.{name} must be a positive integer, or -1 for no limit, got {trainer[name]}")
-    for name in ("log_every_n_steps", "val_check_interval"):  # not a fraction of an epoch: charrnn counts steps
-        if trainer[name] is not None and not (type(trainer[name]) is int and trainer[name] > 0):
-            raise UsageError(f"--trainer.{name} must be a positive whole number of steps, got {trainer[name]}")
-    checks.seed(config["seed_everything"])
-    for name in ("learning_rate", "clip"):
-        checks.positive_float(f"--model.{name}", config["model"][name], precision)
-    checks.zero_or_positive_float("--model.initial_accumulator_value", config["model"]["initial_accumulator_value"], precision)
-    _check_optimization(config["optimizer"], config["lr_scheduler"], precision)
-    devices = trainer["devices"]
-    checks.fits_in_memory(config, devices if type(devices) is int and devices > 0 else 1)
-
-
 def _no_advert(record: logging.LogRecord) -> bool:
     """Lightning advertises a cloud logging service at every start; that is not a note about this run."""
     return "litlogger" not in record.getMessage()
-
-
-def _check_optimization(optimizer, scheduler, precision: str) -> None:
-    if scheduler is None:
-        pass
-    elif optimizer is None:
-        raise UsageError(
-            "--lr_scheduler needs --optimizer; for min-char-rnn's Adagrad: --optimizer charrnn.optim.Adagrad --optimizer.lr X"
-        )
-    elif issubclass(_class(scheduler), torch.optim.lr_scheduler.ReduceLROnPlateau):
-        # It would step at validations, and a last.ckpt written just before one could not resume it exactly.
-        raise UsageError("--lr_scheduler ReduceLROnPlateau is not supported: use a schedule that counts steps (e.g. StepLR)")
-    arguments = {} if optimizer is None else optimizer["init_args"]
-    if arguments.get("lr") is not None:
-        checks.positive_float("--optimizer.lr", arguments["lr"], precision)
-    if arguments.get("initial_accumulator_value") is not None:  # charrnn's Adagrad and torch's
-        checks.zero_or_positive_float("--optimizer.initial_accumulator_value", arguments["initial_accumulator_value"], precision)
-
-
-def _class(chosen) -> type:
-    """The class a class-path setting (``--optimizer``, ``--lr_scheduler``) names; the parser imported it already."""
-    module, name = chosen["class_path"].rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)
 
 
 @contextlib.contextmanager
@@ -181,7 +127,7 @@ def _default_threads() -> None:
         torch.set_num_threads(1)
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Keep freed blocks of up to 32 MiB in the process (glibc): by default glibc maps large blocks afresh and
     returns them on free, so every window's activation buffers page-fault again (1.4 us a 4 KiB page here; up to
     5,000 faults a window for an LSTM of 256 over 32 x 50 characters: a tenth of its time)."""
@@ -224,6 +170,19 @@ def _build(args):
     return cli, last
 
 
+def _group_windows(trainer, data: CharDataModule, every_n_steps: int) -> None:
+    """Several windows per trainer batch when windows are small (not under DDP: one window per batch keeps every
+    rank's collectives in step). Validation and checkpoints keep counting optimizer steps: the trainer's validation
+    interval, which Lightning counts in batches and reads only when fitting starts, is divided here."""
+    if trainer.world_size > 1:
+        return
+    val_every = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else 0
+    chars = data.batch_size * data.seq_length
+    data.windows_per_batch = choose_windows_per_batch(chars, (val_every, trainer.max_steps, every_n_steps))
+    if val_every:
+        trainer.val_check_interval = val_every // data.windows_per_batch
+
+
 def _fit(trainer, model, data, ckpt_path: str | None, last: LastCheckpoint) -> None:
     lock = runlock.claim(trainer, last.path) if trainer.is_global_zero else None
     try:
@@ -262,13 +221,28 @@ def _report(trainer, last: LastCheckpoint) -> None:
         print(f"finished at step {trainer.global_step}; saved {where}")
 
 
+@contextlib.contextmanager
+def _parser_errors_as_usage_errors():
+    """The parser's and Lightning's refusals, said as every other bad input (checks.plain_parser_error)."""
+    try:
+        yield
+    except (argparse.ArgumentError, MisconfigurationException) as e:
+        raise UsageError(checks.plain_parser_error(str(e))) from None
+
+
 def run(args=None) -> None:
     """Build, prepare (every check runs before Lightning writes into the run directory, so a refused start leaves
     what is on disk as it was), fit, report."""
+    with _lightning_notes_on_stdout(), _parser_errors_as_usage_errors():
+        _run(args)
+
+
+def _run(args) -> None:
     _default_threads()
-    _keep_freed_memory()
+    keep_freed_memory()
     cli, last = _build(args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    _group_windows(trainer, data, last.every_n_steps)
     ckpt_path, finished = resume.prepare(cli.config["ckpt_path"], trainer, model, data, last.path(trainer))
     if finished:
         return
@@ -280,16 +254,4 @@ def run(args=None) -> None:
 
 
 def main(args=None) -> int:
-    try:
-        with _lightning_notes_on_stdout():
-            run(args)
-    except UsageError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except (argparse.ArgumentError, MisconfigurationException) as e:
-        print(f"error: {one_line(checks.plain_parser_error(str(e)))}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, Interrupted) as e:
-        print(one_line(e) or "interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_code(run, args)

@@ -1,13 +1,15 @@
 """What every charrnn command line shares: flag errors and file errors are the same one line, with one exit code.
 
 A ``UsageError`` (bad flag, bad file, wrong checkpoint) ends a command as one line ``error: ...`` on stderr and
-exit code 2; Ctrl-C as ``interrupted`` and 130; anything else is a bug and keeps its traceback.
+exit code 2; Ctrl-C or a signal (``Interrupted``) as one line and 130; anything else is a bug and keeps its
+traceback.
 """
 
 import argparse
 import sys
 
-from .errors import UsageError, one_line
+from .entry import say
+from .errors import Interrupted, UsageError, one_line
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -24,7 +26,7 @@ def exit_code(run, argv) -> int:
     except UsageError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as e:
+        say(one_line(e) or "interrupted")
         return 130
     return 0

@@ -1,9 +1,6 @@
-"""Text in, batches out: reading and encoding a UTF-8 file, the vocabulary, and the stream layout.
+"""Batches out: the text (charrnn/text.py) as Lightning's data module, with the windows of its streams as batches.
 
-Training text is cut into ``batch_size`` contiguous streams; batch t holds window t of every stream, so row b of
-batch t + 1 continues row b of batch t and the hidden state can be carried across batches. Validation text is
-laid out the same way (as parallel streams, for speed) but covers every character, masked where streams are
-padded. With N processes the text is cut into N * ``batch_size`` streams and rank r trains streams
+With N processes the text is cut into N * ``batch_size`` streams and rank r trains streams
 r * B .. r * B + B - 1; the validation streams are split across ranks the same way.
 """
 
@@ -12,109 +9,14 @@ import os
 import zlib
 
 import lightning as L
-import numpy as np
 import torch
 
-from .callbacks import LastCheckpoint
 from .distributed import block_of_rank
 from .errors import UsageError
-from .text import VAL_CHUNK, check_text_file, val_streams
-from .text import decoded_chunks as _decoded_chunks
+from .text import BUILTIN_TEXT, VAL_CHUNK, corpus_from_text, pydoc_text, read_corpus, train_streams, val_streams
 
 DEFAULT_PATH = "data/raw/input.txt"
-BUILTIN_TEXT = "pydoc_data.topics"  # the text a fresh clone trains on: Python's reference documentation
 BATCH_CHARS = 3200  # characters per trainer batch that amortise the trainer's per-batch overhead
-
-
-def _code_points(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-
-
-def _pydoc_text() -> str:
-    from pydoc_data.topics import topics
-
-    return "\n".join(topics[k] for k in sorted(topics))
-
-
-class Vocab:
-    """The sorted set of the text's characters (Unicode code points): the same text always gives the same ids."""
-
-    def __init__(self, chars):
-        self.chars = list(chars)
-        self.index = {c: i for i, c in enumerate(self.chars)}
-
-    def __len__(self):
-        return len(self.chars)
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[i] for i in ids)
-
-    def lookup_table(self, dtype) -> np.ndarray:
-        """Code point -> id, indexed by a whole array of code points at once (no Python loop per character)."""
-        points = np.array([ord(c) for c in self.chars], dtype=np.int64)
-        table = np.zeros(int(points.max()) + 1 if len(points) else 1, dtype=dtype)
-        table[points] = np.arange(len(points))
-        return table
-
-
-def id_dtype(vocab_size: int):
-    """The smallest integer dtype for ids: a 100 MB text must not cost 800 MB as int64."""
-    return np.uint8 if vocab_size <= 256 else np.int16 if vocab_size <= 32768 else np.int32
-
-
-def read_corpus(path: str):
-    """Read and encode a text file in two streaming passes, without a Python object per character.
-
-    Returns ``(vocab, ids)`` with ids a compact integer numpy array.
-    """
-    check_text_file(path)
-    seen = np.zeros(0x110000, dtype=bool)  # every Unicode code point; a presence table is cheaper than counting
-    length = 0
-    for text in _decoded_chunks(path):
-        cps = _code_points(text)
-        seen[cps] = True
-        length += len(cps)
-    points = np.flatnonzero(seen)
-    if len(points) == 0:
-        raise UsageError(f"data file {path} is empty; give it some text to learn from")
-    vocab = Vocab(chr(p) for p in points)
-    table = vocab.lookup_table(id_dtype(len(vocab)))
-    ids = np.empty(length, dtype=table.dtype)
-    pos = 0
-    for text in _decoded_chunks(path):
-        cps = _code_points(text)
-        ids[pos : pos + len(cps)] = table[cps]
-        pos += len(cps)
-    return vocab, ids
-
-
-def corpus_from_text(text: str):
-    """``(vocab, ids)`` of an in-memory string (the built-in corpus and tests)."""
-    if not text:
-        raise UsageError("the text is empty")
-    vocab = Vocab(sorted(set(text)))
-    return vocab, vocab.lookup_table(id_dtype(len(vocab)))[_code_points(text)]
-
-
-def train_streams(ids: torch.Tensor, streams: int, seq_length: int, per_process: bool = False):
-    """Lay ``ids`` out as ``streams`` contiguous rows, a whole number of windows long.
-
-    ``per_process``: ``streams`` is one process's share (the number of processes is not known yet), and an error
-    says so rather than give a count the run would not have.
-
-    Returns inputs and targets (B, L) as views of ``ids``; targets are inputs shifted by one character, so row b's
-    last target is the first character of row b + 1. At most ``B * T`` trailing characters are not used as inputs.
-    """
-    windows = (len(ids) - 1) // (streams * seq_length)
-    if windows < 1:
-        raise UsageError(
-            f"the training text has {len(ids)} characters, too few for {streams} streams"
-            f"{' per process' if per_process else ''} of one "
-            f"{seq_length}-character window each (needs {streams * seq_length + 1}); "
-            f"lower --data.batch_size or --data.seq_length, or use a longer text"
-        )
-    length = windows * seq_length
-    return ids[: streams * length].view(streams, length), ids[1 : streams * length + 1].view(streams, length)
 
 
 def choose_windows_per_batch(chars_per_window: int, step_counts=()) -> int:
@@ -197,16 +99,12 @@ class CharDataModule(L.LightningDataModule):
 
     def __init__(self, path: str = DEFAULT_PATH, seq_length: int = 25, batch_size: int = 32, val_fraction: float = 0.1):
         super().__init__()
-        for name, value in (("seq_length", seq_length), ("batch_size", batch_size)):
-            if value < 1:
-                raise UsageError(f"--data.{name} must be a positive integer, got {value}")
-        if not 0 <= val_fraction < 1:
-            raise UsageError(f"--data.val_fraction must be in [0, 1), got {val_fraction}")
         self.path, self.seq_length, self.batch_size, self.val_fraction = path, seq_length, batch_size, val_fraction
-        self.windows_per_batch = None  # fixed by the first setup("fit"); one window per batch until then
+        # Optimizer steps per trainer batch: one unless the trainer's side (cli._group_windows) groups several.
+        self.windows_per_batch = 1
         if path == DEFAULT_PATH and not os.path.exists(path):
             print(f"{path} not found: training on Python's reference documentation ({BUILTIN_TEXT}) instead")
-            vocab, ids = corpus_from_text(_pydoc_text())
+            vocab, ids = corpus_from_text(pydoc_text())
             self.source = BUILTIN_TEXT
         else:
             vocab, ids = read_corpus(path)
@@ -248,20 +146,6 @@ class CharDataModule(L.LightningDataModule):
         # The streams of all ranks (batch_size each); train_dataloader hands each rank its own rows.
         world = self._rank_and_world()[1]
         self.train_inputs, self.train_targets = train_streams(self.train_ids, world * self.batch_size, self.seq_length)
-        if stage == "fit" and self.windows_per_batch is None:
-            self.windows_per_batch = self._group_windows() if world == 1 else 1
-
-    def _group_windows(self) -> int:
-        """Several windows per trainer batch when windows are small (not under DDP: one window per batch keeps every
-        rank's collectives in step). Validation and checkpoints keep counting optimizer steps: the trainer's
-        validation interval, which Lightning counts in batches and reads only after setup, is divided here."""
-        trainer = self.trainer
-        val_every = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else 0
-        saves = [c.every_n_steps for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
-        per_batch = choose_windows_per_batch(self.batch_size * self.seq_length, (val_every, trainer.max_steps, *saves))
-        if val_every:
-            trainer.val_check_interval = val_every // per_batch
-        return per_batch
 
     def train_dataloader(self):
         # A plain iterable, not a DataLoader, so Lightning injects no DistributedSampler: each rank takes its own rows.
@@ -269,7 +153,7 @@ class CharDataModule(L.LightningDataModule):
         rank, world = self._rank_and_world()
         inputs, targets = (block_of_rank(rows, rank, world) for rows in (self.train_inputs, self.train_targets))
         streams = self.train_inputs.shape[0]
-        return TrainBatches(inputs, targets, self.seq_length, step, self.windows_per_batch or 1, streams)
+        return TrainBatches(inputs, targets, self.seq_length, step, self.windows_per_batch, streams)
 
     def val_dataloader(self):
         if self.val_fraction == 0:

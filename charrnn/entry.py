@@ -1,4 +1,4 @@
-"""What train.py and sample.py do before anything else: quiet signals and checked standard streams.
+"""What train.py, sample.py and visualize.py do before anything else: quiet signals and checked standard streams.
 
 Imported before torch (it imports nothing heavy), so that Ctrl-C or SIGTERM during the seconds torch takes to
 import ends with one line and exit code 130 instead of a traceback through the import machinery. stdout and
@@ -14,18 +14,9 @@ import os
 import signal
 import sys
 
+from .errors import Interrupted, StreamError
+
 STDOUT, STDERR = "standard output", "standard error"
-
-
-class Interrupted(BaseException):
-    """A signal outside training's clean stop (LastCheckpoint's first one): ends the process with exit code 130.
-
-    Not a KeyboardInterrupt, which Lightning turns into exit code 1 and a note on stdout; a BaseException, so
-    that nothing catching Exception swallows it."""
-
-
-class StreamError(OSError):
-    """A write to stdout or stderr failed; ``filename`` names the stream."""
 
 
 def _interrupt(signum, frame):
@@ -69,7 +60,8 @@ def _to_devnull(fd: int) -> None:
         os.close(null)
 
 
-def _say(line: str) -> None:
+def say(line: str) -> None:
+    """``line`` on stderr; a stderr that cannot be written is silenced instead (nothing is left to tell)."""
     try:
         print(line, file=sys.stderr, flush=True)
     except StreamError:
@@ -77,7 +69,7 @@ def _say(line: str) -> None:
 
 
 def _exit_at_once(signum, frame):
-    _say(f"interrupted by {signal.Signals(signum).name}")
+    say(f"interrupted by {signal.Signals(signum).name}")
     os._exit(130)
 
 
@@ -96,7 +88,7 @@ def start() -> None:
     # final flush in run() reports the stream once.
     logging.raiseExceptions = False
     if closed:
-        _say(f"error: {' and '.join(closed)} {'is' if len(closed) == 1 else 'are'} closed; run with it open")
+        say(f"error: {' and '.join(closed)} {'is' if len(closed) == 1 else 'are'} closed; run with it open")
         sys.exit(2)
 
 
@@ -110,13 +102,13 @@ def run(main, reader_may_leave: bool = False) -> int:
         sys.stdout.flush()
         return code
     except Interrupted as e:
-        _say(str(e))
+        say(str(e))
         return 130
     except StreamError as e:
         _to_devnull(1)  # what is still buffered for stdout can never be written
         if reader_may_leave and e.errno == errno.EPIPE and e.filename == STDOUT:
             return 0
-        _say(f"error: cannot write to {e.filename} ({e.strerror})")
+        say(f"error: cannot write to {e.filename} ({e.strerror})")
         return 2
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # during the interpreter's shutdown: no traceback either

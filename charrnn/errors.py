@@ -1,7 +1,8 @@
-"""The exception types for problems a user can fix (bad file, bad flag, wrong checkpoint, a diverged run).
+"""charrnn's exception types: problems a user can fix (bad file, bad flag, wrong checkpoint, a diverged run),
+a signal, a standard stream that cannot be written.
 
-Entry points print the message as a single line ``error: ...`` on stderr and exit with code 2; anything else is
-a bug and keeps its traceback.
+Entry points print a UsageError's message as a single line ``error: ...`` on stderr and exit with code 2 (see
+command.exit_code); anything else is a bug and keeps its traceback.
 """
 
 
@@ -22,3 +23,14 @@ class Diverged(UsageError):
     def __init__(self, step: int, reason: str = "the loss or the parameters are not finite"):
         super().__init__(f"training diverged at step {step}: {reason}")
         self.step = step
+
+
+class Interrupted(BaseException):
+    """A signal outside training's clean stop (LastCheckpoint's first one): ends the process with exit code 130.
+
+    Not a KeyboardInterrupt, which Lightning turns into exit code 1 and a note on stdout; a BaseException, so
+    that nothing catching Exception swallows it."""
+
+
+class StreamError(OSError):
+    """A write to stdout or stderr failed (entry.py's checked streams); ``filename`` names the stream."""

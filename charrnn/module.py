@@ -9,7 +9,8 @@ import lightning as L
 import torch
 
 from . import checkpoint, distributed, network
-from .errors import Diverged, UsageError
+from .cells import CELLS
+from .errors import Diverged
 from .optim import Adagrad
 from .sampling import generate
 
@@ -45,7 +46,7 @@ class CharRNN(L.LightningModule):
         self,
         vocab_size: int = 65,
         hidden_size: int = 100,
-        cell: Literal["rnn", "lstm", "gru"] = "rnn",
+        cell: Literal[tuple(CELLS)] = "rnn",
         num_layers: int = 1,
         dropout: float = 0.0,
         learning_rate: float = 0.1,
@@ -57,16 +58,6 @@ class CharRNN(L.LightningModule):
     ):
         super().__init__()
         self.arch = network.Architecture(vocab_size, hidden_size, cell, num_layers, dropout)
-        if not (learning_rate > 0 and math.isfinite(learning_rate)):
-            raise UsageError(f"--model.learning_rate must be a positive number, got {learning_rate}")
-        if not (initial_accumulator_value >= 0 and math.isfinite(initial_accumulator_value)):
-            raise UsageError(f"--model.initial_accumulator_value must be 0 or a positive number, got {initial_accumulator_value}")
-        if not clip > 0:
-            raise UsageError(f"--model.clip must be positive, got {clip}")
-        if sample_length < 1:
-            raise UsageError(f"--model.sample_length must be a positive integer, got {sample_length}")
-        if print_every < 0:
-            raise UsageError(f"--model.print_every must be 0 (off) or a positive integer, got {print_every}")
         self.save_hyperparameters(ignore=["vocab"])
         self.automatic_optimization = False
         self.vocab = list(vocab) if vocab is not None else None
@@ -122,7 +113,7 @@ class CharRNN(L.LightningModule):
         masks = self.arch.dropout_masks(self.dropout_seed, step, self.global_rank * B, B, T, self.dtype, self.device)
         loss, self.h = network.train_step(
             self.arch, self.params, self.optimizers(), inputs, targets, self.h, self.hparams.clip,
-            over_ranks=self.trainer.world_size > 1, masks=masks,
+            mean=distributed.mean_over_ranks if self.trainer.world_size > 1 else None, masks=masks,
         )  # fmt: skip
         for scheduler in self._schedulers:
             scheduler.step()

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from . import distributed, stack
+from . import stack
 from .cells import CELLS
 from .errors import UsageError
 
@@ -93,18 +93,19 @@ def logits(arch: Architecture, params: dict, inputs, state):
     return forward(arch, params, inputs, state)[:2]
 
 
-def train_step(arch: Architecture, params: dict, optimizer, inputs, targets, state, clip=5.0, over_ranks=False,
+def train_step(arch: Architecture, params: dict, optimizer, inputs, targets, state, clip=5.0, mean=None,
                masks=None):  # fmt: skip
     """min-char-rnn's update for one window: BPTT, element-wise clip to [-clip, clip], then the optimizer's step.
 
-    With ``over_ranks`` the loss and gradients are first averaged over the processes, before clipping, so N ranks of
-    B streams step exactly as one process with N * B streams. ``masks``: the window's dropout masks
-    (``Architecture.dropout_masks``). Returns ``(loss, state)``; ``params`` must be the tensors the optimizer steps.
+    ``mean``: a function taking ``[loss, *gradients]`` to their means over every copy of the model (processes),
+    applied before clipping, so N copies of B streams step exactly as one with N * B streams. ``masks``: the window's
+    dropout masks (``Architecture.dropout_masks``). Returns ``(loss, state)``; ``params`` must be the tensors the
+    optimizer steps.
     """
     with torch.no_grad():
         loss, grads, state = loss_and_grads(arch, params, inputs, targets, state, masks)
-        if over_ranks:
-            loss, *averaged = distributed.mean_over_ranks([loss, *grads.values()])
+        if mean is not None:
+            loss, *averaged = mean([loss, *grads.values()])
             grads = dict(zip(grads, averaged))
         for name, grad in grads.items():
             # In place: Lightning's clip_gradients costs more than a small step.

@@ -8,7 +8,7 @@ import os
 
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from . import checkpoint
+from . import checkpoint, rundir
 from .callbacks import OptimizerFromFlags
 from .errors import UsageError
 
@@ -17,9 +17,7 @@ def resolve(ckpt_path: str | None, root: str) -> str | None:
     """The checkpoint file ``--ckpt_path`` names: ``last`` is the newest ``last.ckpt`` under ``root``, if any."""
     if ckpt_path != "last":
         return None if ckpt_path is None else checkpoint.resolve(ckpt_path)
-    # Where LastCheckpoint writes, a logger's version_N or root/checkpoints without a logger: both are layouts
-    # newest_last_checkpoint knows (the highest version first).
-    found = checkpoint.newest_last_checkpoint(root)
+    found = rundir.newest_last_checkpoint(root)  # where LastCheckpoint writes, the highest version first
     if found is None:
         print(f"--ckpt_path last: no checkpoint under {root} yet, starting a new run")
     return found
@@ -38,19 +36,6 @@ def check_resumable(ckpt: dict, path: str, model, data, trainer) -> None:
     data.trainer = trainer  # the stream layout depends on the number of processes
     data.setup("fit")
     data.train_dataloader().load_state_dict(layouts[0])
-
-
-def log_version(path: str, root: str) -> int | None:
-    """``<root>/lightning_logs/version_N/checkpoints/last.ckpt`` -> N, so a resumed run keeps writing the same
-    curves. A checkpoint from anywhere else starts a new version: its N may belong to another run under root. So
-    does any other checkpoint of a run (``best.ckpt``): continuing there would overwrite that run's newer last.ckpt."""
-    version_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    name = os.path.basename(version_dir)
-    if os.path.basename(path) != checkpoint.LAST or not (name.startswith("version_") and name[len("version_") :].isdigit()):
-        return None
-    logs = os.path.join(root, "lightning_logs")
-    same_root = os.path.isdir(logs) and os.path.samefile(os.path.dirname(version_dir), logs)
-    return int(name[len("version_") :]) if same_root else None
 
 
 def prepare(ckpt_path: str | None, trainer, model, data, last_path: str) -> tuple[str | None, bool]:
@@ -76,7 +61,7 @@ def prepare(ckpt_path: str | None, trainer, model, data, last_path: str) -> tupl
     if ckpt["global_step"] >= trainer.max_steps > -1:
         print(f"{path} is at step {ckpt['global_step']}, already --trainer.max_steps; nothing to do")
         return path, True
-    version = log_version(path, root)
+    version = rundir.log_version(path, root)
     if version is not None and isinstance(trainer.logger, TensorBoardLogger):
-        trainer.loggers = [TensorBoardLogger(root, name="lightning_logs", version=version, default_hp_metric=False)]
+        trainer.loggers = [TensorBoardLogger(root, name=rundir.LOGS, version=version, default_hp_metric=False)]
     return path, False

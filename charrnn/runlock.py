@@ -9,10 +9,10 @@ creates it or fails), so two runs started at once into the same root never share
 
 import fcntl
 import os
-import re
 
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from . import rundir
 from .errors import UsageError
 
 LOCK = ".charrnn.lock"
@@ -44,10 +44,10 @@ def _claim_version(logs_dir: str, version: int) -> int:
     os.makedirs(logs_dir, exist_ok=True)
     while True:
         try:
-            os.mkdir(os.path.join(logs_dir, f"version_{version}"))
+            os.mkdir(rundir.version_dir(logs_dir, version))
             return version
         except FileExistsError:
-            taken = [int(m.group(1)) for name in os.listdir(logs_dir) if (m := re.fullmatch(r"version_(\d+)", name))]
+            taken = [n for n in map(rundir.version_number, os.listdir(logs_dir)) if n is not None]
             version = max(taken) + 1
 
 
@@ -59,4 +59,4 @@ def claim(trainer, last_path) -> RunLock:
         version = _claim_version(logger.root_dir, logger.version)
         if version != logger.version:
             trainer.loggers = [TensorBoardLogger(logger.save_dir, name=logger.name, version=version, default_hp_metric=False)]
-    return RunLock(os.path.dirname(os.path.dirname(last_path(trainer))))
+    return RunLock(rundir.run_dir(last_path(trainer)))

@@ -10,13 +10,16 @@ import math
 import os
 
 import lightning as L
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
+from . import optim, rundir
+from .cells import fast
+
 # The HPARAMS metrics: scalars written at every validation (module.py and callbacks.BestCheckpoint).
 METRICS = ("val/loss", "val/loss_best")
-DEFAULT_OPTIMIZER = "charrnn.optim.Adagrad"
 
 
 def lines(model, data, processes: int) -> list[str]:
@@ -32,7 +35,17 @@ def lines(model, data, processes: int) -> list[str]:
         + ", ".join(f"{name} {'x'.join(map(str, shape))} = {sizes[name]:,}" for name, shape in shapes.items()),
         f"training: {streams} streams x {window} characters = {streams * window:,} characters per step{on}",
         f"text: {data.source}: {len(data.train_ids):,} characters for training, {len(data.val_ids):,} for validation",
+        f"compute: {_compute(model)}",
     ]
+
+
+def _compute(model) -> str:
+    """How the cell's loops run for this trainer's precision and device (cells/fast.py's path): C window loops,
+    C steps, oneDNN products or plain torch, and why not a faster one."""
+    trainer = model._trainer
+    dtype = torch.float64 if trainer is not None and str(trainer.precision).startswith("64") else torch.float32
+    device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+    return str(fast.path(model.arch.cell_math, dtype, device))
 
 
 def settings(config, model, data, trainer) -> dict:
@@ -40,7 +53,7 @@ def settings(config, model, data, trainer) -> dict:
     and the schedule are their class and every argument; the default optimizer's rate is ``--model.learning_rate``,
     shown as ``optimizer.lr`` like any other's (and ``--model.initial_accumulator_value`` likewise)."""
     rate, start = config["model"]["learning_rate"], config["model"]["initial_accumulator_value"]
-    default = {"class_path": DEFAULT_OPTIMIZER, "init_args": {"lr": rate, "initial_accumulator_value": start}}
+    default = {"class_path": optim.ADAGRAD, "init_args": {"lr": rate, "initial_accumulator_value": start}}
     found = {f"model.{name}": value for name, value in dataclasses.asdict(model.arch).items()}
     found["model.clip"] = model.hparams.clip
     found |= _class_and_arguments("optimizer", config["optimizer"] or default)
@@ -76,12 +89,8 @@ class HParams(L.Callback):
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger) and not _continues(trainer.ckpt_path, logger.log_dir):
+            if isinstance(logger, TensorBoardLogger) and not rundir.continues(trainer.ckpt_path, logger.log_dir):
                 writer = logger.experiment._get_file_writer()  # as Lightning's own log_hyperparams writes them
                 for event in hparams(self.settings, dict.fromkeys(METRICS, 0.0)):
                     writer.add_summary(event)
 
-
-def _continues(ckpt_path: str | None, log_dir: str) -> bool:
-    """Whether the run resumes a checkpoint of the TensorBoard run ``log_dir`` (``log_dir/checkpoints/last.ckpt``)."""
-    return ckpt_path is not None and os.path.realpath(os.path.dirname(os.path.dirname(ckpt_path))) == os.path.realpath(log_dir)

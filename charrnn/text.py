@@ -1,71 +1,189 @@
-"""Text files as charrnn reads them, and validation's layout of a text as parallel streams.
+"""Text in: reading and encoding a UTF-8 file, the vocabulary, and the layouts of its streams.
 
-Lightning-free (data.py, the training side, imports it), so that the Python API, sample.py and score.py read a
-prime or a scored file exactly as training reads its data, and score a text exactly as validation does.
+Imports torch and NumPy but not Lightning, so that sample.py, visualize.py and the Python API read text as
+training does (BOM dropped, CRLF and CR as LF, ids by sorted code point) without Lightning's start-up.
+
+Training text is cut into ``batch_size`` contiguous streams; batch t holds window t of every stream, so row b of
+batch t + 1 continues row b of batch t and the hidden state can be carried across batches. Validation text is
+laid out the same way (as parallel streams, for speed) but covers every character, masked where streams are
+padded.
 """
 
 import codecs
+import contextlib
 import os
 
+import numpy as np
 import torch
 
-from .checks import regular_file
 from .errors import UsageError
+from .files import regular_file
 
+BUILTIN_TEXT = "pydoc_data.topics"  # the text a fresh clone trains on: Python's reference documentation
 _CHUNK_BYTES = 1 << 23
 VAL_STREAMS = 64
-VAL_CHUNK = 256  # characters of every stream per forward pass: validation's batches, and score's
+VAL_CHUNK = 256  # characters of every stream per forward pass: validation's batches, and the API's score
 
 
-def decoded_chunks(path: str, what: str = "data file"):
-    """Yield the file's text in chunks: UTF-8 checked, BOM dropped, CRLF (and lone CR) turned into LF.
+def _decoded_chunks(path: str, what: str = "data file", chunk_bytes: int | None = None):
+    """Yield the file's text in chunks: UTF-8 checked, BOM dropped, CRLF (and lone CR) turned into LF. ``what``
+    names the file in errors.
 
     Line ends are normalised so a file saved on Windows trains the same model as on Unix and no '\\r' reaches
-    the vocabulary or the samples. ``what`` names the file in errors.
+    the vocabulary or the samples.
     """
-    decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
-    offset, carry = 0, ""
-    with open(path, "rb") as f:
-        while True:
-            try:
-                raw = f.read(_CHUNK_BYTES)
-            except OSError as e:  # e.g. /proc/self/mem, or a disk failing
-                raise UsageError(f"cannot read {what} {path} ({e.strerror})") from None
-            try:
-                text = carry + decoder.decode(raw, final=not raw)
-            except UnicodeDecodeError as e:
-                source = "utf-16" if offset + e.start == 0 and raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"
-                raise UsageError(
-                    f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {offset + e.start}); "
-                    f"convert it first, e.g. iconv -f {source} -t utf-8"
-                ) from None
-            offset += len(raw)
-            # Hold back a trailing CR: its LF may start the next chunk.
-            carry = text[-1:] if raw and text.endswith("\r") else ""
-            text = text[: len(text) - len(carry)]
-            if "\r" in text:  # a scan is much cheaper than two replaces on the common Unix text
-                text = text.replace("\r\n", "\n").replace("\r", "\n")
-            if text:
-                yield text
-            if not raw:
-                return
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset, carry, at_start = 0, "", True
+    try:
+        with open(path, "rb") as f:
+            while True:
+                raw = f.read(chunk_bytes or _CHUNK_BYTES)
+                pending = len(decoder.getstate()[0])  # bytes of a character split by the previous chunk
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError as e:
+                    at = offset - pending + e.start  # in the file, BOM included
+                    source = "utf-16" if at == 0 and raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"
+                    raise UsageError(
+                        f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {at}); "
+                        f"convert it first, e.g. iconv -f {source} -t utf-8"
+                    ) from None
+                offset += len(raw)
+                if at_start and text:
+                    text, at_start = text.removeprefix("\ufeff"), False
+                text = carry + text
+                # Hold back a trailing CR: its LF may start the next chunk.
+                carry = text[-1:] if raw and text.endswith("\r") else ""
+                text = text[: len(text) - len(carry)]
+                if "\r" in text:  # a scan is much cheaper than two replaces on the common Unix text
+                    text = text.replace("\r\n", "\n").replace("\r", "\n")
+                if text:
+                    yield text
+                if not raw:
+                    return
+    except OSError as e:  # e.g. /proc/self/mem, or a disk failing
+        raise UsageError(f"cannot read {what} {path} ({e.strerror})") from None
 
 
-def check_text_file(path: str, what: str = "data file", advice: str = "pass --data.path with a UTF-8 text file"):
-    """A UsageError unless ``path`` is a readable regular file; ``what`` names it, ``advice`` says what to do."""
-    if not os.path.exists(path):
-        raise UsageError(f"{what} {path} does not exist; {advice}")
-    if os.path.isdir(path):
-        raise UsageError(f"{what} {path} is a directory; {advice}")
-    if not os.access(path, os.R_OK):
-        raise UsageError(f"{what} {path} is not readable")
+def read_start(path: str, limit: int, what: str) -> tuple[str, bool]:
+    """The first ``limit`` characters of a text file read as training reads it, and whether it holds more. Reads
+    about as far as needed: a character is at most 4 bytes."""
+    text = ""
+    with contextlib.closing(_decoded_chunks(path, what, 4 * limit + 8)) as chunks:
+        for chunk in chunks:
+            text += chunk
+            if len(text) > limit:
+                break
+    return text[:limit], len(text) > limit
+
+
+def read_text(path: str, what: str) -> str:
+    """A whole text file read as training reads it (BOM dropped, CRLF and CR as LF); ``what`` names it in errors."""
+    if not os.path.lexists(path):
+        raise UsageError(f"{what} {path} does not exist")
     regular_file(path, what)
+    return "".join(_decoded_chunks(path, what))
 
 
-def read_text(path: str, what: str, advice: str) -> str:
-    """A whole UTF-8 file as training reads it (BOM dropped, CRLF and CR as LF); errors name it as ``what``."""
-    check_text_file(path, what, advice)
-    return "".join(decoded_chunks(path, what))
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def pydoc_text() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n".join(topics[k] for k in sorted(topics))
+
+
+def check_text_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise UsageError(f"data file {path} does not exist; pass --data.path with a UTF-8 text file")
+    if os.path.isdir(path):
+        raise UsageError(f"data path {path} is a directory; pass --data.path with a UTF-8 text file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"data file {path} is not readable")
+    regular_file(path, "data file")
+
+
+class Vocab:
+    """The sorted set of the text's characters (Unicode code points): the same text always gives the same ids."""
+
+    def __init__(self, chars):
+        self.chars = list(chars)
+        self.index = {c: i for i, c in enumerate(self.chars)}
+
+    def __len__(self):
+        return len(self.chars)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def lookup_table(self, dtype) -> np.ndarray:
+        """Code point -> id, indexed by a whole array of code points at once (no Python loop per character)."""
+        points = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        table = np.zeros(int(points.max()) + 1 if len(points) else 1, dtype=dtype)
+        table[points] = np.arange(len(points))
+        return table
+
+
+def id_dtype(vocab_size: int):
+    """The smallest integer dtype for ids: a 100 MB text must not cost 800 MB as int64."""
+    return np.uint8 if vocab_size <= 256 else np.int16 if vocab_size <= 32768 else np.int32
+
+
+def read_corpus(path: str):
+    """Read and encode a text file in two streaming passes, without a Python object per character.
+
+    Returns ``(vocab, ids)`` with ids a compact integer numpy array.
+    """
+    check_text_file(path)
+    seen = np.zeros(0x110000, dtype=bool)  # every Unicode code point; a presence table is cheaper than counting
+    length = 0
+    for text in _decoded_chunks(path):
+        cps = _code_points(text)
+        seen[cps] = True
+        length += len(cps)
+    points = np.flatnonzero(seen)
+    if len(points) == 0:
+        raise UsageError(f"data file {path} is empty; give it some text to learn from")
+    vocab = Vocab(chr(p) for p in points)
+    table = vocab.lookup_table(id_dtype(len(vocab)))
+    ids = np.empty(length, dtype=table.dtype)
+    pos = 0
+    for text in _decoded_chunks(path):
+        cps = _code_points(text)
+        ids[pos : pos + len(cps)] = table[cps]
+        pos += len(cps)
+    return vocab, ids
+
+
+def corpus_from_text(text: str):
+    """``(vocab, ids)`` of an in-memory string (the built-in corpus and tests)."""
+    if not text:
+        raise UsageError("the text is empty")
+    vocab = Vocab(sorted(set(text)))
+    return vocab, vocab.lookup_table(id_dtype(len(vocab)))[_code_points(text)]
+
+
+def train_streams(ids: torch.Tensor, streams: int, seq_length: int, per_process: bool = False):
+    """Lay ``ids`` out as ``streams`` contiguous rows, a whole number of windows long.
+
+    ``per_process``: ``streams`` is one process's share (the number of processes is not known yet), and an error
+    says so rather than give a count the run would not have.
+
+    Returns inputs and targets (B, L) as views of ``ids``; targets are inputs shifted by one character, so row b's
+    last target is the first character of row b + 1. At most ``B * T`` trailing characters are not used as inputs.
+    """
+    windows = (len(ids) - 1) // (streams * seq_length)
+    if windows < 1:
+        raise UsageError(
+            f"the training text has {len(ids)} characters, too few for {streams} streams"
+            f"{' per process' if per_process else ''} of one "
+            f"{seq_length}-character window each (needs {streams * seq_length + 1}); "
+            f"lower --data.batch_size or --data.seq_length, or use a longer text"
+        )
+    length = windows * seq_length
+    return ids[: streams * length].view(streams, length), ids[1 : streams * length + 1].view(streams, length)
 
 
 def val_streams(ids: torch.Tensor, streams: int = VAL_STREAMS, multiple_of: int = 1):

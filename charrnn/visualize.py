@@ -1,10 +1,11 @@
 """What the network computes on a text, as one self-contained HTML page (visualize.py).
 
 ``trace`` is the only function here that knows the model: it runs the same forward pass as training and
-validation and returns plain arrays, named groups of activations and the next-character distributions. The
-surprise of each character is the Python API's score (``Model.score(text).log_probs``), so the page, score.py and
-the API show one computation. Everything after it (the measured features of the text, the units that follow them, the page) takes only those
-arrays, the characters and the vocabulary, so another cell or more layers change ``trace`` alone.
+validation and returns plain arrays, named groups of activations and the next-character distributions.
+Everything after it (the measured features of the text, the units that follow them, the page) takes only those
+arrays, the characters and the vocabulary, so another cell or more layers change ``trace`` alone. The surprise of
+each character is the Python API's score (``Model.score(text).log_probs``): the page, score.py and the API show
+one computation.
 
 The idea and the features follow Karpathy, Johnson and Fei-Fei, "Visualizing and Understanding Recurrent
 Networks" (2015): single units of character models track quotes, brackets or the position in a line.
@@ -12,14 +13,12 @@ Networks" (2015): single units of character models track quotes, brackets or the
 
 import html
 import json
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import network
-from .cells import gru, lstm
 
 TOP_K = 5  # the model's most likely characters shown for each position
 PER_FEATURE = 5  # units ranked for each feature
@@ -43,19 +42,13 @@ class Trace:
     probs: np.ndarray
 
 
-GATES = {  # cell -> the gates shown, and each one's row in stack.forward's acts["gates"]
-    "lstm": {"input gate": lstm.I, "forget gate": lstm.F, "output gate": lstm.O, "candidate": lstm.G},
-    "gru": {"reset gate": gru.R, "update gate": gru.Z},  # its third row is h W_hn + b_hn, not a gate
-}
-
-
 def trace(arch, params: dict, ids) -> Trace:
     """Run the network from a zero state over the character ids with training's own forward pass
     (``network.forward``, no dropout), in float64 as the sampler does.
 
-    Groups, per layer (named ``layer N ...`` when there are several): the state ``h``; for an LSTM also the cell
-    ``c`` and the gates (input, forget, output in (0, 1), the candidate in (-1, 1)); for a GRU its reset and update
-    gates and its candidate ``n``.
+    Groups, per layer (named ``layer N ...`` when there are several): the state ``h``, then what the cell shows of
+    itself (its ``page_groups``: for an LSTM the cell ``c``, its gates and candidate; for a GRU its reset and update
+    gates and its candidate ``n``).
     """
     params = {name: torch.as_tensor(params[name], dtype=torch.float64) for name in arch.param_shapes()}
     inputs = torch.as_tensor(ids, dtype=torch.long).view(1, -1)
@@ -65,17 +58,9 @@ def trace(arch, params: dict, ids) -> Trace:
     groups, ranges = {}, {}
     for layer, a in enumerate(acts):
         prefix = f"layer {layer + 1} " if arch.num_layers > 1 else ""
-        found = {"h": (a["h"][1:, 0], (-1.0, 1.0))}  # (T, H): the state after each character
-        if arch.cell == "lstm":
-            c = a["c"][1:, 0]
-            bound = max(1.0, math.ceil(float(c.abs().max())))  # unbounded: the smallest whole bound that holds it
-            found["c"] = (c, (-bound, bound))
-        for name, k in GATES.get(arch.cell, {}).items():
-            found[name] = (a["gates"][:, 0, k], (-1.0, 1.0) if name == "candidate" else (0.0, 1.0))
-        if arch.cell == "gru":
-            found["candidate"] = (a["n"][:, 0], (-1.0, 1.0))
+        found = {"h": (a["h"][1:], (-1.0, 1.0)), **arch.cell_math.page_groups(a)}  # (T, B, H): after each character
         for name, (values, bounds) in found.items():
-            groups[prefix + name], ranges[prefix + name] = values.numpy(), bounds
+            groups[prefix + name], ranges[prefix + name] = values[:, 0].numpy(), bounds
     return Trace(groups=groups, ranges=ranges, probs=probs.numpy())
 
 

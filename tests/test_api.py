@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import charrnn
 import sample
-from charrnn import api, checkpoint
+from charrnn import api, rundir
 from charrnn.network import Architecture
 from charrnn.sampling import encode_prime, generate
 from tests.train_helpers import ROOT, corpus, tiny_args, train
@@ -38,14 +38,14 @@ def runs(tmp_path_factory):
 
 
 def best(runs, name) -> str:
-    return os.path.join(os.path.dirname(checkpoint.newest_last_checkpoint(str(runs / name))), checkpoint.BEST)
+    return os.path.join(os.path.dirname(rundir.newest_last_checkpoint(str(runs / name))), rundir.BEST)
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_score_of_the_held_out_tail_is_the_logged_val_loss(runs, name):
     """64 streams laid out as validation's, in the run's precision: the val/loss best.ckpt was saved for."""
     m = charrnn.load(best(runs, name))
-    assert m.val_loss is not None and m.step > 0 and m.path.endswith(checkpoint.BEST)
+    assert m.val_loss is not None and m.step > 0 and m.path.endswith(rundir.BEST)
     assert m.params["Why"].dtype == (torch.float64 if name == "gru" else torch.float32)
     tail = TEXT[len(TEXT) - int(len(TEXT) * 0.2) :]
     scored = m.score(tail, streams=64)
@@ -165,7 +165,8 @@ def test_bad_arguments_are_value_errors_in_sample_pys_words(runs, capsysbinary):
 def test_pyproject_lists_requirements_txt_without_the_test_tools():
     wanted = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")]  # fmt: skip
-    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    listed = project["dependencies"] + project["optional-dependencies"]["export"]
     assert listed == [r for r in wanted if re.split(r"[<>=\[]", r)[0] not in ("pytest", "hypothesis")]
 
 

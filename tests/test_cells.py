@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn import stack
-from charrnn.cells import CELLS, lstm, native
+from charrnn import sampling, stack
+from charrnn.cells import CELLS, fast, gru, lstm, native, rnn
 
 F64 = torch.float64
 NN_LSTM_ORDER = [lstm.I, lstm.F, lstm.G, lstm.O]  # nn.LSTM's gate k is our gate NN_LSTM_ORDER[k]
@@ -213,48 +213,98 @@ def test_numpy_step_equals_torch_forward(name):
     cell = CELLS[name]
     params, inputs, _, state, _ = make_case(cell, 2, 1, T=300, H=16, V=11, seed=5)
     logits, new_state, _ = stack.forward(cell, params, inputs, state)
-    stepper = stack.NumpyStack(cell, params, state[0].numpy())
+    stepper = sampling.NumpyStack(cell, params, state[0].numpy())
     got = np.stack([stepper.advance(x).copy() for x in inputs[0].tolist()])
     np.testing.assert_allclose(got, logits[0].numpy(), rtol=0, atol=1e-12)
     np.testing.assert_allclose(stepper.state(), new_state[0].numpy(), rtol=0, atol=1e-12)
 
 
-def lstm_layer_run(dtype, xw, state, dh):
+REFERENCE = (lstm.forward, lstm.backward)
+
+
+def lstm_layer_run(dtype, xw, state, dh, math=REFERENCE):
+    """One LSTM layer's forward and backward through ``math`` (a path's forward and backward, fast.py)."""
     H = xw.shape[-1] // 4
     p = {k: v.to(dtype) for k, v in lstm.init_layer(H, H, torch.Generator().manual_seed(4), F64).items()}
-    acts, new_state = lstm.forward(p, xw.to(dtype, copy=True), state.to(dtype))  # the forward overwrites xw
-    dxw, grads = lstm.backward(p, acts, dh.to(dtype))
+    forward, backward = math
+    acts, new_state = forward(p, xw.to(dtype, copy=True), state.to(dtype))  # the forward overwrites xw
+    dxw, grads = backward(p, acts, dh.to(dtype))
     return {**acts, "state": new_state, "dxw": dxw, "dWhh": grads["Whh"]}
 
 
-@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler")
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the calls of each native.c function that charrnn looks up through ``native.kernel``."""
+    calls, real = {}, native.kernel
+
+    def counting(name):
+        function = real(name)
+        if function is None:
+            return None
+
+        def call(*args):
+            calls[name] = calls.get(name, 0) + 1
+            return function(*args)
+
+        return call
+
+    monkeypatch.setattr(native, "kernel", counting)
+    return calls
+
+
+step_kernels = pytest.mark.skipif(native.kernel("lstm_forward_float64") is None, reason="native.c did not build")
+
+
+@step_kernels
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-13), (torch.float32, 2e-5)])
-def test_lstm_kernel_equals_torch_loop(dtype, tolerance, request):
-    """At a width whose units take both the kernel's vector and its remainder path (37 = 2 x 16 + 5), with
-    pre-activations from -1000 to 1000 so that exp overflows to infinity in both directions."""
-    assert native.lstm_steps(torch.zeros(1, dtype=dtype)) is not None, "the C kernel did not build"
+def test_lstm_kernel_equals_torch_loop(dtype, tolerance, kernel_calls):
+    """The per-step C path against the reference loops, at a width whose units take both the kernel's vector and its
+    remainder path (37 = 2 x 16 + 5), with pre-activations from -1000 to 1000 so that exp overflows to infinity in
+    both directions."""
     g = torch.Generator().manual_seed(3)
     T, B, H = 6, 3, 37
     xw = torch.randn(T, B, 4 * H, generator=g, dtype=F64) * 3
     xw[0, 0] = torch.linspace(-1000, 1000, 4 * H, dtype=F64)
     state, dh = torch.randn(B, 2, H, generator=g, dtype=F64), torch.randn(T, B, H, generator=g, dtype=F64)
-    ours = lstm_layer_run(dtype, xw, state, dh)
-    request.getfixturevalue("without_native")
-    assert native.lstm_steps(torch.zeros(1, dtype=dtype)) is None
+    ours = lstm_layer_run(dtype, xw, state, dh, fast.LSTM_STEPS)
+    suffix = native.DTYPES[dtype]
+    assert kernel_calls == {f"lstm_forward_{suffix}": T, f"lstm_backward_{suffix}": T} | (
+        {"product_f32": 2 * T - 1} if native.products_in_c() and dtype == torch.float32 else {})
     loop = lstm_layer_run(dtype, xw, state, dh)
     for k, expected in loop.items():
         assert (ours[k] - expected).abs().max() <= tolerance * max(1.0, expected.abs().max()), k
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_lstm_kernel_propagates_nan(dtype):
-    """A NaN pre-activation reaches the state and the gradients (the divergence guard looks for it there)."""
+@pytest.mark.parametrize("dtype,path", [(torch.float32, "reference"), (torch.float64, "reference"),
+                                        (torch.float32, "steps"), (torch.float64, "steps"), (torch.float32, "windows")])
+def test_lstm_propagates_nan(dtype, path, kernel_calls):
+    """A NaN pre-activation reaches the state and the gradients (the divergence guard looks for it there), on every
+    path; the C paths prove their kernel ran."""
+    kernel = {"steps": f"lstm_forward_{native.DTYPES[dtype]}", "windows": "lstm_forward_window_f32"}.get(path)
+    if kernel is not None and native.kernel(kernel) is None:
+        pytest.skip(f"native.c's {kernel} is not built here")
     T, B, H = 3, 2, 21
     xw, state, dh = torch.zeros(T, B, 4 * H), torch.zeros(B, 2, H), torch.ones(T, B, H)
     xw[1, 0, 5] = float("nan")
-    out = lstm_layer_run(dtype, xw, state, dh)
+    math = {"reference": REFERENCE, "steps": fast.LSTM_STEPS, "windows": fast.LSTM_WINDOWS}[path]
+    out = lstm_layer_run(dtype, xw, state, dh, math)
     assert out["state"][0].isnan().any() and not out["state"][1].isnan().any()
     assert out["dWhh"].isnan().any()
+    assert (kernel_calls.get(kernel, 0) > 0) if kernel else not any(name.startswith("lstm_") for name in kernel_calls)
+
+
+def test_compute_path_without_native_is_plain_torch(without_native, monkeypatch):
+    """With CHARRNN_NATIVE=0 every cell trains with its reference loops, and the path says so."""
+    for name, cell in CELLS.items():
+        chosen = fast.path(cell, torch.float32, "cpu")
+        assert str(chosen) == ("plain torch (no C loop for this cell)" if cell is rnn else
+                               "plain torch (CHARRNN_NATIVE=0)")
+        ran = []
+        monkeypatch.setattr(cell, "forward", lambda *a, real=cell.forward: ran.append("forward") or real(*a))
+        monkeypatch.setattr(cell, "backward", lambda *a, real=cell.backward: ran.append("backward") or real(*a))
+        params, inputs, targets, state, _ = make_case(cell, 2, 3, T=5, H=6, V=7)
+        stack.loss_and_grads(cell, params, inputs, targets, state)
+        assert ran == ["forward", "forward", "backward", "backward"], name
 
 
 window_kernels = pytest.mark.skipif(
@@ -319,28 +369,39 @@ def test_lstm_without_avx512_takes_the_per_step_path(monkeypatch, one_thread):
     native._library.cache_clear()
     try:
         assert native._library() is not None and native.kernel("product_f32") is None
-        assert native.lstm_windows(torch.zeros(1)) is None and native.lstm_steps(torch.zeros(1)) is not None
+        assert str(fast.path(lstm, torch.float32)) == "C steps with oneDNN products (no AVX-512)"
+        assert str(fast.path(gru, torch.float32)) == "oneDNN step products, torch loop (no AVX-512)"
     finally:
         native._library.cache_clear()
 
 
 @window_kernels
-def test_lstm_window_loop_equals_per_step_kernel(monkeypatch, one_thread):
-    """The whole-window C loop (float32 products in C) against the per-step one (oneDNN products between C steps), at
-    11 streams (an 8-row block and three single rows) of 37 units: the same activations and gradients to float32
-    rounding. With two threads the per-step path runs (oneDNN shares its products among them)."""
+def test_lstm_window_loop_equals_per_step_kernel(one_thread, kernel_calls):
+    """The whole-window C loop (float32 products in C) against the per-step one (products between C steps), at 11
+    streams (an 8-row block and three single rows) of 37 units: the same activations and gradients to float32
+    rounding. With two threads the per-step path is chosen (oneDNN shares its products among them)."""
     torch.set_num_threads(2)
-    assert native.lstm_windows(torch.zeros(1)) is None
+    assert str(fast.path(lstm, torch.float32)) == "C steps with oneDNN products (2 threads)"
+    assert str(fast.path(lstm, torch.float64)) == "C steps with torch products (float64)"
     torch.set_num_threads(1)
+    assert str(fast.path(lstm, torch.float32)) == "C window loops (AVX-512, 1 thread)"
+    assert str(fast.path(gru, torch.float32)) == "C step products, torch loop"
     g = torch.Generator().manual_seed(5)
     T, B, H = 7, 11, 37
     xw = torch.randn(T, B, 4 * H, generator=g, dtype=F64) * 3
     state, dh = torch.randn(B, 2, H, generator=g, dtype=F64), torch.randn(T, B, H, generator=g, dtype=F64)
-    found, real = [], native.lstm_windows
-    monkeypatch.setattr(native, "lstm_windows", lambda *tensors: found.append(real(*tensors)) or found[-1])
-    windows = lstm_layer_run(torch.float32, xw, state, dh)
-    assert len(found) == 2 and None not in found  # forward and backward both ran the window loops
-    monkeypatch.setattr(native, "lstm_windows", lambda *tensors: None)
-    per_step = lstm_layer_run(torch.float32, xw, state, dh)
+    windows = lstm_layer_run(torch.float32, xw, state, dh, fast.LSTM_WINDOWS)
+    assert kernel_calls == {"lstm_forward_window_f32": 1, "lstm_backward_window_f32": 1}
+    per_step = lstm_layer_run(torch.float32, xw, state, dh, fast.LSTM_STEPS)
     for k, expected in per_step.items():
         assert (windows[k] - expected).abs().max() <= 2e-5 * max(1.0, expected.abs().max()), k
+
+
+@window_kernels
+def test_training_runs_the_path_it_names(one_thread, kernel_calls):
+    """stack.loss_and_grads of a float32 LSTM on one thread runs the C window loops that fast.path names: once per
+    layer each way."""
+    assert fast.path(lstm, torch.float32).name == "C window loops"
+    params, inputs, targets, state, _ = make_case(lstm, 2, 3, T=5, H=6, V=7)
+    stack.loss_and_grads(lstm, {k: v.float() for k, v in params.items()}, inputs, targets, state.float())
+    assert kernel_calls["lstm_forward_window_f32"] == 2 and kernel_calls["lstm_backward_window_f32"] == 2

@@ -2,7 +2,7 @@
 
 import os
 
-from charrnn.checkpoint import LAST, newest_last_checkpoint
+from charrnn.rundir import LAST, newest_last_checkpoint
 
 
 def touch(path):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.data import CharDataModule, TrainBatches, ValBatches, read_corpus, train_streams, val_streams
+from charrnn.data import CharDataModule, TrainBatches, ValBatches
+from charrnn.text import read_corpus, train_streams, val_streams
 
 UNICODE = "Où est la bibliothèque? 图书馆在哪里？ 📚🦉 naïve café\n" * 40
 
@@ -25,18 +26,18 @@ def test_vocab_is_sorted_code_points_and_deterministic(tmp_path):
 
 
 def test_encode_matches_python_and_uses_compact_ids(tmp_path, monkeypatch):
-    import charrnn.text
+    import charrnn.text as data
 
-    monkeypatch.setattr(charrnn.text, "_CHUNK_BYTES", 7)  # multi-byte characters split across read chunks
+    monkeypatch.setattr(data, "_CHUNK_BYTES", 7)  # multi-byte characters split across read chunks
     vocab, ids = read_corpus(write(tmp_path, UNICODE))
     assert ids.dtype == np.uint8
     assert ids.tolist() == [vocab.index[c] for c in UNICODE]
 
 
 def test_crlf_and_bom_are_normalised(tmp_path, monkeypatch):
-    import charrnn.text
+    import charrnn.text as data
 
-    monkeypatch.setattr(charrnn.text, "_CHUNK_BYTES", 4)  # a CR at the end of one chunk, its LF in the next
+    monkeypatch.setattr(data, "_CHUNK_BYTES", 4)  # a CR at the end of one chunk, its LF in the next
     path = tmp_path / "win.txt"
     path.write_bytes(b"\xef\xbb\xbfab\r\ncd\r\n\r\nxyz\rw")
     vocab, ids = read_corpus(str(path))

@@ -3,7 +3,7 @@ last good checkpoint intact (a NaN never replaces it)."""
 
 import torch
 
-from charrnn import checkpoint
+from charrnn import rundir
 from tests.train_helpers import assert_one_line_error, newest, run_train_py, tiny_args, train
 
 ABSURD = ("--model.learning_rate", 1e38)  # step 1 moves weights by ~1e38; step 2 overflows float32 (1e30 does not)
@@ -14,14 +14,14 @@ def test_fresh_run_diverges_at_step_2_and_writes_nothing(text, tmp_path):
     code, _, err = run_train_py(tiny_args(text, root, *ABSURD, steps=30))
     assert code == 2
     assert_one_line_error(err, "training diverged at step 2:", "no checkpoint was written")
-    assert checkpoint.newest_last_checkpoint(str(root)) is None
+    assert rundir.newest_last_checkpoint(str(root)) is None
 
 
 def test_last_good_checkpoint_survives_a_divergence_between_saves(text, tmp_path, capsys):
     """Checked only every 5th step (the log interval), the divergence is still named at the step it happened,
     and the checkpoint resumed from is byte for byte what it was."""
     assert train(tiny_args(text, tmp_path, steps=10)) == 0
-    path = checkpoint.newest_last_checkpoint(str(tmp_path))
+    path = rundir.newest_last_checkpoint(str(tmp_path))
     good = open(path, "rb").read()
     capsys.readouterr()
     assert train(tiny_args(text, tmp_path, *ABSURD, "--ckpt_path", "last", steps=30)) == 2

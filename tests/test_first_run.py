@@ -2,7 +2,7 @@
 
 import re
 
-from charrnn.data import _pydoc_text, corpus_from_text
+from charrnn.text import corpus_from_text, pydoc_text
 from tests.train_helpers import newest, run_train_py
 
 
@@ -13,7 +13,7 @@ def test_default_run_is_quiet_and_says_what_it_trains(tmp_path):
     for noise in ("litlogger", "Tip:", "Modules in train mode", "Total Flops", "Warning", "warn"):
         assert noise not in out, f"{noise!r} in stdout:\n{out}"
 
-    vocab, ids = corpus_from_text(_pydoc_text())
+    vocab, ids = corpus_from_text(pydoc_text())
     n_val = int(len(ids) * 0.1)
     state = newest(tmp_path / "D")["state_dict"]
     total = sum(state[name].numel() for name in ("Wxh", "Whh", "Why", "bh", "by"))

@@ -1,6 +1,6 @@
 """With one stream, charrnn's training is min-char-rnn: same losses, same parameters, step for step.
 
-The reference is Karpathy's min-char-rnn.py as transcribed in tests/min_char_rnn.py (also the NumPy baseline the
+The reference is Karpathy's min-char-rnn.py as transcribed in bench/min_char_rnn.py (the NumPy baseline the
 benchmarks time), started from the same float64 parameters as charrnn.
 """
 
@@ -13,7 +13,7 @@ from charrnn.callbacks import AtomicCheckpointIO
 from charrnn.data import CharDataModule
 from charrnn.module import CharRNN
 from charrnn.optim import Adagrad
-from tests.min_char_rnn import PARAM_NAMES, MinCharRNN
+from bench.min_char_rnn import PARAM_NAMES, MinCharRNN
 from tests.train_helpers import quiet_trainer
 
 STEPS, T, H = 50, 25, 16

@@ -26,14 +26,27 @@ def test_format1_checkpoint_loads():
 
 
 def test_format1_checkpoint_resumes_exactly(tmp_path):
-    """Resumed from the old checkpoint (a copy: resuming never writes into it), the run ends bitwise where one run
-    of today's code from the same seed ends: the earlier version trained the same first steps, and the state it saved
-    (weights, Adagrad memory, hidden state, position in the text) is read back whole."""
+    """Resumed from the old checkpoint (a copy: resuming never writes into it), the run ends bitwise where a run
+    resumed from the same state written in today's format ends, both computed here: the state format 1 saved
+    (weights, Adagrad memory, hidden state, position in the text) is read back whole. (Not compared with a run from
+    scratch: the old checkpoint's first steps were summed on another CPU.)"""
     old = shutil.copy(CKPT, tmp_path / "old.ckpt")
-    # Another seed: only what the checkpoint holds can make the two runs meet.
+    state = torch.load(CKPT, weights_only=True)
+    meta = checkpoint.read_metadata(state, CKPT)
+    checkpoint.write_metadata(state, meta.arch, meta.vocab, meta.hidden_state)
+    torch.save(state, tmp_path / "today.ckpt")
+    checkpoint.write_metadata(state, meta.arch, meta.vocab, torch.zeros_like(meta.hidden_state))
+    torch.save(state, tmp_path / "no_state.ckpt")
+    # Other seeds: only what the checkpoints hold can make the runs meet.
     assert train(_args(tmp_path / "resumed", 2 * STEPS, "--ckpt_path", old, "--seed_everything", 2)) == 0
-    assert train(_args(tmp_path / "straight", 2 * STEPS)) == 0
-    assert_same_training_state(newest(tmp_path / "resumed"), newest(tmp_path / "straight"))
+    today = tmp_path / "today.ckpt"
+    assert train(_args(tmp_path / "today", 2 * STEPS, "--ckpt_path", today, "--seed_everything", 3)) == 0
+    assert newest(tmp_path / "resumed")["global_step"] == 2 * STEPS
+    assert_same_training_state(newest(tmp_path / "resumed"), newest(tmp_path / "today"))
+    # The comparison sees the carried state: without it, the same 20 steps end elsewhere.
+    assert train(_args(tmp_path / "no_state", 2 * STEPS, "--ckpt_path", tmp_path / "no_state.ckpt")) == 0
+    ends = newest(tmp_path / "resumed")["state_dict"], newest(tmp_path / "no_state")["state_dict"]
+    assert not torch.equal(*(end["Whh"] for end in ends))
 
 
 def test_format1_checkpoint_samples(capsysbinary):

@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 
-from charrnn import checkpoint, checks, runlock
+from charrnn import checks, rundir, runlock
 from charrnn.network import Architecture
 from tests.train_helpers import ROOT, assert_one_line_error, corpus, newest, run_train_py, snapshot
 from tests.train_helpers import start_train_py, tiny_args, train
@@ -137,7 +137,7 @@ def test_divergence_stops_with_exit_2_in_both_precisions(tmp_path, capsys, preci
 
 def _wait_for_checkpoint(proc, root):
     deadline = time.monotonic() + 120
-    while checkpoint.newest_last_checkpoint(str(root)) is None:
+    while rundir.newest_last_checkpoint(str(root)) is None:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
 
@@ -202,10 +202,17 @@ def test_a_second_ctrl_c_aborts_at_once_naming_the_intact_checkpoint(tmp_path, c
     assert newest(tmp_path)["global_step"] == 15
 
 
-@pytest.mark.parametrize("script", ["train.py", "sample.py"])
+def _script_args(script: str, world, out_dir) -> list:
+    """A command line of ``script`` that works: training into ``out_dir``, or reading ``world``'s run."""
+    if script == "train.py":
+        return tiny_args(world / "input.txt", out_dir, steps=5)
+    return [world / "runs", *(("--out", out_dir / "page.html") if script == "visualize.py" else ())]
+
+
+@pytest.mark.parametrize("script", ["train.py", "sample.py", "visualize.py"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_while_torch_imports_is_one_line_and_exit_130(world, script, sig):
-    args = tiny_args(world / "input.txt", world / "unused") if script == "train.py" else [world / "runs"]
+    args = _script_args(script, world, world / "unused")
     proc = subprocess.Popen([sys.executable, script, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     time.sleep(0.4)  # importing torch takes seconds
@@ -216,9 +223,9 @@ def test_a_signal_while_torch_imports_is_one_line_and_exit_130(world, script, si
     assert not (world / "unused").exists()
 
 
-@pytest.mark.parametrize("script", ["train.py", "sample.py"])
+@pytest.mark.parametrize("script", ["train.py", "sample.py", "visualize.py"])
 def test_a_full_disk_or_closed_stdout_is_exit_2_and_one_line(world, tmp_path, script):
-    args = tiny_args(world / "input.txt", tmp_path, steps=5) if script == "train.py" else [world / "runs"]
+    args = _script_args(script, world, tmp_path)
     command = [sys.executable, script, *map(str, args)]
     with open("/dev/full", "w") as full:
         done = subprocess.run(command, cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
@@ -235,4 +242,4 @@ def test_warnings_a_user_cannot_act_on_do_not_appear(tmp_path):
     (tmp_path / "input.txt").write_text(corpus())
     code, _, err = run_train_py(tiny_args(tmp_path / "input.txt", tmp_path, "--trainer.log_every_n_steps", 50))
     assert code == 0 and err == ""
-    assert torch.load(checkpoint.newest_last_checkpoint(str(tmp_path)), weights_only=True)["global_step"] == 60
+    assert torch.load(rundir.newest_last_checkpoint(str(tmp_path)), weights_only=True)["global_step"] == 60

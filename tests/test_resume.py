@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from charrnn import checkpoint
+from charrnn import checkpoint, rundir
 from tests.train_helpers import EPOCH, assert_one_line_error, assert_same_training_state, newest, snapshot
 from tests.train_helpers import tiny_args, train
 
@@ -69,7 +69,7 @@ def test_resume_from_another_directory_never_writes_into_a_stranger_run(text, tm
     assert train(tiny_args(text, tmp_path / "a", steps=8)) == 0
     assert train(tiny_args(text, tmp_path / "b", steps=4)) == 0
     before = snapshot(tmp_path / "b")
-    ckpt_a = checkpoint.newest_last_checkpoint(str(tmp_path / "a"))
+    ckpt_a = rundir.newest_last_checkpoint(str(tmp_path / "a"))
     assert train(tiny_args(text, tmp_path / "b", "--ckpt_path", ckpt_a, steps=12)) == 0
     after = snapshot(tmp_path / "b")
     assert {k: v for k, v in after.items() if k in before} == before

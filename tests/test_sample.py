@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import sample
-from charrnn import checkpoint
+from charrnn import checkpoint, rundir
 from charrnn.cells import native
 from charrnn.sampling import generate
 from tests.train_helpers import ROOT, Malicious, assert_one_line_error, run_script, run_train_py, start_script
@@ -37,7 +37,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ckpt(run_dir):
-    return checkpoint.newest_last_checkpoint(str(run_dir))
+    return rundir.newest_last_checkpoint(str(run_dir))
 
 
 def run_main(capsysbinary, *args) -> tuple[int, str, str]:

@@ -287,3 +287,25 @@ def test_half_c_loop_generates_what_the_numpy_loop_does(temperature):
     assert c_loop.native_loop is not None
     assert list(c_loop.generate(3000)) == list(numpy_loop.generate(3000))
     np.testing.assert_allclose(c_loop.state, numpy_loop.state, rtol=0, atol=1e-6)
+
+
+def test_path_names_the_loop_that_runs(request, monkeypatch):
+    """``Sampler.path`` (``sample.py --verbose``) says native.c's generator exactly when it runs: its kernel is called
+    for the text; with CHARRNN_NATIVE=0, --top-k, or a cell without one, the NumPy loop runs and the line says why."""
+    params = make_params(LSTM)
+    c_loop = sampler_of(LSTM, params, seed=1)
+    assert c_loop.path == "C generator (lstm_generate), float64 weights, float64 sums"
+    calls, real = [], native.kernel("lstm_generate")
+    monkeypatch.setattr(c_loop, "native_loop", None)  # rebuilt below around a counting kernel
+    monkeypatch.setattr(native, "kernel", lambda name: (lambda *a: calls.append(name) or real(*a)))
+    c_loop.native_loop = c_loop._c_loop()
+    list(c_loop.generate(600))
+    assert calls == ["lstm_generate"] * 3  # 256-character chunks
+    monkeypatch.undo()
+    top_k = sampling.Sampler(LSTM.cell, params, top_k=3)
+    assert top_k.native_loop is None and top_k.path == "NumPy (--top-k runs in NumPy), float64 weights, float64 sums"
+    gru = network.Architecture(V, H, "gru")
+    assert sampler_of(gru, make_params(gru)).path.startswith("NumPy (no C generator for this cell), ")
+    request.getfixturevalue("without_native")
+    numpy_loop = sampler_of(LSTM, params, seed=1)
+    assert numpy_loop.native_loop is None and numpy_loop.path.startswith("NumPy (CHARRNN_NATIVE=0), float64 weights")

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from charrnn import checkpoint
+from charrnn import checkpoint, rundir
 from charrnn.data import choose_windows_per_batch
 from tests.train_helpers import assert_one_line_error, assert_same_training_state, newest, run_main_quietly
 from tests.train_helpers import start_train_py, tiny_args, train
@@ -28,7 +28,7 @@ def test_signal_saves_last_checkpoint_and_exits_0(text, tmp_path, sig):
     proc = start_train_py(args)
     try:
         deadline = time.monotonic() + 120
-        while checkpoint.newest_last_checkpoint(str(tmp_path)) is None and proc.poll() is None:
+        while rundir.newest_last_checkpoint(str(tmp_path)) is None and proc.poll() is None:
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.05)
         proc.send_signal(sig)
@@ -118,7 +118,7 @@ def test_sigkill_at_random_moments_never_costs_a_loadable_checkpoint(text, tmp_p
         child.join()
         assert child.exitcode == -signal.SIGKILL
         debris_seen += bool(_debris(str(killed)))
-        path = checkpoint.newest_last_checkpoint(str(killed))
+        path = rundir.newest_last_checkpoint(str(killed))
         steps.append(checkpoint.load(path)["global_step"] if path else 0)
         assert steps[-1] >= max(steps), "a kill lost a checkpoint that had been written"
     print(f"steps after each kill: {steps}; kills that interrupted a write: {debris_seen}")

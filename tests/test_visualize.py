@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import visualize
-from charrnn import checkpoint, network
+from charrnn import checkpoint, network, rundir
 from charrnn.sampling import generate
 from charrnn.visualize import Trace, correlations, page_data, rank_units, text_features
 from charrnn.visualize import page as html_page
@@ -31,7 +31,7 @@ def run(tmp_path_factory):
     (d / "input.txt").write_text(TEXT, encoding="utf-8")
     # min-char-rnn's Adagrad (sums from 0): sign-sized first steps, so after 40 steps the units span the colour scale.
     assert train(tiny_args(d / "input.txt", d / "run", "--model.initial_accumulator_value", 0, steps=40)) == 0
-    ckpt = checkpoint.newest_last_checkpoint(str(d / "run"))
+    ckpt = rundir.newest_last_checkpoint(str(d / "run"))
     arch, params, vocab = checkpoint.load_network(ckpt)
     return {"dir": d, "ckpt": ckpt, "text": d / "input.txt", "arch": arch, "params": params, "vocab": vocab}
 
@@ -102,8 +102,8 @@ def gated_run(request, run):
     """A 2-layer checkpoint of a gated cell, trained on the same text."""
     root = run["dir"] / request.param
     assert train(tiny_args(run["text"], root, "--model.cell", request.param, "--model.num_layers", 2, steps=40)) == 0
-    net = checkpoint.load_network(checkpoint.newest_last_checkpoint(str(root)))
-    return {"ckpt": checkpoint.newest_last_checkpoint(str(root)), "net": net}
+    net = checkpoint.load_network(rundir.newest_last_checkpoint(str(root)))
+    return {"ckpt": rundir.newest_last_checkpoint(str(root)), "net": net}
 
 
 def expected_groups(cell, acts) -> dict:

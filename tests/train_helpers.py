@@ -13,7 +13,8 @@ import lightning as L
 import torch
 from pydoc_data.topics import topics
 
-from charrnn import checkpoint, cli
+from bench.common import find_shakespeare as shakespeare_path  # noqa: F401  (the tests' larger text, if present)
+from charrnn import checkpoint, cli, rundir
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCH = 44  # training windows per epoch of tiny_args on corpus(): (720 - 1) // (2 streams * 8 characters)
@@ -39,12 +40,6 @@ def train(args) -> int:
     return cli.main([str(a) for a in args])
 
 
-def shakespeare_path() -> str | None:
-    """tiny-shakespeare in ``shared/data`` beside the repository, if it is there (never copied into it)."""
-    path = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-    return str(path) if path.exists() else None
-
-
 def start_script(script: str, args, cwd=ROOT, text=True) -> subprocess.Popen:
     """``python SCRIPT ARGS`` (a file of the repository) as a real process: fresh imports, real signals, pipes."""
     command = [sys.executable, str(ROOT / script), *map(str, args)]
@@ -68,7 +63,7 @@ def run_train_py(args, cwd=ROOT) -> tuple[int, str, str]:
 
 def quiet_trainer(**kwargs) -> L.Trainer:
     """A Trainer that prints, logs and checkpoints nothing unless ``kwargs`` ask for it."""
-    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False}
+    quiet = dict.fromkeys(("logger", "enable_progress_bar", "enable_model_summary", "enable_checkpointing"), False)
     return L.Trainer(**{**quiet, **kwargs})
 
 
@@ -93,15 +88,15 @@ class Malicious:
 
 def newest(root) -> dict:
     """The newest last.ckpt under root, loaded the safe way (as sample.py and resume do)."""
-    path = checkpoint.newest_last_checkpoint(str(root))
+    path = rundir.newest_last_checkpoint(str(root))
     assert path is not None, f"no last.ckpt under {root}"
     return checkpoint.load(path)
 
 
 def assert_same_training_state(a: dict, b: dict) -> None:
-    """Bitwise: parameters, smoothed loss, Adagrad memory, carried hidden state, dropout seed and step. (Not Lightning's epoch
-    counter: it counts trainer batches, which group several windows in a number that depends on the run's step
-    counts; the position in the text is a function of the step.)"""
+    """Bitwise: parameters, smoothed loss, Adagrad memory, carried hidden state, dropout seed and step. (Not
+    Lightning's epoch counter: it counts trainer batches, which group several windows in a number that depends on the
+    run's step counts; the position in the text is a function of the step.)"""
     assert a["global_step"] == b["global_step"]
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for name in a["state_dict"]:

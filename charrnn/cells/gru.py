@@ -10,18 +10,20 @@ and ``bhn`` is b_hn. char-rnn's GRU differs: it resets h before the product, ``t
 
 Gates are stored (r, z, n). Backward, every factor that does not depend on the incoming gradient is computed for
 all T steps before the loop, which then holds one product and two small elementwise operations per step. Weights
-are initialised as the LSTM's (uniform in (-1/sqrt(H), 1/sqrt(H)), PyTorch's choice); biases zero.
+are initialised as common.init_weight; biases zero. The recurrent products come from ``products``: plain torch
+here, oneDNN's or native.c's on the CPU (charrnn/cells/fast.py chooses).
 """
 
 import numpy as np
 import torch
 
-from . import native
-from .lstm import init_weight, tanh
+from . import common
+from .common import init_weight, tanh
 
 GATES = 3  # Wxh is (GATES * H, in), rows in gate order (r, z, n)
 NUM_STATES = 1  # h
 SIGMOID_GATES = 2  # the first gates that are sigmoids
+C_GENERATOR = None  # no native.c sampling loop: generation runs in NumPy
 R, Z, N = range(3)
 
 
@@ -40,7 +42,7 @@ def init_layer(in_size: int, hidden_size: int, generator=None, dtype=torch.float
     }
 
 
-def forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
+def forward(p: dict, xw: torch.Tensor, state: torch.Tensor, products=common):
     """Run the layer over ``xw`` (T, B, 3H) from ``state`` (B, 1, H); return ``(acts, new_state)``.
 
     ``acts``: ``h`` (T + 1, B, H), starting state first; ``gates`` (T, B, 3, H) = (r, z, ``h W_hn + b_hn``) in
@@ -58,9 +60,9 @@ def forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
     r, z, hn = (gates[..., k * H : (k + 1) * H].unbind(0) for k in range(GATES))
     h, n, d, xn = hs.unbind(0), ns.unbind(0), h_minus_n.unbind(0), x_n.unbind(0)
     minus_one = torch.full((), -1.0, dtype=xw.dtype, device=xw.device)
-    recurrent = native.weight_product(p["Whh"], B)
+    recurrent = products.weight_product(p["Whh"], B)
     for t in range(T):
-        pre[t].add_(recurrent(h[t]))
+        pre[t].add_(recurrent(h[t]))  # (B, 3H): pre_r, pre_z, h W_hn + b_hn
         rz[t].sigmoid_()
         tanh(torch.addcmul(xn[t], r[t], hn[t], out=n[t]), n[t], minus_one)
         torch.addcmul(n[t], z[t], torch.sub(h[t], n[t], out=d[t]), out=h[t + 1])
@@ -68,7 +70,7 @@ def forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
     return acts, hs[T].unsqueeze(1)
 
 
-def backward(p: dict, acts: dict, dh_out: torch.Tensor):
+def backward(p: dict, acts: dict, dh_out: torch.Tensor, products=common):
     """Gradients from ``dh_out`` (T, B, H), the loss's gradient w.r.t. each output h_t (not through the recurrence).
 
     Returns ``(dxw, grads)``: the gradient w.r.t. the input projection (T, B, 3H) and ``{"Whh": ..., "bhn": ...}``.
@@ -91,13 +93,13 @@ def backward(p: dict, acts: dict, dh_out: torch.Tensor):
     d_out, d_h, dh1, z_t = dh_out.unbind(0), dh.unbind(0), dh.unsqueeze(2).unbind(0), z.unbind(0)
     d_rec, by_dh = drec.view(T, B, -1).unbind(0), drec.unbind(0)
     by_dh[T - 1].mul_(dh1[T - 1])
-    recurrent = native.weight_product(p["Whh"].t(), B)
-    for t in range(T - 2, -1, -1):
+    recurrent = products.weight_product(p["Whh"].t(), B)
+    for t in range(T - 2, -1, -1):  # dh_{t-1} = dh_out[t-1] + drec_t @ Whh + dh_t z_t
         torch.addcmul(recurrent(d_rec[t + 1], d_out[t]), d_h[t + 1], z_t[t + 1], out=d_h[t])
         by_dh[t].mul_(dh1[t])
     drec_flat = drec.view(T * B, -1)
     grads = {
-        "Whh": native.gradient_product(drec_flat, hs[:-1].reshape(T * B, -1)),
+        "Whh": products.gradient_product(drec_flat, hs[:-1].reshape(T * B, -1)),
         "bhn": drec[:, :, N].sum((0, 1)).unsqueeze(1),
     }
     dxw = drec  # r and z: the input and recurrent pre-activations are one sum; n: d pre_n = dh (1 - z)(1 - n^2)
@@ -109,6 +111,17 @@ def recurrent_bias(p: dict) -> torch.Tensor:
     """The bias inside the recurrent pre-activation (GATES * H,): (0, 0, b_hn)."""
     b_hn = p["bhn"].view(-1)
     return torch.cat((b_hn.new_zeros(2 * len(b_hn)), b_hn))
+
+
+def page_groups(acts: dict) -> dict:
+    """What visualize.py shows of a layer besides h: name -> ((T, B, H) values, (lo, hi) range). The gates' third
+    row is h W_hn + b_hn, not a gate: the candidate n is shown instead."""
+    gates = acts["gates"]
+    return {
+        "reset gate": (gates[:, :, R], (0.0, 1.0)),
+        "update gate": (gates[:, :, Z], (0.0, 1.0)),
+        "candidate": (acts["n"], (-1.0, 1.0)),
+    }
 
 
 def numpy_step(hidden_size: int, dtype=np.float64):

@@ -1,4 +1,4 @@
-"""One LSTM layer, hand-written forward and backward over a window.
+"""One LSTM layer, hand-written forward and backward over a window: the plain torch reference of its math.
 
     i, f, o = sigmoid(pre_i), sigmoid(pre_f), sigmoid(pre_o);  g = tanh(pre_g);  pre = x Wxh^T + bh + h_{t-1} Whh^T
     c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
@@ -6,36 +6,26 @@
 The gates are stored in the order (o, i, f, g), so one sigmoid covers the three sigmoid gates and, backward, one
 multiply gives the gradients of the three gates that ``dc`` reaches (i, f, g). Every factor of the backward that
 does not depend on the incoming gradient (``o (1 - tanh^2 c)``, ``i (1 - i) g``, ...) is computed for all T steps
-at once before the loop, which then holds one product and four small multiplies per step.
+at once before the loop, which then holds one product and four small multiplies per step. native.c runs the same
+loops on the CPU (charrnn/cells/fast.py chooses).
 
-Initialisation: weights uniform in (-1/sqrt(H), 1/sqrt(H)), PyTorch's choice for nn.LSTM, which keeps the
-pre-activations' scale independent of H (char-rnn's fixed (-0.08, 0.08) is that of H ~ 150 and grows relatively
-too large for H = 512); biases zero except the forget gate's, 1, as in char-rnn and torch-rnn, so that the cell
-starts by remembering and gradients flow through c over the first windows.
+Initialisation: weights as common.init_weight; biases zero except the forget gate's, 1, as in char-rnn and
+torch-rnn, so that the cell starts by remembering and gradients flow through c over the first windows.
 """
+
+import math
 
 import numpy as np
 import torch
 
-from . import native
+from . import common
+from .common import init_weight, tanh
 
 GATES = 4  # Wxh is (GATES * H, in), rows in gate order (o, i, f, g)
 NUM_STATES = 2  # h, c
 SIGMOID_GATES = 3  # the first gates that are sigmoids
 O, I, F, G = range(4)
-
-
-def init_weight(rows: int, cols: int, hidden_size: int, generator=None, dtype=torch.float32) -> torch.Tensor:
-    bound = hidden_size**-0.5
-    return (torch.rand(rows, cols, generator=generator, dtype=dtype) * 2 - 1) * bound
-
-
-def tanh(x: torch.Tensor, out: torch.Tensor, minus_one: torch.Tensor) -> torch.Tensor:
-    """tanh(x) into ``out`` (which may be ``x``) as 2 sigmoid(2x) - 1: torch's CPU tanh kernel costs about five times
-    its sigmoid, and every LSTM step runs two tanh on its critical path. ``minus_one`` is a 0-d tensor of x's dtype
-    (a Python number would be converted to a tensor at every call)."""
-    torch.add(x, x, out=out).sigmoid_()
-    return torch.add(minus_one, out, alpha=2, out=out)
+C_GENERATOR = "lstm_generate"  # native.c's sampling loop for this cell (charrnn/sampling.py)
 
 
 def layer_shapes(in_size: int, hidden_size: int) -> dict:
@@ -62,83 +52,47 @@ def forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
     """
     T, B, GH = xw.shape
     H = GH // GATES
-    hs = torch.empty((T + 1, B, H), dtype=xw.dtype, device=xw.device)
-    cs, tanh_c = torch.empty_like(hs), torch.empty_like(hs[1:])
-    hs[0], cs[0] = state[:, 0], state[:, 1]
-    gates = xw
-    windows, steps = native.lstm_windows(gates, hs), native.lstm_steps(gates, hs)
-    if windows is not None:  # the whole loop in one C call, its products included
-        packed, rec = native.pack_panels(p["Whh"]), torch.empty((B, GH), dtype=xw.dtype)
-        pointers = (gates, packed, hs, cs, tanh_c, rec)
-        windows[0](*(t.data_ptr() for t in pointers), T, B, H)
-    elif steps is not None:  # the elementwise work of a step in one C call, on addresses computed here
-        h, recurrent = hs.unbind(0), native.weight_product(p["Whh"], B)
-        step, size = steps[0], xw.element_size()
-        g0, h0, c0, tc0, g_step, h_step = gates.data_ptr(), hs.data_ptr(), cs.data_ptr(), tanh_c.data_ptr(), B * GH * size, B * H * size
-        for t in range(T):
-            rec = recurrent(h[t])
-            step(g0 + t * g_step, rec.data_ptr(), c0 + t * h_step, c0 + (t + 1) * h_step, tc0 + t * h_step, h0 + (t + 1) * h_step, B, H)
-    else:
-        _forward_steps(gates, p["Whh"].t(), hs, cs, tanh_c)
-    acts = {"h": hs, "c": cs, "gates": gates.view(T, B, GATES, H), "tanh_c": tanh_c}
-    return acts, torch.stack((hs[T], cs[T]), 1)
-
-
-def _forward_steps(gates, Whh_t, hs, cs, tanh_c):
-    """The forward's loop in torch operations (GPUs, and CPUs without the C kernel)."""
-    T, B, GH = gates.shape
-    H = GH // GATES
+    hs, cs, tanh_c = new_activations(xw, state)  # (T + 1, B, H), (T + 1, B, H), (T, B, H)
+    gates, Whh_t = xw, p["Whh"].t()
     pre, sig, tg = gates.unbind(0), gates[..., : 3 * H].unbind(0), gates[..., 3 * H :].unbind(0)
     o, i, f, g = (gates[..., k * H : (k + 1) * H].unbind(0) for k in range(GATES))
     h, c, tc = hs.unbind(0), cs.unbind(0), tanh_c.unbind(0)
-    minus_one = torch.full((), -1.0, dtype=gates.dtype, device=gates.device)
+    minus_one = torch.full((), -1.0, dtype=xw.dtype, device=xw.device)
     for t in range(T):
-        pre[t].addmm_(h[t], Whh_t)
+        pre[t].addmm_(h[t], Whh_t)  # (B, 4H)
         sig[t].sigmoid_()
         tanh(tg[t], tg[t], minus_one)
         torch.mul(f[t], c[t], out=c[t + 1]).addcmul_(i[t], g[t])
         torch.mul(o[t], tanh(c[t + 1], tc[t], minus_one), out=h[t + 1])
+    return activations(gates, hs, cs, tanh_c)
 
 
-def backward(p: dict, acts: dict, dh_out: torch.Tensor):
+def new_activations(xw: torch.Tensor, state: torch.Tensor):
+    """The forward's outputs, ``hs`` and ``cs`` (T + 1, B, H) holding the starting state, and ``tanh_c`` (T, B, H)."""
+    T, B, GH = xw.shape
+    hs = torch.empty((T + 1, B, GH // GATES), dtype=xw.dtype, device=xw.device)
+    cs, tanh_c = torch.empty_like(hs), torch.empty_like(hs[1:])
+    hs[0], cs[0] = state[:, 0], state[:, 1]
+    return hs, cs, tanh_c
+
+
+def activations(gates, hs, cs, tanh_c):
+    """``(acts, new_state)`` as ``forward`` returns them, from its filled buffers."""
+    T, B, GH = gates.shape
+    acts = {"h": hs, "c": cs, "gates": gates.view(T, B, GATES, GH // GATES), "tanh_c": tanh_c}
+    return acts, torch.stack((hs[T], cs[T]), 1)
+
+
+def backward(p: dict, acts: dict, dh_out: torch.Tensor, products=common):
     """Gradients from ``dh_out`` (T, B, H), the loss's gradient w.r.t. each output h_t (not through the recurrence).
 
     Returns ``(dxw, grads)``: the gradient w.r.t. the pre-activations (T, B, 4H) and ``{"Whh": ...}``. The
     window's last state gets no gradient from later windows (truncated backpropagation through time).
+    ``products.gradient_product`` computes dWhh (charrnn/cells/fast.py passes oneDNN's).
     """
     hs, cs, gates, tc = acts["h"], acts["c"], acts["gates"], acts["tanh_c"]
     T, B, H = dh_out.shape
-    windows, steps = native.lstm_windows(gates, cs, tc, dh_out), native.lstm_steps(gates, cs, tc, dh_out)
-    if steps is not None:
-        dpre, dc = torch.empty((T, B, GATES * H), dtype=dh_out.dtype), torch.zeros_like(dh_out[0])
-    if windows is not None:  # the whole loop in one C call, its products included
-        dh, packed = torch.empty_like(dh_out[0]), native.pack_panels(p["Whh"].t())
-        pointers = (dpre, dc, gates, cs, tc, dh_out, packed, dh)
-        windows[1](*(t.data_ptr() for t in pointers), T, B, H)
-    elif steps is not None:  # the elementwise work of a step in one C call, on addresses computed here
-        step, size = steps[1], dh_out.element_size()
-        d_out, d_pre, recurrent = dh_out.unbind(0), dpre.unbind(0), native.weight_product(p["Whh"].t(), B)
-        g0, p0, c0, tc0, out0 = gates.data_ptr(), dpre.data_ptr(), cs.data_ptr(), tc.data_ptr(), dh_out.data_ptr()
-        dc_p, g_step, h_step = dc.data_ptr(), B * GATES * H * size, B * H * size
-        for t in range(T - 1, -1, -1):
-            if t == T - 1:
-                dh_t, next_gates = out0 + t * h_step, g0 + t * g_step  # dc is 0: any finite forget gate will do
-            else:
-                dh = recurrent(d_pre[t + 1], d_out[t])
-                dh_t, next_gates = dh.data_ptr(), g0 + (t + 1) * g_step
-            step(p0 + t * g_step, dc_p, g0 + t * g_step, c0 + t * h_step, tc0 + t * h_step, dh_t, next_gates, B, H)
-    else:
-        dpre = _backward_steps(p, acts, dh_out)
-    dWhh = native.gradient_product(dpre.reshape(T * B, -1), hs[:-1].reshape(T * B, -1))
-    return dpre, {"Whh": dWhh}
-
-
-def _backward_steps(p, acts, dh_out):
-    """The backward's loop in torch operations (GPUs, and CPUs without the C kernel): the gradient w.r.t. the
-    pre-activations (T, B, 4H)."""
-    cs, gates, tc = acts["c"], acts["gates"], acts["tanh_c"]
-    T, B, H = dh_out.shape
-    o, i, f, g = gates.unbind(2)
+    o, i, f, g = gates.unbind(2)  # (T, B, H) each
     # dpre[t] starts as the gates' factors [tc o (1 - o), g i (1 - i), c_{t-1} f (1 - f), i (1 - g^2)] and into_c[t]
     # as o (1 - tc^2); the loop multiplies the first and into_c by dh, the other three by dc, in place, leaving the
     # gradients of the pre-activations (o, i, f, g) in one contiguous buffer (what the products after it want).
@@ -153,7 +107,7 @@ def _backward_steps(p, acts, dh_out):
     torch.addcmul(one, g, g, value=-1.0, out=dpre[:, :, G]).mul_(i)
     torch.addcmul(one, tc, tc, value=-1.0, out=into_c).mul_(o)
     dpre = dpre.view(T, B, GATES * H)
-    dh, dc = torch.empty_like(dh_out[0]), torch.empty_like(dh_out[0])
+    dh, dc = torch.empty_like(dh_out[0]), torch.empty_like(dh_out[0])  # (B, H)
     dc1 = dc.unsqueeze(1)
     d_out, d_pre, f_t, into_c = dh_out.unbind(0), dpre.unbind(0), f.unbind(0), into_c.unbind(0)
     by_dh, by_dc = dpre[..., :H].unbind(0), dpre[..., H:].view(T, B, 3, H).unbind(0)
@@ -161,16 +115,36 @@ def _backward_steps(p, acts, dh_out):
     torch.mul(into_c[T - 1], d_out[T - 1], out=dc)
     by_dc[T - 1].mul_(dc1)
     for t in range(T - 2, -1, -1):
-        torch.addmm(d_out[t], d_pre[t + 1], p["Whh"], out=dh)
+        torch.addmm(d_out[t], d_pre[t + 1], p["Whh"], out=dh)  # dh_t = dh_out[t] + dpre[t + 1] @ Whh
         by_dh[t].mul_(dh)
-        torch.addcmul(into_c[t].mul_(dh), dc, f_t[t + 1], out=dc)
+        torch.addcmul(into_c[t].mul_(dh), dc, f_t[t + 1], out=dc)  # dc_t = dh o (1 - tc^2) + dc_{t+1} f_{t+1}
         by_dc[t].mul_(dc1)
-    return dpre
+    return dpre, recurrent_grads(dpre, hs, products)
+
+
+def recurrent_grads(dpre: torch.Tensor, hs: torch.Tensor, products=common) -> dict:
+    """``{"Whh": dpre^T h_{t-1}}`` summed over the window, from ``dpre`` (T, B, 4H) and ``hs`` (T + 1, B, H)."""
+    T, B, GH = dpre.shape
+    return {"Whh": products.gradient_product(dpre.reshape(T * B, GH), hs[:-1].reshape(T * B, -1))}
 
 
 def recurrent_bias(p: dict):
     """The bias inside the recurrent pre-activation; none: the LSTM's one bias bh is in ``xw``."""
     return None
+
+
+def page_groups(acts: dict) -> dict:
+    """What visualize.py shows of a layer besides h: name -> ((T, B, H) values, (lo, hi) range). c is unbounded:
+    the smallest whole bound that holds it."""
+    c, gates = acts["c"][1:], acts["gates"]
+    bound = max(1.0, math.ceil(float(c.abs().max())))
+    return {
+        "c": (c, (-bound, bound)),
+        "input gate": (gates[:, :, I], (0.0, 1.0)),
+        "forget gate": (gates[:, :, F], (0.0, 1.0)),
+        "output gate": (gates[:, :, O], (0.0, 1.0)),
+        "candidate": (gates[:, :, G], (-1.0, 1.0)),
+    }
 
 
 def numpy_step(hidden_size: int, dtype=np.float64):

@@ -163,7 +163,7 @@ void lstm_backward_window_f32(float *dpre, float *dc, const float *gates, const 
 }
 #endif
 
-/* Sampling's step for one stream in float64 (charrnn/stack.py's NumpyStack): from the input pre-activation inp and
+/* Sampling's step for one stream in float64 (charrnn/sampling.py's NumpyStack): from the input pre-activation inp and
    the recurrent product rec, each 4H long with the sigmoid gates' rows halved by the caller, update c and h in place:
    sigmoid(2y) = 1 / (1 + exp(-2y)), tanh(y) = 2 / (1 + exp(-2y)) - 1. */
 static void lstm_sample_step(const double *restrict inp, const double *restrict rec, double *restrict h,
@@ -282,7 +282,7 @@ static long choose(const double *logits, long V, double inv_temperature, int gre
     return i;
 }
 
-/* Sampling's loop for a stack of L LSTM layers (charrnn/stack.py's NumpyStack, whose buffers these are): n characters,
+/* Sampling's loop for a stack of L LSTM layers (charrnn/sampling.py's NumpyStack, whose buffers these are): n characters,
    each drawn from the current logits with the uniform u[k], then every layer advanced over it. Layer l: matrix W[l]
    (rows[l] x (H + 1): [Whh | 0; W_above | b_above], of kind[l], see matvec), h1[l] = [h; 1], c[l], and
    out[l] = W[l] h1[l], whose first 4H entries are the next recurrent product and the rest the layer above's input

@@ -7,16 +7,16 @@ Why C: on the CPU one LSTM step is one matrix product and about ten small elemen
 operation costs several microseconds of dispatch however small its tensors, so at 32 streams of 256 units the
 elementwise operations took a third of a window (BENCHMARKS.md, section 7). One C loop does them in one pass. On
 CPUs with AVX-512, float32 windows go further: one C call runs the window's loop, each step's product by the packed
-recurrent weight included (``lstm_windows``), at the core's peak rate where oneDNN's call reaches 90-94% of it: 2 x
+recurrent weight included (fast.py's ``LSTM_WINDOWS``), at the core's peak rate where oneDNN's call reaches 90-94% of it: 2 x
 512 LSTM windows 5% faster, 256-unit ones 15%. The GRU's per-step products take the same kernel from Python
 (``weight_product``): 5% and 10%. (Built for AVX2 alone, the same kernel with 8-lane vectors reached
 59-81 GFLOP/s where oneDNN reaches 95-103, so other CPUs keep oneDNN's products: BENCHMARKS.md, section 7.)
 
 The library is built once per source, compiler, flags and CPU (``-march=native``, and ``CHARRNN_CFLAGS`` from the
-environment: ``-mno-avx512f`` builds what a CPU without AVX-512 runs) into ~/.cache/charrnn (or
-$XDG_CACHE_HOME/charrnn; the temporary directory if neither is writable) and loaded with ctypes. Without a C
-compiler, or with ``CHARRNN_NATIVE=0`` in the environment, the LSTM trains with its plain torch loop instead (the
-same math, the one used on GPUs, proven against autograd like this one: tests/test_cells.py) and samples in NumPy
+environment: ``-mno-avx512f`` builds what a CPU without AVX-512 runs) into a directory only this user can write and
+loaded with ctypes after its checksum is verified (native_build.py says where, and what it refuses). Without a C
+compiler, or with ``CHARRNN_NATIVE=0`` in the environment, the LSTM trains with its plain torch loop instead (lstm.py,
+the same math, the one used on GPUs, proven against autograd like this one: tests/test_cells.py) and samples in NumPy
 (the same text: tests/test_sampling.py).
 
 Why oneDNN: torch sends a CPU float32 ``mm`` to MKL, which repacks the weight at every call. oneDNN, which torch
@@ -26,99 +26,11 @@ EPYC core, 100 products of 32 x 512 by 512 x 2048: 64 ms against MKL's 85; backw
 section 7). ``CHARRNN_NATIVE=0`` turns this off too.
 """
 
-import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import torch
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native.c")
-COMPILE = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-c"]
-LINK = ["-shared", "-lmvec", "-lm"]  # glibc's vector exp
-DTYPES = {torch.float32: "float32", torch.float64: "float64"}
-
-
-def _cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for path in (os.path.join(base, "charrnn"), os.path.join(tempfile.gettempdir(), f"charrnn-{os.getuid()}")):
-        try:
-            os.makedirs(path, exist_ok=True)
-            if os.access(path, os.W_OK):
-                return path
-        except OSError:
-            continue
-    return None
-
-
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return platform.processor()
-
-
-def _build(compiler: str, directory: str) -> str:
-    """The library's path, compiling it unless a build of this source for this compiler and CPU is there."""
-    with open(SOURCE, "rb") as f:
-        source = f.read()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    compile_flags = COMPILE + shlex.split(os.environ.get("CHARRNN_CFLAGS", ""))
-    flags = " ".join(compile_flags + LINK).encode()
-    key = hashlib.sha256(b"\0".join([source, flags, version.encode(), _cpu_flags().encode()]))
-    library = os.path.join(directory, f"native-{key.hexdigest()[:16]}.so")
-    if not os.path.exists(library):
-        with tempfile.TemporaryDirectory(dir=directory) as tmp:  # concurrent builds (DDP ranks) never collide
-            obj, built = os.path.join(tmp, "native.o"), os.path.join(tmp, "native.so")
-            subprocess.run([compiler, *compile_flags, SOURCE, "-o", obj], check=True, capture_output=True, timeout=120)
-            subprocess.run([compiler, obj, *LINK, "-o", built], check=True, capture_output=True, timeout=120)
-            os.replace(built, library)
-    return library
-
-
-def _turned_off() -> bool:
-    """``CHARRNN_NATIVE=0``: plain torch and NumPy only (no C, no oneDNN products)."""
-    return os.environ.get("CHARRNN_NATIVE") == "0"
-
-
-@functools.cache
-def _library():
-    """The loaded library, or None (no compiler, a failed build, not Linux/macOS, or CHARRNN_NATIVE=0)."""
-    if _turned_off() or sys.platform == "win32":
-        return None
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    directory = _cache_dir()
-    if not compiler or not directory:
-        return None
-    try:
-        library = ctypes.CDLL(_build(compiler, directory))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    sizes = [ctypes.c_long] * 2
-    for suffix in DTYPES.values():
-        getattr(library, f"lstm_forward_{suffix}").argtypes = [ctypes.c_void_p] * 6 + sizes
-        getattr(library, f"lstm_backward_{suffix}").argtypes = [ctypes.c_void_p] * 7 + sizes
-    library.matvec_f32_f64.argtypes = [ctypes.c_void_p] * 3 + sizes
-    if hasattr(library, "product_f32"):  # compiled for AVX-512 CPUs only (native.c)
-        library.pack_panels_f32.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p] + sizes
-        library.product_f32.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
-                                        ctypes.c_void_p, ctypes.c_long] + [ctypes.c_long] * 3  # fmt: skip
-        library.lstm_forward_window_f32.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 3
-        library.lstm_backward_window_f32.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_long] * 3
-    if hasattr(library, "matvec_f16"):  # compiled for F16C + AVX2 + FMA CPUs only (native.c)
-        library.matvec_f16.argtypes = [ctypes.c_void_p] * 3 + sizes + [ctypes.c_void_p]
-    library.lstm_generate.argtypes = (
-        [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 7
-        + [ctypes.c_double, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    )  # fmt: skip
-    return library
+from .native_build import library as _library, turned_off as _turned_off
 
 
 @functools.cache
@@ -224,23 +136,3 @@ def pack_panels(W: torch.Tensor) -> torch.Tensor:
     _library().pack_panels_f32(W.data_ptr(), W.stride(0), W.stride(1), packed.data_ptr(), N, K)
     return packed
 
-
-def lstm_windows(*tensors: torch.Tensor):
-    """``(forward, backward)`` C loops over a whole LSTM window, recurrent products included, for these tensors
-    (float32, CPU, contiguous) when ``products_in_c``; None otherwise (``lstm_steps`` is then used)."""
-    if not products_in_c() or any(t.dtype != torch.float32 for t in tensors) or lstm_steps(*tensors) is None:
-        return None
-    return kernel("lstm_forward_window_f32"), kernel("lstm_backward_window_f32")
-
-
-def lstm_steps(*tensors: torch.Tensor):
-    """``(forward, backward)`` C functions for these tensors (all on the CPU, of one float dtype, contiguous),
-    called with data pointers; None when they cannot take them (the torch loop is then used)."""
-    dtype = tensors[0].dtype
-    if dtype not in DTYPES or any(t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous() for t in tensors):
-        return None
-    library = _library()
-    if library is None:
-        return None
-    suffix = DTYPES[dtype]
-    return getattr(library, f"lstm_forward_{suffix}"), getattr(library, f"lstm_backward_{suffix}")

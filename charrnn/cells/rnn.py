@@ -12,6 +12,7 @@ import torch
 GATES = 1  # Wxh is (GATES * H, in)
 NUM_STATES = 1  # h
 SIGMOID_GATES = 0  # the first gates that are sigmoids
+C_GENERATOR = None  # no native.c sampling loop: generation runs in NumPy
 
 
 def init_weight(rows: int, cols: int, hidden_size: int, generator=None, dtype=torch.float32) -> torch.Tensor:
@@ -39,12 +40,12 @@ def forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
     ``acts["h"]`` is (T + 1, B, H) with the starting state first; ``xw`` is overwritten.
     """
     T, B, H = xw.shape
-    Whh_t = p["Whh"].t()
+    Whh_t = p["Whh"].t()  # (H, H)
     hs = torch.empty((T + 1, B, H), dtype=xw.dtype, device=xw.device)
     hs[0] = state[:, 0]
     h, x = hs.unbind(0), xw.unbind(0)  # per-step views made once
     for t in range(T):
-        torch.addmm(x[t], h[t], Whh_t, out=h[t + 1]).tanh_()
+        torch.addmm(x[t], h[t], Whh_t, out=h[t + 1]).tanh_()  # (B, H)
     return {"h": hs}, hs[T].unsqueeze(1)
 
 
@@ -70,6 +71,11 @@ def backward(p: dict, acts: dict, dh_out: torch.Tensor):
 def recurrent_bias(p: dict):
     """The bias inside the recurrent pre-activation (GRU's b_hn); none here: min-char-rnn's bh is in ``xw``."""
     return None
+
+
+def page_groups(acts: dict) -> dict:
+    """What visualize.py shows of a layer besides h: nothing, h is all there is."""
+    return {}
 
 
 def numpy_step(hidden_size: int, dtype=np.float64):

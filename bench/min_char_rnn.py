@@ -12,10 +12,11 @@ class MinCharRNN:
     200-character sample plus the loss line every 100 iterations (written to /dev/null instead of the console).
 
     Started from given ``params`` (a dict of arrays keyed by ``PARAM_NAMES``), it is the reference
-    test_min_char_rnn.py holds charrnn to; the benchmarks time it as the NumPy baseline.
+    tests/test_min_char_rnn.py holds charrnn to; the benchmarks time it as the NumPy baseline.
     """
 
-    def __init__(self, vocab_size: int, hidden_size: int = 100, learning_rate: float = 1e-1, seed: int = 0, params=None):
+    def __init__(self, vocab_size: int, hidden_size: int = 100, learning_rate: float = 1e-1, seed: int = 0,
+                 params=None):  # fmt: skip
         rng = np.random.default_rng(seed)
         V, H = vocab_size, hidden_size
         if params is None:
