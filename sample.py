@@ -123,7 +123,8 @@ def _device(choice: str, hidden_size: int, half: bool):
 
 def _json_line(out, model, prime: str, text: str, log_prob=None, seed=None) -> None:
     log_prob = model.log_prob(text, prime) if log_prob is None else log_prob
-    record = {"text": text, "log_prob": log_prob, "nats_per_char": -log_prob / len(text) if text else None, "seed": seed}
+    nats = -log_prob / len(text) if text else None
+    record = {"text": text, "log_prob": log_prob, "nats_per_char": nats, "seed": seed}
     out.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
     out.flush()
 
@@ -137,7 +138,9 @@ def run(argv) -> None:
     source = "--prime" if args.prime_file is None else f"--prime-file {args.prime_file}"
     encode_prime(model.vocab, prime, source)  # its characters checked before anything is printed
     if args.num_samples > 1 and not args.json and SEPARATOR in model.vocab:
-        raise UsageError("the model's vocabulary holds \\x1e, the line that separates --num-samples samples; use --json")
+        raise UsageError(
+            "the model's vocabulary holds \\x1e, the line that separates --num-samples samples; use --json"
+        )
     out = sys.stdout.buffer
     if args.beam is not None:
         found = model.beam(prime, args.length, args.beam)

@@ -49,7 +49,8 @@ def main() -> None:
     inputs = torch.randint(len(vocab), (B, T))
     state = arch.zero_state(B)
     with torch.no_grad():
-        seconds = best_time(lambda: [network.forward(arch, model.params, inputs, state) for _ in range(50)], args.repeats)
+        forward = lambda: [network.forward(arch, model.params, inputs, state) for _ in range(50)]  # noqa: E731
+        seconds = best_time(forward, args.repeats)
     print(f"network.forward, B={B} T={T}: {50 * B * T / seconds:12,.0f} characters/s")
 
 

@@ -127,7 +127,8 @@ class Model:
         return Session(self, seed, device, half)
 
     def stream(self, length: int, prime: str = "", temperature: float = 1.0, top_k: int | None = None,
-               seed: int | None = None, stop: Iterable[str] | str = (), device=None, half: bool = False) -> Iterator[str]:  # fmt: skip
+               seed: int | None = None, stop: Iterable[str] | str = (), device=None,
+               half: bool = False) -> Iterator[str]:  # fmt: skip
         """``sample``'s text in chunks, each yielded as soon as it is generated."""
         check_sampling(length, temperature, top_k, seed)
         session = self.session(seed, device, half)
@@ -135,7 +136,8 @@ class Model:
         return session.stream(length, temperature, top_k, stop)
 
     def sample(self, length: int, prime: str = "", temperature: float = 1.0, top_k: int | None = None,
-               seed: int | None = None, stop: Iterable[str] | str = (), device=None, half: bool = False) -> str:  # fmt: skip
+               seed: int | None = None, stop: Iterable[str] | str = (), device=None,
+               half: bool = False) -> str:  # fmt: skip
         """Up to ``length`` new characters after ``prime`` (not included), drawn at ``temperature`` (0: greedy)
         among the ``top_k`` most likely; the text sample.py prints after the prime for the same settings and seed.
         It ends right after the first stop string that ends inside the new text (it may start in the prime).

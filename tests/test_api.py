@@ -66,7 +66,8 @@ def test_sample_is_sample_pys_code_path(runs, capsysbinary):
         assert m.sample(300, prime, temperature, top_k, seed) == "".join(m.vocab[i] for i in ids)
     assert "".join(m.stream(300, "The ", 0.7, seed=9)) == m.sample(300, "The ", 0.7, seed=9)
     assert [len(c) for c in m.stream(150, seed=2)] == [api.PIECE, api.PIECE, 150 - 2 * api.PIECE]
-    code = sample.main([str(runs / "lstm"), "--length", "300", "--prime", "The ", "--temperature", "0.7", "--seed", "9"])
+    code = sample.main([str(runs / "lstm"), "--length", "300", "--prime", "The ", "--temperature", "0.7",
+                        "--seed", "9"])  # fmt: skip
     assert code == 0 and capsysbinary.readouterr().out.decode() == "The " + m.sample(300, "The ", 0.7, seed=9)
 
 

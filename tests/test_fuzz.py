@@ -1,5 +1,5 @@
-"""Property-based fuzzing of train.py, sample.py and score.py, in-process: random flags with hostile values (wrong types,
-signs, extremes, NaN and infinities, Unicode, huge numbers, special files) and randomly damaged files.
+"""Property-based fuzzing of train.py, sample.py and score.py, in-process: random flags with hostile values (wrong
+types, signs, extremes, NaN and infinities, Unicode, huge numbers, special files) and randomly damaged files.
 
 The property, for every input: the exit code is 0, 2 or 130; a failure is exactly one line ``error: ...`` on
 stderr with no traceback; no warning reaches the user; and no file that existed before is changed or lost.

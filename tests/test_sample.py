@@ -327,8 +327,8 @@ def test_json_lines_hold_the_text_its_log_prob_and_seed(capsysbinary, ckpt):
     for r in records:
         assert r["text"] == m.sample(60, "The", 0.7, seed=r["seed"])
         # log p of the text given the prime: score() of prime + text from the zero state, its last 60 predictions
-        assert r["log_prob"] == pytest.approx(float(m.score("The" + r["text"], dtype=torch.float64).log_probs[-60:].sum()),
-                                              abs=1e-9)  # fmt: skip
+        tail = m.score("The" + r["text"], dtype=torch.float64).log_probs[-60:]
+        assert r["log_prob"] == pytest.approx(float(tail.sum()), abs=1e-9)
         assert r["nats_per_char"] == pytest.approx(-r["log_prob"] / 60)
     code, out, _ = run_main(capsysbinary, ckpt, "--length", 30, "--json")  # no --seed: a fresh one, reported
     record = json.loads(out)
