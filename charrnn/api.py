@@ -250,8 +250,8 @@ class Model:
         with torch.no_grad():
             for start in range(0, inputs.shape[1], VAL_CHUNK):
                 cut = slice(start, start + VAL_CHUNK)
-                logits, state = network.logits(self.arch, params, inputs[:, cut], state)  # (S, C, V)
-                out[:, cut] = torch.log_softmax(logits, -1).gather(-1, targets[:, cut, None])[..., 0]
+                x, y = inputs[:, cut], targets[:, cut]
+                out[:, cut], state = network.target_log_probs(self.arch, params, x, y, state)  # (S, C) each
         return out
 
 
