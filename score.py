@@ -29,7 +29,10 @@ TOP = 10  # lines shown by --per-line
 def _parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .ckpt file, or a run directory (its newest last.ckpt)")
-    p.add_argument("files", metavar="FILE", nargs="+", help="UTF-8 text files, read as training reads its text")
+    p.add_argument("files", metavar="FILE", nargs="+",
+                   help="UTF-8 text files, read as training reads its text. A file's first character is context, "
+                        "not scored; characters not in the model's vocabulary are not scored either, and are read "
+                        "as a zero input vector (layer 0's input is then its bias alone)")  # fmt: skip
     p.add_argument("--per-line", action="store_true",
                    help="also rank each file's lines by mean surprise (-log p per scored character, the newline "
                         "excluded), most surprising first")  # fmt: skip
