@@ -168,7 +168,7 @@ def test_pyproject_lists_requirements_txt_without_the_test_tools():
               if line.strip() and not line.startswith("#")]  # fmt: skip
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     listed = project["dependencies"] + project["optional-dependencies"]["export"]
-    assert listed == [r for r in wanted if re.split(r"[<>=\[]", r)[0] not in ("pytest", "hypothesis")]
+    assert listed == [r for r in wanted if re.split(r"[<>=\[]", r)[0] not in ("pytest", "hypothesis", "ruff")]
 
 
 @pytest.mark.slow
