@@ -17,7 +17,6 @@ replaced): ONNX in its ``metadata_props``, TorchScript in an extra file of its a
 """
 
 import base64
-import html
 import inspect
 import io
 import json
@@ -27,7 +26,7 @@ import zipfile
 import torch
 from torch import nn
 
-from . import stack
+from . import pages, stack
 from .cells import CELLS, lstm
 
 GENERATOR = "charrnn export.py"  # the mark of a file export.py wrote, in every format
@@ -131,12 +130,7 @@ def page(arch, params: dict, vocab: list[str], title: str) -> str:
     precision charrnn trains in), computed in float64 as charrnn's NumPy sampler computes; nothing is fetched."""
     weights = {name: base64.b64encode(p.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
                .decode() for name, p in params.items()}  # fmt: skip
-    data = {**_metadata(arch, vocab), "title": title, "params": weights}
-    data = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    # '<', '>' and '&' occur only inside JSON strings; escaped, no character of the vocabulary ends the block early.
-    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    before, after = _PAGE.split("{{data}}")
-    return before.replace("{{generator}}", GENERATOR).replace("{{title}}", html.escape(title)) + data + after
+    return pages.fill(_PAGE, GENERATOR, title, {**_metadata(arch, vocab), "title": title, "params": weights})
 
 
 _PAGE = """<!DOCTYPE html>

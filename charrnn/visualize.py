@@ -11,14 +11,12 @@ The idea and the features follow Karpathy, Johnson and Fei-Fei, "Visualizing and
 Networks" (2015): single units of character models track quotes, brackets or the position in a line.
 """
 
-import html
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import network
+from . import network, pages
 
 TOP_K = 5  # the model's most likely characters shown for each position
 PER_FEATURE = 5  # units ranked for each feature
@@ -144,11 +142,7 @@ def page_data(tr: Trace, ids, vocab: list[str], title: str, log_probs) -> dict:
 
 def page(tr: Trace, ids, vocab: list[str], title: str, log_probs) -> str:
     """The HTML page: inline CSS and script, the data as JSON; nothing is fetched, so it opens offline from disk."""
-    data = json.dumps(page_data(tr, ids, vocab, title, log_probs), ensure_ascii=False, separators=(",", ":"))
-    # '<', '>' and '&' occur only inside JSON strings; escaped, no text can end the script block early.
-    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    before, after = _PAGE.split("{{data}}")  # the data last and outside the template: its text is the user's
-    return before.replace("{{generator}}", GENERATOR).replace("{{title}}", html.escape(title)) + data + after
+    return pages.fill(_PAGE, GENERATOR, title, page_data(tr, ids, vocab, title, log_probs))
 
 
 _PAGE = """<!DOCTYPE html>
