@@ -133,15 +133,8 @@ def page(arch, params: dict, vocab: list[str], title: str) -> str:
     return pages.fill(_PAGE, GENERATOR, title, {**_metadata(arch, vocab), "title": title, "params": weights})
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="generator" content="{{generator}}">
-<title>charrnn: {{title}}</title>
-<style>
-body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 1.2em auto; max-width: 60em; padding: 0 1em; }
-h1 { font-size: 1.3em; margin: 0 0 .2em; }
+_PAGE = pages.HEAD + """<style>
+body { max-width: 60em; }
 .note { color: #555; margin: .2em 0 .6em; }
 .controls { display: flex; gap: .8em; align-items: end; flex-wrap: wrap; margin-bottom: .6em; }
 .controls label { display: flex; flex-direction: column; font-size: 12px; color: #555; }

@@ -4,6 +4,19 @@ JSON, so a page opens offline from disk and fetches nothing."""
 import html
 import json
 
+# What every page starts with: the generator tag that marks it as charrnn's, its title, and the common style.
+HEAD = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="generator" content="{{generator}}">
+<title>charrnn: {{title}}</title>
+<style>
+body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 1.2em auto; padding: 0 1em; }
+h1 { font-size: 1.3em; margin: 0 0 .2em; }
+</style>
+"""
+
 
 def fill(template: str, generator: str, title: str, data: dict) -> str:
     """``template`` with ``{{generator}}`` (the meta tag that marks a page as charrnn's), ``{{title}}`` (escaped) and

@@ -145,15 +145,8 @@ def page(tr: Trace, ids, vocab: list[str], title: str, log_probs) -> str:
     return pages.fill(_PAGE, GENERATOR, title, page_data(tr, ids, vocab, title, log_probs))
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="generator" content="{{generator}}">
-<title>charrnn: {{title}}</title>
-<style>
-body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 1.2em auto; max-width: 72em; padding: 0 1em; }
-h1 { font-size: 1.3em; margin: 0 0 .2em; } h2 { font-size: 1.1em; margin: 1.2em 0 .3em; }
+_PAGE = pages.HEAD + """<style>
+body { max-width: 72em; } h2 { font-size: 1.1em; margin: 1.2em 0 .3em; }
 .note { color: #555; margin: .2em 0 .5em; }
 .text { font: 13px/1.7 ui-monospace, "DejaVu Sans Mono", monospace; white-space: pre-wrap; word-break: break-all;
         border: 1px solid #ccc; padding: .5em .7em; max-height: 70vh; overflow-y: auto; }
