@@ -170,6 +170,17 @@ def test_a_session_continues_as_the_whole_text_would(server, model):
     assert server.request("GET", "/health")[1]["sessions"] >= 1
 
 
+def test_a_session_that_does_not_append_is_a_request_with_the_whole_text(server):
+    """``append`` false: each request's text is a plain request's whose prime is everything typed so far (and whose
+    seed is the session's)."""
+    name = server.post("/sessions", {"seed": 9})[1]["session"]
+    typed = ""
+    for prime in ("The ", "time ", "", "was "):
+        typed += prime
+        reply = server.post("/generate", {"session": name, "prime": prime, "length": 300, "append": False})[1]
+        assert reply["text"] == server.post("/generate", {"prime": typed, "length": 300, "seed": 9})[1]["text"]
+
+
 def test_a_session_draws_as_the_apis_session(server, model):
     """Seeded: the session's uniforms go on across requests, streamed or not, as one api.Session's do."""
     status, created = server.post("/sessions", {"seed": 5})
