@@ -8,6 +8,7 @@ requests in progress finish for up to 5 s, and exits with code 130). The server 
 uvicorn; docs/serve.md describes the API, the limits and why this framework.
 """
 
+import errno
 import os
 import socket
 import sys
@@ -75,7 +76,7 @@ def listen(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as e:
         sock.close()
-        hint = "; pass another --port (0: any free one)" if e.errno == 98 else ""
+        hint = "; pass another --port (0: any free one)" if e.errno == errno.EADDRINUSE else ""
         raise UsageError(f"cannot listen on {host} port {port}: {e.strerror}{hint}") from None
     return sock
 

@@ -14,7 +14,7 @@ pay: the time per row of a layer's product, one row (as each session's character
 --clients rows in one product. Ends with a one-line summary.
 """
 
-import bench.threads  # noqa: F401  (first: one BLAS thread here, in sample.py and in serve.py)
+import bench.threads  # noqa: F401, I001  (first: one BLAS thread here, in sample.py and in serve.py)
 
 import argparse
 import http.client

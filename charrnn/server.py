@@ -18,12 +18,13 @@ import math
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Callable
+from typing import Annotated
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict
@@ -34,6 +35,7 @@ from .errors import UsageError, one_line
 from .sampling import encode_prime
 
 SLICE = 256  # characters fed or drawn per turn on a worker (~10 ms for a 1 x 256 LSTM)
+BODY_SECONDS = 10.0  # a body must arrive within this, so that a slow client cannot hold a place for long
 FEED_SLICE = 1024  # characters of a prime fed per turn (feeding is cheaper than drawing per character)
 # The Model API names an argument by its sample.py flag; the server by its JSON field.
 _FIELDS = {"--length": "length", "--temperature": "temperature", "--top-k": "top_k", "--seed": "seed",
@@ -212,12 +214,13 @@ class _Generation:
     entry: _Entry | None
     append: bool
     fed: api.SessionState | None = None  # the state after the prime
+    stopped: bool = False  # a stop string ended the text
 
 
 class Limiter:
-    """ASGI middleware: a body over ``max_body`` bytes is a 413, a POST beyond ``max_concurrent`` in progress a
-    429, both before the application sees the request. A request is in progress until its response (a stream
-    included) has ended or its client has gone."""
+    """ASGI middleware: a body over ``max_body`` bytes is a 413, one that takes over BODY_SECONDS to arrive a 408,
+    a POST beyond ``max_concurrent`` in progress a 429, all before the application sees the request. A request is in
+    progress until its response (a stream included) has ended or its client has gone."""
 
     def __init__(self, app, limits: Limits):
         self.app, self.limits, self.active = app, limits, 0
@@ -236,15 +239,19 @@ class Limiter:
             chunks = []
             more = True
             while more and size <= limits.max_body:
-                message = await receive()
+                try:
+                    message = await asyncio.wait_for(receive(), BODY_SECONDS)
+                except asyncio.TimeoutError:
+                    return await _error(408, f"the request body did not arrive within {BODY_SECONDS:g} s; send it "
+                                             "at once")(scope, receive, send)  # fmt: skip
                 if message["type"] == "http.disconnect":
                     return
                 chunks.append(message.get("body", b""))
                 more = message.get("more_body", False)
                 size = max(size, sum(map(len, chunks)))
             if size > limits.max_body:
-                return await _error(413, f"the request body is over {limits.max_body} bytes, the server's limit "
-                                         "(serve.py --max-body); send a shorter text")(scope, receive, send)  # fmt: skip
+                message = f"the request body is over {limits.max_body} bytes, the server's limit (serve.py --max-body)"
+                return await _error(413, message + "; send a shorter text")(scope, receive, send)
             body = b"".join(chunks)
             sent = False
 
@@ -353,15 +360,13 @@ def app(model: api.Model, limits: Limits = Limits()):
         if body.stream:
             return StreamingResponse(_events(workers, sessions, job), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # fmt: skip
-        text, stopped = [], False
         try:
-            async for piece, stopped in _draw(workers, job):
-                text.append(piece)
+            text = "".join([piece async for piece in _draw(workers, job)])
         except BaseException:
             _end(sessions, job, None)
             raise
         _end(sessions, job, job.state)
-        return {"text": "".join(text), **_summary(job, stopped)}
+        return {"text": text, **_summary(job)}
 
     limiter = Limiter(api_app, limits)
     return limiter
@@ -380,7 +385,8 @@ def _check_text(text: str, field: str, limits: Limits) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise Refused(400, f"{field} holds a lone surrogate {text[e.start]!r} at {e.start}; send valid Unicode")
+        where = f"a lone surrogate {text[e.start]!r} at {e.start}"
+        raise Refused(400, f"{field} holds {where}; send valid Unicode") from None
 
 
 def _generation(body: GenerateRequest, model: api.Model, limits: Limits, sessions: Sessions,
@@ -420,17 +426,17 @@ async def _feed(workers: Workers, job: _Generation) -> api.SessionState:
 
 
 async def _draw(workers: Workers, job: _Generation):
-    """(text, stopped) of each slice of up to SLICE new characters; ``job.state`` follows each slice."""
+    """The text of each slice of up to SLICE new characters; ``job.state`` and ``job.stopped`` follow each slice."""
     done = 0
     while done < job.length:
         n = min(SLICE, job.length - done)
-        piece, after = await workers.step(job.state, lambda s: s.sample(n, job.temperature, job.top_k, job.stops))
-        job.state = after
+        piece, job.state = await workers.step(job.state, lambda s, n=n: s.sample(n, job.temperature, job.top_k,
+                                                                                    job.stops))  # fmt: skip
         done += len(piece)
         # A stop string ends the text: before the slice's end, or exactly at it.
-        stopped = len(piece) < n or any(after.context.endswith(s) for s in job.stops)
-        yield piece, stopped
-        if stopped:
+        job.stopped = len(piece) < n or any(job.state.context.endswith(s) for s in job.stops)
+        yield piece
+        if job.stopped:
             return
 
 
@@ -440,19 +446,19 @@ def _end(sessions: Sessions, job: _Generation, state: api.SessionState | None) -
         sessions.give_back(job.session, job.entry, state if job.append or state is None else job.fed)
 
 
-def _summary(job: _Generation, stopped: bool) -> dict:
-    return {"stopped": stopped, "seed": job.seed, "session": job.session}
+def _summary(job: _Generation) -> dict:
+    return {"stopped": job.stopped, "seed": job.seed, "session": job.session}
 
 
 async def _events(workers: Workers, sessions: Sessions, job: _Generation):
     """Server-sent events: ``data: {"text": ...}`` per slice, then ``event: done`` with the summary.
     A session's state is committed after each event is sent, so a client that leaves keeps what it received."""
-    state, stopped = job.state, False
+    state = job.state
     try:
-        async for piece, stopped in _draw(workers, job):
+        async for piece in _draw(workers, job):
             yield f"data: {json.dumps({'text': piece}, ensure_ascii=False)}\n\n".encode()
             state = job.state
-        yield f"event: done\ndata: {json.dumps(_summary(job, stopped))}\n\n".encode()
+        yield f"event: done\ndata: {json.dumps(_summary(job))}\n\n".encode()
     finally:
         _end(sessions, job, state)
 
@@ -477,8 +483,8 @@ label { margin-right: 1em; } input { width: 6em; } #status { color: #a00; }
 const $ = id => document.getElementById(id);
 fetch("info").then(r => r.json()).then(m => {
   const loss = m.val_loss === null ? "none" : m.val_loss.toFixed(4);
-  $("model").textContent = `${m.arch.cell} ${m.arch.num_layers} x ${m.arch.hidden_size}, ${m.vocab.length} characters, ` +
-    `step ${m.step ?? "?"}, validation loss ${loss}`;
+  const arch = `${m.arch.cell} ${m.arch.num_layers} x ${m.arch.hidden_size}`;
+  $("model").textContent = `${arch}, ${m.vocab.length} characters, step ${m.step ?? "?"}, validation loss ${loss}`;
 });
 $("form").addEventListener("submit", async event => {
   event.preventDefault();

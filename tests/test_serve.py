@@ -3,11 +3,11 @@ sample.py's (a subprocess) for the same request and seed, streamed or not; sessi
 whole would; every limit and bad request is a 4xx with one JSON line, never a 500, and the server stays up; the
 page generates in a real browser."""
 
+import asyncio
 import html
 import http.client
 import json
 import math
-import os
 import re
 import signal
 import socket
@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import charrnn
+import charrnn.server
 from charrnn import api, checkpoint
 from charrnn.server import Refused, Sessions, Workers
 from tests.test_visualize import chromium, needs_chromium
@@ -308,6 +309,23 @@ def test_a_session_serves_one_request_at_a_time(model):
     assert sessions.take(name) is entry
 
 
+def test_a_body_that_does_not_arrive_is_a_408(model, monkeypatch):
+    """The limiter in this process, its wait cut to 0.1 s: a client that sends headers and no body is answered."""
+    monkeypatch.setattr(charrnn.server, "BODY_SECONDS", 0.1)
+    limiter, sent = charrnn.server.app(model), []
+
+    async def never():
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/generate", "headers": [(b"content-length", b"10")]}
+    asyncio.run(asyncio.wait_for(limiter(scope, never, send), 5))
+    assert sent[0]["status"] == 408 and "did not arrive within 0.1 s" in json.loads(sent[1]["body"])["error"]
+    assert limiter.active == 0
+
+
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
                                                                                        max_size=4),
@@ -352,8 +370,8 @@ def test_a_bad_checkpoint_and_a_taken_port_are_one_line_errors(ckpt, server, tmp
 
 
 # The served page with its relative addresses pointing at the server, and a user's actions: type a prime, set the
-# length, press generate; then the output's length after each change, and the end, for --dump-dom. (A file harness cannot reach
-# into a page in a frame from the server's origin, so the page itself is the harness.)
+# length, press generate; then the output's length after each change, and the end, for --dump-dom. (A file harness
+# cannot reach into a page in a frame from the server's origin, so the page itself is the harness.)
 DRIVER = """<pre id="result"></pre><script>
 window.addEventListener("load", () => {
   const button = document.getElementById("generate"), output = document.getElementById("output"), seen = [];
