@@ -8,7 +8,8 @@ does not depend on what the weights learned), unless --checkpoint names one. Fir
 --length 200000`` timed as a whole process and, less its start-up (``--length 0``), as generation alone. Then
 serve.py on a free loopback port, and --clients threads, each with its own keep-alive connection, posting
 ``{"length": --length}`` to /generate back to back for --duration seconds: requests and characters per second,
-p50 and p99 latency, errors. The server's memory (VmRSS) is read after a warm-up and again once --requests
+p50 and p99 latency, errors, and the server's CPU time per character against sample.py's (robust to other jobs on
+the machine, where rates are not). The server's memory (VmRSS) is read after a warm-up and again once --requests
 requests have been served since (the load goes on past --duration until then). Whether batching sessions would
 pay: the time per row of a layer's product, one row (as each session's character is computed now) against
 --clients rows in one product. Ends with a one-line summary.
@@ -20,6 +21,7 @@ import argparse
 import http.client
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,10 +52,19 @@ def cpu_model() -> str:
     return f"{names[0] if names else 'unknown CPU'}, {os.cpu_count()} logical CPUs"
 
 
-def wall(command: list[str]) -> float:
-    start = time.perf_counter()
+def wall(command: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds of a command (the CPU time is robust to other jobs on a shared machine)."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a running process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -141,11 +152,13 @@ def main() -> None:
 
         sample = [sys.executable, "sample.py", ckpt, "--seed", "1", "--length"]
         wall(sample + ["0"])  # warm the file cache
-        startup = min(wall(sample + ["0"]) for _ in range(3))
-        whole = wall(sample + [str(args.baseline_length)])
+        startup, startup_cpu = min(wall(sample + ["0"]) for _ in range(3))
+        whole, whole_cpu = wall(sample + [str(args.baseline_length)])
         alone = args.baseline_length / (whole - startup)
+        alone_cpu = args.baseline_length / (whole_cpu - startup_cpu)
         print(f"baseline: sample.py --length {args.baseline_length} {whole:.2f} s, {args.baseline_length / whole:,.0f} "
-              f"chars/s as a whole process; start-up {startup:.2f} s; generation alone {alone:,.0f} chars/s")
+              f"chars/s as a whole process; start-up {startup:.2f} s; generation alone {alone:,.0f} chars/s, "
+              f"{alone_cpu:,.0f} chars per CPU second")
 
         flags = [] if args.server_threads is None else ["--threads", str(args.server_threads)]
         log = open(os.path.join(tmp, "serve.stderr"), "w+")
@@ -161,8 +174,9 @@ def main() -> None:
             rss_before = rss_mb(proc.pid)
 
             load = Load(host, int(port), args.length)
-            end = time.perf_counter() + args.duration
+            end, cpu_before = time.perf_counter() + args.duration, cpu_seconds(proc.pid)
             seconds = load.run(args.clients, lambda: time.perf_counter() >= end)
+            server_cpu = cpu_seconds(proc.pid) - cpu_before
             measured = (load.requests, len(load.latencies), load.chars, list(load.latencies), len(load.errors))
             load.run(args.clients, lambda: load.requests >= args.requests)  # the rest of --requests, if any
             rss_after = rss_mb(proc.pid)
@@ -182,6 +196,8 @@ def main() -> None:
           f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, errors {errors} of {requests}")
     if load.errors:
         print(f"first error: {load.errors[0]!r}")
+    print(f"CPU: the server used {server_cpu / seconds:.2f} cores, {chars / server_cpu:,.0f} chars per CPU second "
+          f"({chars / server_cpu / alone_cpu:.2f}x sample.py's; the clients' own CPU not counted)")
     print(f"memory: server RSS {rss_before:.1f} MB after warm-up, {rss_after:.1f} MB after {load.requests:,} more "
           f"requests ({rss_after - rss_before:+.1f} MB)")
     print(f"batching: a layer's product (NumPy, float64) {one * 1e6:.1f} us per row alone, {many * 1e6:.1f} us per "

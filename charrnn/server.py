@@ -39,7 +39,7 @@ BODY_SECONDS = 10.0  # a body must arrive within this, so that a slow client can
 FEED_SLICE = 1024  # characters of a prime fed per turn (feeding is cheaper than drawing per character)
 # The Model API names an argument by its sample.py flag; the server by its JSON field.
 _FIELDS = {"--length": "length", "--temperature": "temperature", "--top-k": "top_k", "--seed": "seed",
-           "--stop": "stop", "--prime": "prime"}  # fmt: skip
+           "--stop": "stop"}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
