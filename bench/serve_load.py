@@ -202,7 +202,7 @@ def main() -> None:
           f"requests ({rss_after - rss_before:+.1f} MB)")
     print(f"batching: a layer's product (NumPy, float64) {one * 1e6:.1f} us per row alone, {many * 1e6:.1f} us per "
           f"row with {args.clients} rows in one product ({one / many:.1f}x less); one sample.py character, all "
-          f"included, {1e6 / alone:.1f} us")
+          f"included, {1e6 / alone_cpu:.1f} us of CPU")
     print(f"summary: {rate:,.0f} chars/s served = {rate / alone:.2f}x one sample.py's generation ({alone:,.0f}; "
           f"{rate / (args.baseline_length / whole):.2f}x its whole process), {served / seconds:,.1f} req/s, "
           f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {percentile(latencies, 0.99) * 1000:.0f} ms, "
