@@ -37,6 +37,7 @@ from .sampling import encode_prime
 SLICE = 256  # characters fed or drawn per turn on a worker (~10 ms for a 1 x 256 LSTM)
 BODY_SECONDS = 10.0  # a body must arrive within this, so that a slow client cannot hold a place for long
 FEED_SLICE = 1024  # characters of a prime fed per turn (feeding is cheaper than drawing per character)
+MAX_STOPS = 64  # stop strings of a request: each is looked for in every piece of text drawn
 # The Model API names an argument by its sample.py flag; the server by its JSON field.
 _FIELDS = {"--length": "length", "--temperature": "temperature", "--top-k": "top_k", "--seed": "seed",
            "--stop": "stop"}  # fmt: skip
@@ -394,6 +395,8 @@ def _generation(body: GenerateRequest, model: api.Model, limits: Limits, session
     """``body`` checked (a Refused if it is bad), its session taken."""
     _check_text(body.prime, "prime", limits)
     stops = body.stop
+    if len(stops) > MAX_STOPS:
+        raise Refused(400, f"stop has {len(stops)} strings; at most {MAX_STOPS} are checked")
     for s in stops:
         _check_text(s, "stop", limits)
     if body.length > limits.max_length:

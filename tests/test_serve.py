@@ -239,7 +239,9 @@ def assert_refused(reply, status: int, *fragments: str) -> None:
     ("/generate", {"stop": [""]}, 400, ("stop strings must be non-empty",)),
     ("/generate", {"stop": ["a", 3]}, 400, ("stop[1]",)),
     ("/generate", {"stop": "\u00e9"}, 400, ("stop", "vocabulary")),
+    ("/generate", {"stop": ["a"] * 65}, 400, ("stop has 65 strings; at most 64",)),
     ("/generate", {"session": "nobody"}, 404, ("no session 'nobody'", "POST /sessions")),
+    ("/generate", {"session": "\ud800"}, 404, ("no session '\\ud800'",)),
     ("/generate", {"session": "nobody", "seed": 1}, 400, ("seed belongs to the session",)),
     ("/score", {"text": "a"}, 400, ("fewer than 2 characters",)),
     ("/score", {"text": "\u00e9\u00e9\u00e9"}, 400, ("nothing to score",)),
@@ -283,16 +285,22 @@ def test_concurrent_requests_beyond_the_limit_are_429(strict):
         sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 20\r\n\r\n{")  # fmt: skip
         held.append(sock)
-    time.sleep(0.3)
+    wait_for_requests(strict, 2)  # GET is never refused
     assert_refused(strict.post("/generate", {"length": 5}), 429, "busy with 2 requests", "--max-concurrent")
-    assert strict.request("GET", "/health")[1]["requests"] == 2  # GET is never refused
     held[0].sendall(b'"length": 5}' + b" " * 7)
     assert held[0].recv(4096).startswith(b"HTTP/1.1 200")
-    held[1].close()
     for sock in held:
         sock.close()
-    time.sleep(0.3)
+    wait_for_requests(strict, 0)
     assert strict.post("/generate", {"length": 5})[0] == 200
+
+
+def wait_for_requests(server: Server, n: int) -> None:
+    """Until the server counts ``n`` requests in progress (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while server.request("GET", "/health")[1]["requests"] != n:
+        assert time.monotonic() < deadline, f"the server never counted {n} requests in progress"
+        time.sleep(0.02)
 
 
 def test_a_session_serves_one_request_at_a_time(model):
