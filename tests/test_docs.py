@@ -6,6 +6,7 @@ use what an earlier one on its page made. train.py commands get tiny sizes appen
 along the page so a resume always has steps left. A ```bash or ```python block that cannot run (it needs GPUs,
 starts a server, installs packages) says why in an HTML comment `<!-- not run: reason -->` right before it."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -57,7 +58,7 @@ def checkout(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("docs") / "base"
     repo = base / "checkout"
     repo.mkdir(parents=True)
-    for name in ("train.py", "sample.py", "score.py", "visualize.py", "export.py", "charrnn", "configs"):
+    for name in ("train.py", "sample.py", "score.py", "visualize.py", "export.py", "serve.py", "charrnn", "configs"):
         (repo / name).symlink_to(ROOT / name)
     text = corpus(6000) + "\nROMEO:\n"  # the primes of the examples must be characters the model knows
     for path in (repo / "data/raw/input.txt", base / "shared/data/tinyshakespeare.txt"):
@@ -96,13 +97,35 @@ def test_examples_run(page, checkout, tmp_path):
     session = tmp_path / "base"
     shutil.copytree(checkout.parent, session, symlinks=True)
     steps = iter(range(4, 1000, 2))
-    for language, code in examples:
-        if language == "python":
-            run([sys.executable, "-c", code], session / "checkout")
-            continue
-        code = code.replace("\\\n", " ")
-        code = TRAIN_PY.sub(lambda m: m.group(0).rstrip() + tiny(next(steps)) + " ", code)
-        run(["bash", "-euo", "pipefail", "-c", code], session / "checkout")
+    with contextlib.ExitStack() as stack:
+        for language, code in examples:
+            if language == "python":
+                run([sys.executable, "-c", code], session / "checkout")
+                continue
+            if SERVER in code:  # curl examples talk to `python serve.py runs`, started here on a free port
+                port = stack.enter_context(served(session / "checkout"))
+                code = code.replace(SERVER, f"localhost:{port}")
+            code = code.replace("\\\n", " ")
+            code = TRAIN_PY.sub(lambda m: m.group(0).rstrip() + tiny(next(steps)) + " ", code)
+            run(["bash", "-euo", "pipefail", "-c", code], session / "checkout")
+
+
+SERVER = "localhost:8000"  # where docs/serve.md's examples find `python serve.py runs`
+
+
+@contextlib.contextmanager
+def served(cwd: Path):
+    """``python serve.py runs --port 0`` in ``cwd`` until the block ends; yields the port it took."""
+    proc = subprocess.Popen([sys.executable, "serve.py", "runs", "--port", "0"], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert found, f"serve.py did not start: {line}{proc.stderr.read() if proc.poll() is not None else ''}"
+        yield int(found.group(1))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def slug(heading: str) -> str:
