@@ -27,12 +27,11 @@ import torch
 from torch import nn
 
 from . import pages, stack
-from .cells import CELLS, lstm
+from .cells import CELLS
 
 GENERATOR = "charrnn export.py"  # the mark of a file export.py wrote, in every format
 ONNX_PREFIX = "charrnn."  # ONNX metadata keys charrnn.generator, charrnn.vocab, charrnn.architecture (JSON values)
 TORCHSCRIPT_EXTRA = "charrnn.json"  # TorchScript extra file: {"generator", "vocab", "architecture"}
-NN_LSTM_ORDER = [lstm.I, lstm.F, lstm.G, lstm.O]  # nn.LSTM's gate k is charrnn's gate NN_LSTM_ORDER[k]
 FORMATS = ("onnx", "torchscript", "html")
 
 
@@ -41,7 +40,7 @@ class TorchNetwork(nn.Module):
 
     def __init__(self, cell: str, vocab_size: int, hidden_size: int, num_layers: int):
         super().__init__()
-        layers = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        layers = getattr(nn, CELLS[cell].TORCH_MODULE)
         self.vocab_size, self.hidden_size, self.num_layers = vocab_size, hidden_size, num_layers
         self.num_states = CELLS[cell].NUM_STATES
         self.rnn = layers(vocab_size, hidden_size, num_layers, batch_first=True)
@@ -66,18 +65,11 @@ def torch_network(cell: str, params: dict) -> TorchNetwork:
     V, H = params["Why"].shape
     L = stack.num_layers(params)
     module = TorchNetwork(cell, V, H, L).eval()
-    order = NN_LSTM_ORDER if cell == "lstm" else range(CELLS[cell].GATES)
-    nn_order = lambda w: torch.cat([w[k * H : (k + 1) * H] for k in order])  # noqa: E731
     with torch.no_grad():
         for layer in range(L):
-            p = stack.layer_params(params, layer)
-            bias_hh = torch.zeros(CELLS[cell].GATES * H)
-            if cell == "gru":
-                bias_hh[2 * H :] = p["bhn"].view(-1)
-            getattr(module.rnn, f"weight_ih_l{layer}").copy_(nn_order(p["Wxh"]))
-            getattr(module.rnn, f"weight_hh_l{layer}").copy_(nn_order(p["Whh"]))
-            getattr(module.rnn, f"bias_ih_l{layer}").copy_(nn_order(p["bh"].view(-1)))
-            getattr(module.rnn, f"bias_hh_l{layer}").copy_(bias_hh)
+            weights = CELLS[cell].torch_weights(stack.layer_params(params, layer))
+            for name, w in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), weights):
+                getattr(module.rnn, f"{name}_l{layer}").copy_(w)
         module.out.weight.copy_(params["Why"])
         module.out.bias.copy_(params["by"].view(-1))
     return module
@@ -130,7 +122,10 @@ def page(arch, params: dict, vocab: list[str], title: str) -> str:
     precision charrnn trains in), computed in float64 as charrnn's NumPy sampler computes; nothing is fetched."""
     weights = {name: base64.b64encode(p.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
                .decode() for name, p in params.items()}  # fmt: skip
-    return pages.fill(_PAGE, GENERATOR, title, {**_metadata(arch, vocab), "title": title, "params": weights})
+    cell = arch.cell_math
+    template = _PAGE.replace("{{step}}", cell.JS_STEP.replace("\n", "\n        "))  # the cell's own step
+    data = {**_metadata(arch, vocab), "title": title, "gates": cell.GATES, "params": weights}
+    return pages.fill(template, GENERATOR, title, data)
 
 
 _PAGE = pages.HEAD + """<style>
@@ -167,7 +162,7 @@ textarea { width: 100%; box-sizing: border-box; height: 4.5em; }
 window.charrnn = (() => {
   const model = JSON.parse(document.getElementById("model").textContent);
   const { cell, vocab_size: V, hidden_size: H, num_layers: L } = model.architecture;
-  const G = { rnn: 1, lstm: 4, gru: 3 }[cell];  // gates: Wxh is (G * H, in), rows (o, i, f, g) or (r, z, n)
+  const G = model.gates;  // Wxh is (G * H, in)
   const sigmoid = x => 1 / (1 + Math.exp(-x));
 
   function floats(name) {  // base64 of little-endian float32 -> Float64Array
@@ -195,7 +190,7 @@ window.charrnn = (() => {
   const weights = Array.from({ length: L }, (_, l) => {
     const suffix = l ? "_" + l : "";
     const p = { Wxh: floats("Wxh" + suffix), Whh: floats("Whh" + suffix), bh: floats("bh" + suffix) };
-    p.bhn = cell === "gru" ? floats("bhn" + suffix) : null;
+    p.bhn = "bhn" + suffix in model.params ? floats("bhn" + suffix) : null;  // GRU: b_hn
     return p;
   });
   // Layer 0's input pre-activation for character x: column x of Wxh plus bh, as a row of a table (V, G * H).
@@ -218,22 +213,7 @@ window.charrnn = (() => {
       for (const { p, h, c, inp, rec } of this.layers) {
         if (below === null) inp.set(table[x]); else matvec(p.Wxh, below, p.bh, inp);
         matvec(p.Whh, h, zeros, rec);
-        if (cell === "rnn") {
-          for (let j = 0; j < H; j++) h[j] = Math.tanh(inp[j] + rec[j]);
-        } else if (cell === "lstm") {
-          for (let j = 0; j < H; j++) {
-            const o = sigmoid(inp[j] + rec[j]), i = sigmoid(inp[H + j] + rec[H + j]);
-            const f = sigmoid(inp[2 * H + j] + rec[2 * H + j]), g = Math.tanh(inp[3 * H + j] + rec[3 * H + j]);
-            c[j] = f * c[j] + i * g;
-            h[j] = o * Math.tanh(c[j]);
-          }
-        } else {
-          for (let j = 0; j < H; j++) {
-            const r = sigmoid(inp[j] + rec[j]), z = sigmoid(inp[H + j] + rec[H + j]);
-            const n = Math.tanh(inp[2 * H + j] + r * (rec[2 * H + j] + p.bhn[j]));
-            h[j] = (1 - z) * n + z * h[j];
-          }
-        }
+        {{step}}
         below = h;
       }
       matvec(Why, below, by, this.logits);

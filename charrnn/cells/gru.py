@@ -25,6 +25,13 @@ NUM_STATES = 1  # h
 SIGMOID_GATES = 2  # the first gates that are sigmoids
 C_GENERATOR = None  # no native.c sampling loop: generation runs in NumPy
 R, Z, N = range(3)
+TORCH_MODULE = "GRU"  # the torch.nn class that computes this layer (export.py), its weights from torch_weights
+# The layer's step in export.py's page (JavaScript): h from inp (the input pre-activation) and rec (Whh h), p.bhn.
+JS_STEP = """for (let j = 0; j < H; j++) {
+  const r = sigmoid(inp[j] + rec[j]), z = sigmoid(inp[H + j] + rec[H + j]);
+  const n = Math.tanh(inp[2 * H + j] + r * (rec[2 * H + j] + p.bhn[j]));
+  h[j] = (1 - z) * n + z * h[j];
+}"""
 
 
 def layer_shapes(in_size: int, hidden_size: int) -> dict:
@@ -105,6 +112,12 @@ def backward(p: dict, acts: dict, dh_out: torch.Tensor, products=common):
     dxw = drec  # r and z: the input and recurrent pre-activations are one sum; n: d pre_n = dh (1 - z)(1 - n^2)
     torch.mul(dh, dn, out=dxw[:, :, N])
     return dxw.view(T, B, -1), grads
+
+
+def torch_weights(p: dict) -> tuple:
+    """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of the ``nn.GRU`` layer that computes this one: the same gate
+    order, and b_hn inside the recurrent bias (0, 0, b_hn)."""
+    return p["Wxh"], p["Whh"], p["bh"].view(-1), recurrent_bias(p)
 
 
 def recurrent_bias(p: dict) -> torch.Tensor:

@@ -26,6 +26,14 @@ NUM_STATES = 2  # h, c
 SIGMOID_GATES = 3  # the first gates that are sigmoids
 O, I, F, G = range(4)
 C_GENERATOR = "lstm_generate"  # native.c's sampling loop for this cell (charrnn/sampling.py)
+TORCH_MODULE = "LSTM"  # the torch.nn class that computes this layer (export.py), its weights from torch_weights
+# The layer's step in export.py's page (JavaScript): h and c from inp (the input pre-activation) and rec (Whh h).
+JS_STEP = """for (let j = 0; j < H; j++) {
+  const o = sigmoid(inp[j] + rec[j]), i = sigmoid(inp[H + j] + rec[H + j]);
+  const f = sigmoid(inp[2 * H + j] + rec[2 * H + j]), g = Math.tanh(inp[3 * H + j] + rec[3 * H + j]);
+  c[j] = f * c[j] + i * g;
+  h[j] = o * Math.tanh(c[j]);
+}"""
 
 
 def layer_shapes(in_size: int, hidden_size: int) -> dict:
@@ -126,6 +134,15 @@ def recurrent_grads(dpre: torch.Tensor, hs: torch.Tensor, products=common) -> di
     """``{"Whh": dpre^T h_{t-1}}`` summed over the window, from ``dpre`` (T, B, 4H) and ``hs`` (T + 1, B, H)."""
     T, B, GH = dpre.shape
     return {"Whh": products.gradient_product(dpre.reshape(T * B, GH), hs[:-1].reshape(T * B, -1))}
+
+
+def torch_weights(p: dict) -> tuple:
+    """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of the ``nn.LSTM`` layer that computes this one: nn.LSTM's gates
+    are (i, f, g, o)."""
+    H = p["Whh"].shape[1]
+    in_torch_order = lambda w: torch.cat([w[k * H : (k + 1) * H] for k in (I, F, G, O)])  # noqa: E731
+    bh = in_torch_order(p["bh"].view(-1))
+    return in_torch_order(p["Wxh"]), in_torch_order(p["Whh"]), bh, torch.zeros_like(bh)
 
 
 def recurrent_bias(p: dict):

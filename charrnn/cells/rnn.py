@@ -12,6 +12,9 @@ import torch
 GATES = 1  # Wxh is (GATES * H, in)
 NUM_STATES = 1  # h
 SIGMOID_GATES = 0  # the first gates that are sigmoids
+TORCH_MODULE = "RNN"  # the torch.nn class that computes this layer (export.py), its weights from torch_weights
+# The layer's step in export.py's page (JavaScript): h from inp (the input pre-activation, bh included) and rec (Whh h).
+JS_STEP = "for (let j = 0; j < H; j++) h[j] = Math.tanh(inp[j] + rec[j]);"
 C_GENERATOR = None  # no native.c sampling loop: generation runs in NumPy
 
 
@@ -66,6 +69,12 @@ def backward(p: dict, acts: dict, dh_out: torch.Tensor):
         torch.addmm(d_out[t], d_pre[t + 1], Whh, out=d_pre[t]).mul_(d_tanh[t])
     dWhh = dpre.view(T * B, -1).t() @ hs[:-1].reshape(T * B, -1)
     return dpre, {"Whh": dWhh}
+
+
+def torch_weights(p: dict) -> tuple:
+    """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of the ``nn.RNN`` layer that computes this one."""
+    bh = p["bh"].view(-1)
+    return p["Wxh"], p["Whh"], bh, torch.zeros_like(bh)
 
 
 def recurrent_bias(p: dict):
