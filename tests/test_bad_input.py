@@ -43,7 +43,7 @@ def world(tmp_path_factory):
 CASES = {
     # data file
     "missing file": (["--data.path", "{d}/missing.txt"], "does not exist"),
-    "directory": (["--data.path", "{d}/no-checkpoints"], "is a directory"),
+    "directory without files": (["--data.path", "{d}/no-checkpoints"], "holds no files"),
     "empty file": (["--data.path", "{d}/empty.txt"], "is empty"),
     "shorter than one window per stream": (["--data.path", "{d}/short.txt", "--data.val_fraction", 0], "too few for 2"),
     "not UTF-8 (latin-1)": (["--data.path", "{d}/latin1.txt"], "not UTF-8 text (byte 0xe9 at offset 3)"),
