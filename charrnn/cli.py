@@ -45,6 +45,8 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
 # --optimizer replaces CharRNN.configure_optimizers (min-char-rnn's Adagrad) by design.
 warnings.filterwarnings("ignore", message=r"`CharRNN.configure_optimizers` will be overridden")
+# A run resumed without a callback it had (EarlyStopping, to train on past where it stopped) leaves it out on purpose.
+warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
 # --data.val_fraction 0 turns validation off on purpose; Lightning asks whether an empty loader was intended.
 warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
 
