@@ -137,14 +137,15 @@ def _unreadable_directory(error: OSError) -> None:
 
 
 def _joined_chunks(files: list[str]):
-    """The files' text one after the other, with a newline between a file that does not end with one and the next
-    (so the last line of one file and the first of the next never run together)."""
-    for i, path in enumerate(files):
-        last = ""
-        for last in _decoded_chunks(path):
-            yield last
-        if i + 1 < len(files) and last and not last.endswith("\n"):
-            yield "\n"
+    """The files' text one after the other, with a newline before a file's text when the text before it does not
+    end with one (so the last line of one file and the first of the next never run together)."""
+    ends_line = True
+    for path in files:
+        for i, chunk in enumerate(_decoded_chunks(path)):
+            if i == 0 and not ends_line:
+                yield "\n"
+            yield chunk
+            ends_line = chunk.endswith("\n")
 
 
 class Vocab:
