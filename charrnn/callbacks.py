@@ -87,7 +87,6 @@ class LastCheckpoint(L.Callback):
             trainer.save_checkpoint(self.path(trainer), weights_only=False)  # full state, for exact resume
             self.saved_step = step
 
-
     def on_validation_end(self, trainer, pl_module):
         """A callback that stops training from its validation (Lightning's EarlyStopping) does so after this step's
         on_train_batch_end found it not final: save it here. train.py puts the user's callbacks before this one, so

@@ -271,6 +271,8 @@ def plain_parser_error(message: str) -> str:
     """The parser's refusal in the user's words: ``--KEY must be <what it accepts>, got VALUE`` instead of
     Python type reprs (``<class 'float'>``, ``typing.Literal[...]``)."""
     message = " ".join(message.split())
+    if "--> data.vocab" in message:  # the link's target (cli.py): no flag of its own
+        return "--data.vocab is no flag: the vocabulary is the text's, led by --init_from's checkpoint's"
     key = re.search(r'Parser key "([^"]+)"', message)
     parts = re.split(r"(?:Got|Given) value:", message)
     if not key:

@@ -70,9 +70,9 @@ class CharRNNCLI(LightningCLI):
             "directory); see docs/finetune.md",
         )
         # The data's leading vocabulary is no flag of its own: it is --init_from's checkpoint's.
-        parser.link_arguments("init_from", "data.vocab", compute_fn=self._init_vocab, apply_on="parse")
+        parser.link_arguments("init_from", "data.vocab", compute_fn=self.vocabulary_of, apply_on="parse")
 
-    def _init_vocab(self, path: str | None) -> list[str] | None:
+    def vocabulary_of(self, path: str | None) -> list[str] | None:
         """The checkpoint's vocabulary, read once per path; a checkpoint that cannot be read is reported by
         parse_arguments (the parser would bury the reason in its own message)."""
         if path is None:
@@ -284,6 +284,8 @@ def _run(args) -> None:
     _check_writable(trainer.default_root_dir)
     if trainer.is_global_zero:
         print("\n".join(summary.lines(model, data, trainer.world_size)))
+        if cli.init_network is not None:
+            print(finetune.summary(cli.config["init_from"], cli.init_network, data.chars))
     _fit(trainer, model, data, ckpt_path, last)
     _report(trainer, last)
 

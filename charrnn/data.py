@@ -100,14 +100,15 @@ class CharDataModule(L.LightningDataModule):
     """UTF-8 text as training streams and a held-out validation tail.
 
     Args:
-        path: the text file, a directory (its files: ``text.text_files``), or a list of them, joined in order with a
-            newline between files that do not end with one. When it is the default and does not exist, Python's own
-            reference documentation (``pydoc_data.topics``, shipped with every Python) is used, so a fresh clone
-            trains offline.
+        path: the text file, a directory (its files below it, sorted by path), or a list of them, joined in order
+            (a newline before a file whose text would otherwise continue the line before it). When it is the default
+            and does not exist, Python's own reference documentation (``pydoc_data.topics``, shipped with every
+            Python) is used, so a fresh clone trains offline.
         seq_length: characters per window (the truncated-BPTT length).
         batch_size: parallel training streams per process (rank); N processes train N * batch_size streams.
         val_fraction: the last part of the joined text, contiguous, held out for validation (0 disables validation).
-        glob: only the files of a directory whose name matches this pattern (e.g. ``*.txt``).
+        glob: only the files of a directory whose name matches this pattern (e.g. ``*.txt``); files named in
+            ``path`` are always taken.
         vocab: characters that come first in the vocabulary, keeping their ids (``--init_from``'s checkpoint's);
             the text's others follow.
     """

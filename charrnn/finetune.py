@@ -84,6 +84,13 @@ def extended_params(old: dict, fresh: dict) -> dict:
     return out
 
 
+def summary(source: str, network: checkpoint.Network, vocab: list[str]) -> str:
+    """The line train.py prints at the start of a fine-tuned run: where from, and the characters it adds."""
+    new = vocab[len(network.vocab) :]
+    added = f"{len(new)} new: {''.join(new)!r}" if new else "no new ones"
+    return f"fine-tuning: from {source}, its {len(network.vocab)} characters keeping their ids, {added}"
+
+
 def start_from(model, network: checkpoint.Network) -> None:
     """Set ``model``'s parameters (a CharRNN built for the extended vocabulary) to ``extended_params``."""
     params = extended_params(network.params, model.params)

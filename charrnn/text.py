@@ -102,14 +102,12 @@ def text_files(paths: str | list[str], pattern: str | None = None) -> list[str]:
     paths = [paths] if isinstance(paths, str) else list(paths)
     if not paths:
         raise UsageError("--data.path is an empty list; pass a UTF-8 text file, a directory, or a list of them")
-    directories = [path for path in paths if os.path.isdir(path)]
-    if pattern is not None and not directories:
+    if pattern is not None and not any(os.path.isdir(path) for path in paths):
         raise UsageError(f"--data.glob {pattern} selects files in a directory, but --data.path names none")
     files = []
     for path in paths:
         if not os.path.isdir(path):
-            check_text_file(path)
-            files.append(path)
+            files.append(path)  # read_corpus checks it
             continue
         found = _files_below(path, pattern)
         if not found:

@@ -3,6 +3,7 @@ run that resumes and samples like any other."""
 
 import contextlib
 import io
+import math
 import shutil
 
 import pytest
@@ -11,15 +12,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charrnn import checkpoint, cli, finetune, network, rundir
-from tests.train_helpers import assert_one_line_error, assert_same_training_state, corpus, newest, run_script, snapshot
-from tests.train_helpers import tiny_args, train
+from tests.train_helpers import (
+    assert_one_line_error,
+    assert_same_training_state,
+    corpus,
+    newest,
+    run_script,
+    snapshot,
+    tiny_args,
+    train,
+)
 
 # A network per cell, trained to predictions far from uniform (a high rate, a text it can learn a little of).
+ADAM = ("--optimizer", "torch.optim.Adam", "--optimizer.lr", 0.03)
 NETWORKS = {
     "rnn": ("--model.learning_rate", 0.3),
-    "lstm": ("--model.cell", "lstm", "--model.num_layers", 2, "--optimizer", "torch.optim.Adam", "--optimizer.lr", 0.03),
-    "gru": ("--model.cell", "gru", "--model.dropout", 0.1, "--optimizer", "torch.optim.Adam", "--optimizer.lr", 0.03),
-}  # fmt: skip
+    "lstm": ("--model.cell", "lstm", "--model.num_layers", 2, *ADAM),
+    "gru": ("--model.cell", "gru", "--model.dropout", 0.1, *ADAM),
+}
 NEW_TEXT = "0 == 1 [x] {y} <z> @w # 2 + 3 = 5\n" * 30  # digits and brackets: characters corpus() lacks
 STEPS = 30
 
@@ -97,7 +107,8 @@ def test_new_output_bias_is_a_floor_over_every_state():
     states that minimise the old characters' log-sum-exp (found by projected gradient descent), and the floor is
     not loose by more than a little."""
     g = torch.Generator().manual_seed(0)
-    Why, by = torch.randn(30, 12, generator=g, dtype=torch.float64), torch.randn(30, 1, generator=g, dtype=torch.float64)
+    Why = torch.randn(30, 12, generator=g, dtype=torch.float64)
+    by = torch.randn(30, 1, generator=g, dtype=torch.float64)
     bias = finetune.new_output_bias(Why, by, 5)
     h = torch.zeros(12, dtype=torch.float64, requires_grad=True)
     descent = torch.optim.Adam([h], lr=0.05)
@@ -109,7 +120,7 @@ def test_new_output_bias_is_a_floor_over_every_state():
         with torch.no_grad():
             h.clamp_(-1, 1)
     lowest = float(torch.logsumexp(by.view(-1) + Why @ h.detach(), 0))
-    mass_at_worst = 5 * torch.exp(torch.tensor(bias)) / (torch.exp(torch.tensor(lowest)) + 5 * torch.exp(torch.tensor(bias)))
+    mass_at_worst = 5 * math.exp(bias) / (math.exp(lowest) + 5 * math.exp(bias))
     assert mass_at_worst < finetune.NEW_MASS
     assert mass_at_worst > finetune.NEW_MASS / 2  # the bias is not needlessly low
 

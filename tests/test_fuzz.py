@@ -98,7 +98,8 @@ TRAIN_FLAGS = ["--data.batch_size", "--data.seq_length", "--data.val_fraction", 
 MODEL_VALUES = {"--model.cell": ["rnn", "lstm", "gru", "LSTM"], "--model.num_layers": ["1", "2", "3"],
                 "--model.dropout": ["0", "0.2", "0.5", "0.999", "1"], "--init_from": ["{d}/runs-8", "{d}/lstm-runs"],
                 "--data.glob": ["*.txt", "*", "*.md", "[", "sub/*"],
-                "--trainer.callbacks": ["EarlyStopping", "lightning.pytorch.callbacks.EarlyStopping", "[EarlyStopping]"],
+                "--trainer.callbacks": ["EarlyStopping", "[EarlyStopping]",
+                                        "lightning.pytorch.callbacks.EarlyStopping"],
                 "--trainer.callbacks.monitor": ["val/loss", "val/bpc", "train/loss"],
                 "--trainer.callbacks.patience": ["0", "1"], "--trainer.callbacks.mode": ["min", "max"]}  # fmt: skip
 SAFE_DEVICES = ["0", "1", "nan", "true", "auto", "x", "[0]", "1.5", "/dev/null"]  # never more than one process
