@@ -131,8 +131,8 @@ def _early_stopping(callbacks, val_fraction: float) -> None:
     for callback in chosen:
         if not issubclass(_class(callback), EarlyStopping):
             continue
-        arguments = callback["init_args"]
-        monitor, mode, patience = arguments["monitor"], arguments["mode"], arguments["patience"]
+        arguments = callback.get("init_args") or {}  # a subclass may take other arguments: EarlyStopping's defaults
+        monitor, mode, patience = arguments.get("monitor"), arguments.get("mode", "min"), arguments.get("patience", 3)
         if monitor not in VALIDATION_METRICS:
             watched = " or ".join(VALIDATION_METRICS)
             raise UsageError(f"--trainer.callbacks.monitor {monitor}: EarlyStopping can watch {watched}")
@@ -140,7 +140,7 @@ def _early_stopping(callbacks, val_fraction: float) -> None:
             raise UsageError(f"--trainer.callbacks.mode must be min (a lower {monitor} is better), got {mode}")
         if patience < 0:
             raise UsageError(f"--trainer.callbacks.patience must be 0 or a positive integer, got {patience}")
-        if arguments["check_on_train_epoch_end"]:
+        if arguments.get("check_on_train_epoch_end"):
             raise UsageError(
                 "--trainer.callbacks.check_on_train_epoch_end must be false: charrnn validates every "
                 "--trainer.val_check_interval steps, and EarlyStopping checks after each validation"

@@ -170,10 +170,11 @@ def test_a_flag_that_contradicts_the_checkpoint_is_refused(trained, tmp_path, ca
 
 def test_a_config_file_counts_as_given_and_its_agreement_is_fine(trained, tmp_path, capsys):
     runs, text = trained
-    (tmp_path / "agrees.yaml").write_text("model:\n  cell: lstm\n  hidden_size: 16\n  num_layers: 2\n")
+    (tmp_path / "agrees.yaml").write_text(f"init_from: {runs['lstm']}\nmodel:\n  cell: lstm\n  num_layers: 2\n")
     (tmp_path / "contradicts.yaml").write_text("model:\n  hidden_size: 64\n")
     capsys.readouterr()
-    args = ("--init_from", runs["lstm"], "--config")
-    assert train(tiny_args(text, tmp_path / "a", *args, tmp_path / "contradicts.yaml", steps=2)) == 2
+    args = ("--init_from", runs["lstm"], "--config", tmp_path / "contradicts.yaml")
+    assert train(tiny_args(text, tmp_path / "a", *args, steps=2)) == 2
     assert_one_line_error(capsys.readouterr().err, "--model.hidden_size 64 contradicts")
-    assert train(tiny_args(text, tmp_path / "b", *args, tmp_path / "agrees.yaml", steps=2)) == 0
+    assert train(tiny_args(text, tmp_path / "b", "--config", tmp_path / "agrees.yaml", steps=2)) == 0  # the YAML twin
+    assert newest(tmp_path / "b")["charrnn"]["architecture"]["cell"] == "lstm"
