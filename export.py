@@ -15,7 +15,7 @@ from charrnn import entry
 if __name__ == "__main__":
     entry.start()  # before torch is imported (seconds): see charrnn/entry.py
 
-from charrnn import checkpoint, outfile
+from charrnn import checkpoint, files
 from charrnn.command import ArgumentParser, exit_code
 from charrnn.export import FORMATS, export, written_by_charrnn
 
@@ -33,9 +33,9 @@ def run(argv) -> None:
     args = _parser().parse_args(argv)
     path = checkpoint.resolve(args.checkpoint)
     net = checkpoint.load_network(path)
-    outfile.check(args.out, written_by_charrnn, "export.py")
+    files.check_out(args.out, written_by_charrnn, "export.py")
     data = export(net.arch, net.params, net.vocab, args.format, title=path)
-    outfile.write_atomic(data, args.out)
+    files.write_out(args.out, data)
     print(f"wrote {args.out}: {args.format}, {len(data)} bytes")
 
 

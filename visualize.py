@@ -7,7 +7,6 @@ The page shows a text with each character coloured by a chosen unit's activation
 model was by each character. It has inline CSS and script only and fetches nothing, so it opens offline from disk.
 """
 
-import os
 import sys
 
 from charrnn import entry
@@ -15,7 +14,7 @@ from charrnn import entry
 if __name__ == "__main__":
     entry.start()  # before torch is imported (seconds): see charrnn/entry.py
 
-from charrnn import checkpoint, files
+from charrnn import api, files
 from charrnn.command import ArgumentParser, exit_code
 from charrnn.text import read_start
 from charrnn.errors import UsageError
@@ -49,22 +48,10 @@ def _check(args) -> None:
         raise UsageError(f"--seed must be 0 or more, got {args.seed}")
 
 
-def _check_out(path: str) -> None:
-    """Refuse before any work to replace a file that is not a page of ours, or to write where nothing can be."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UsageError(f"--out {path}: directory {directory} does not exist")
-    if not os.path.lexists(path):
-        return
-    if not os.path.isfile(path):  # a directory, a FIFO, a dangling link
-        raise UsageError(f"--out {path} exists and is not a regular file; pass another --out")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1024)
-    except OSError as e:
-        raise UsageError(f"--out {path}: cannot read it to check who wrote it ({e.strerror})") from None
-    if f'<meta name="generator" content="{GENERATOR}">'.encode() not in head:
-        raise UsageError(f"--out {path} exists and was not written by visualize.py; pass another --out or remove it")
+def _ours(path: str) -> bool:
+    """Whether ``path`` is a page visualize.py wrote (its generator tag is in the first kilobyte)."""
+    with open(path, "rb") as f:
+        return f'<meta name="generator" content="{GENERATOR}">'.encode() in f.read(1024)
 
 
 def _read_text(path: str, limit: int) -> tuple[str, bool]:
@@ -105,15 +92,13 @@ def _text_ids(args, net) -> list[int]:
 def run(argv) -> None:
     args = _parser().parse_args(argv)
     _check(args)
-    path = checkpoint.resolve(args.checkpoint)
-    net = checkpoint.load_network(path)
-    _check_out(args.out)
-    ids = _text_ids(args, net)
-    html = page(trace(net.arch, net.params, ids), ids, net.vocab, title=path)
-    try:
-        files.write_atomic(args.out, lambda f: f.write(html.encode()), mode=0o644)
-    except OSError as e:
-        raise UsageError(f"--out {args.out}: cannot write it ({e.strerror})") from None
+    model = api.load(args.checkpoint)
+    files.check_out(args.out, _ours, "visualize.py")
+    ids = _text_ids(args, model)
+    text = "".join(model.vocab[i] for i in ids)
+    log_probs = model.score(text).log_probs if len(text) > 1 else []  # the first character is not predicted
+    html = page(trace(model.arch, model.params, ids), ids, model.vocab, model.path, log_probs)
+    files.write_out(args.out, html.encode())
     print(f"wrote {args.out}: {len(ids)} characters; open it in a browser")
 
 

@@ -153,7 +153,11 @@ def load_network(path: str) -> Network:
     instead of garbage text or a crash mid-generation.
     """
     path = resolve(path)
-    ckpt = load(path)
+    return network_of(load(path), path)
+
+
+def network_of(ckpt: dict, path: str) -> Network:
+    """``load_network`` of a checkpoint already loaded from ``path``."""
     arch, vocab = read_metadata(ckpt, path)[:2]
     if vocab is None:
         raise UsageError(f"{path} has no vocabulary; pass a last.ckpt written by train.py")

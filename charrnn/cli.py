@@ -113,6 +113,8 @@ class CharRNNCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         try:
             return super().instantiate_trainer(**kwargs)
+        except UsageError:  # a ValueError too, and already in the user's words
+            raise
         except (TypeError, ValueError) as e:  # Lightning's own checks of the --trainer.* values
             raise UsageError(f"the --trainer settings do not work: {' '.join(str(e).split())}") from None
 

@@ -13,10 +13,18 @@ import torch
 
 from .distributed import block_of_rank
 from .errors import UsageError
-from .text import BUILTIN_TEXT, corpus_from_text, pydoc_text, read_corpus, text_files, train_streams, val_streams
+from .text import (
+    BUILTIN_TEXT,
+    VAL_CHUNK,
+    corpus_from_text,
+    pydoc_text,
+    read_corpus,
+    text_files,
+    train_streams,
+    val_streams,
+)
 
 DEFAULT_PATH = "data/raw/input.txt"
-VAL_CHUNK = 256
 BATCH_CHARS = 3200  # characters per trainer batch that amortise the trainer's per-batch overhead
 
 

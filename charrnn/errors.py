@@ -11,8 +11,9 @@ def one_line(message: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(message))
 
 
-class UsageError(Exception):
-    """A problem with the user's input, reported as one line: what is wrong and what to do."""
+class UsageError(ValueError):
+    """A problem with the user's input, reported as one line: what is wrong and what to do. A ValueError, so that
+    the Python API (charrnn.api) raises what Python code expects of a bad argument, in the scripts' words."""
 
 
 class Diverged(UsageError):

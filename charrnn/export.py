@@ -17,7 +17,6 @@ replaced): ONNX in its ``metadata_props``, TorchScript in an extra file of its a
 """
 
 import base64
-import html
 import inspect
 import io
 import json
@@ -27,7 +26,7 @@ import zipfile
 import torch
 from torch import nn
 
-from . import stack
+from . import pages, stack
 from .cells import CELLS, lstm
 
 GENERATOR = "charrnn export.py"  # the mark of a file export.py wrote, in every format
@@ -131,23 +130,11 @@ def page(arch, params: dict, vocab: list[str], title: str) -> str:
     precision charrnn trains in), computed in float64 as charrnn's NumPy sampler computes; nothing is fetched."""
     weights = {name: base64.b64encode(p.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
                .decode() for name, p in params.items()}  # fmt: skip
-    data = {**_metadata(arch, vocab), "title": title, "params": weights}
-    data = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    # '<', '>' and '&' occur only inside JSON strings; escaped, no character of the vocabulary ends the block early.
-    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    before, after = _PAGE.split("{{data}}")
-    return before.replace("{{generator}}", GENERATOR).replace("{{title}}", html.escape(title)) + data + after
+    return pages.fill(_PAGE, GENERATOR, title, {**_metadata(arch, vocab), "title": title, "params": weights})
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="generator" content="{{generator}}">
-<title>charrnn: {{title}}</title>
-<style>
-body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 1.2em auto; max-width: 60em; padding: 0 1em; }
-h1 { font-size: 1.3em; margin: 0 0 .2em; }
+_PAGE = pages.HEAD + """<style>
+body { max-width: 60em; }
 .note { color: #555; margin: .2em 0 .6em; }
 .controls { display: flex; gap: .8em; align-items: end; flex-wrap: wrap; margin-bottom: .6em; }
 .controls label { display: flex; flex-direction: column; font-size: 12px; color: #555; }

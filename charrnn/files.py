@@ -8,6 +8,7 @@ import glob
 import os
 import stat
 import tempfile
+from typing import Callable
 
 from .errors import UsageError
 
@@ -61,3 +62,30 @@ def regular_file(path: str, what: str) -> None:
     if not stat.S_ISREG(mode):
         kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe, a device or a socket)"
         raise UsageError(f"{what} {path} is {kind}; pass a regular file")
+
+
+def check_out(path: str, ours: Callable[[str], bool], command: str) -> None:
+    """A UsageError unless ``path`` can be written: its directory exists, and it is absent or a regular file that
+    ``ours(path)`` recognises as written by ``command``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"--out {path}: directory {directory} does not exist")
+    if not os.path.lexists(path):
+        return
+    if not os.path.isfile(path):  # a directory, a FIFO, a dangling link
+        raise UsageError(f"--out {path} exists and is not a regular file; pass another --out")
+    try:
+        mine = ours(path)
+    except OSError as e:
+        raise UsageError(f"--out {path}: cannot read it to check who wrote it ({e.strerror})") from None
+    if not mine:
+        raise UsageError(f"--out {path} exists and was not written by {command}; pass another --out or remove it")
+
+
+def write_out(path: str, data: bytes) -> None:
+    """``data`` into the ``--out`` file ``path``, whole or not at all, readable by everyone (a page, an export); a
+    failure is a UsageError."""
+    try:
+        write_atomic(path, lambda f: f.write(data), mode=0o644)
+    except OSError as e:
+        raise UsageError(f"--out {path}: cannot write it ({e.strerror})") from None

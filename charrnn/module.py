@@ -194,10 +194,8 @@ class CharRNN(L.LightningModule):
         inputs, targets, mask, chunk = batch
         if chunk == 0:
             self._val_h = self.arch.zero_state(inputs.shape[0], self.dtype, self.device)
-        logits, self._val_h = network.logits(self.arch, self.params, inputs, self._val_h)
-        log_probs = torch.log_softmax(logits, dim=-1)
-        nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        self._val_sum += torch.where(mask, nll, 0).sum(dtype=torch.float64)  # not nll[mask]: that syncs on GPU
+        log_probs, self._val_h = network.target_log_probs(self.arch, self.params, inputs, targets, self._val_h)
+        self._val_sum -= torch.where(mask, log_probs, 0).sum(dtype=torch.float64)  # not nll[mask]: that syncs on GPU
         self._val_count += mask.sum()
 
     def on_validation_epoch_end(self):

@@ -93,6 +93,13 @@ def logits(arch: Architecture, params: dict, inputs, state):
     return forward(arch, params, inputs, state)[:2]
 
 
+def target_log_probs(arch: Architecture, params: dict, inputs, targets, state):
+    """``(log p of each of targets (B, T) given the inputs up to it, state after them)``: what validation and the
+    Python API's score measure."""
+    scores, state = logits(arch, params, inputs, state)
+    return torch.log_softmax(scores, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1), state
+
+
 def train_step(arch: Architecture, params: dict, optimizer, inputs, targets, state, clip=5.0, mean=None,
                masks=None):  # fmt: skip
     """min-char-rnn's update for one window: BPTT, element-wise clip to [-clip, clip], then the optimizer's step.

@@ -40,13 +40,13 @@ _CHUNK = 256  # characters per call of the C loop (so the first ones are printed
 _MATRIX_KINDS = {np.float64: 0, np.float32: 1, np.float16: 2}  # lstm_generate's codes for a layer matrix's dtype
 
 
-def encode_prime(vocab: list[str], text: str) -> list[int]:
-    """Ids of ``text``; characters the model never saw are a UsageError that names them."""
+def encode_prime(vocab: list[str], text: str, source: str = "--prime") -> list[int]:
+    """Ids of ``text``; characters the model never saw are a UsageError that names them (and ``source``)."""
     index = {c: i for i, c in enumerate(vocab)}
     missing = sorted(set(text) - index.keys())
     if missing:
         raise UsageError(
-            f"--prime has characters not in the model's vocabulary: {''.join(missing)!r}; "
+            f"{source} has characters not in the model's vocabulary: {''.join(missing)!r}; "
             "use only characters of its training text"
         )
     return [index[c] for c in text]
@@ -72,15 +72,18 @@ class Sampler:
                  device=None, half=False):  # fmt: skip
         self.cell = CELLS[cell]
         self.network = NumpyStack(self.cell, params, h, device=device, half=half)
-        V = len(self.network.logits)
-        self.greedy = temperature == 0 or top_k == 1
-        self.inv_temperature = 1.0 if self.greedy else 1.0 / temperature
-        self.top_k = top_k if top_k is not None and 1 < top_k < V else None
         self.rng = np.random.default_rng(seed)
         self.next_logits = self.network.logits  # this state's logits (a view: advancing rewrites it in place)
-        self.cdf = np.empty(V)
+        self.cdf = np.empty(len(self.next_logits))
         self.advance = self.network.advance  # move the state over a character (all layers), then its logits
         self.device = device
+        self.configure(temperature, top_k)
+
+    def configure(self, temperature=1.0, top_k: int | None = None) -> None:
+        """Set the rule for drawing (the arguments of the same names); the state and the uniforms go on."""
+        self.greedy = temperature == 0 or top_k == 1
+        self.inv_temperature = 1.0 if self.greedy else 1.0 / temperature
+        self.top_k = top_k if top_k is not None and 1 < top_k < len(self.cdf) else None
         self.native_loop = self._c_loop() if not self._why_not_c() else None
 
     def _why_not_c(self) -> str:
@@ -126,6 +129,12 @@ class Sampler:
     def state(self) -> np.ndarray:
         """The state (L * K, H) after the text fed or generated so far."""
         return self.network.state()
+
+    @state.setter
+    def state(self, h) -> None:
+        self.network.set_state(h)
+        for matvec in self.network.matvecs:  # the recurrent products and the logits of that state
+            matvec()
 
     def choose(self, u: float) -> int:
         """The next character for the uniform ``u`` in [0, 1), without advancing the state."""

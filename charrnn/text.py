@@ -23,6 +23,7 @@ from .files import regular_file
 BUILTIN_TEXT = "pydoc_data.topics"  # the text a fresh clone trains on: Python's reference documentation
 _CHUNK_BYTES = 1 << 23
 VAL_STREAMS = 64
+VAL_CHUNK = 256  # characters of every stream per forward pass: validation's batches, and the API's score
 
 
 def _decoded_chunks(path: str, what: str = "data file", chunk_bytes: int | None = None):
@@ -75,6 +76,14 @@ def read_start(path: str, limit: int, what: str) -> tuple[str, bool]:
             if len(text) > limit:
                 break
     return text[:limit], len(text) > limit
+
+
+def read_text(path: str, what: str) -> str:
+    """A whole text file read as training reads it (BOM dropped, CRLF and CR as LF); ``what`` names it in errors."""
+    if not os.path.lexists(path):
+        raise UsageError(f"{what} {path} does not exist")
+    regular_file(path, what)
+    return "".join(_decoded_chunks(path, what))
 
 
 def _code_points(text: str) -> np.ndarray:

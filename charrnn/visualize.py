@@ -3,24 +3,25 @@
 ``trace`` is the only function here that knows the model: it runs the same forward pass as training and
 validation and returns plain arrays, named groups of activations and the next-character distributions.
 Everything after it (the measured features of the text, the units that follow them, the page) takes only those
-arrays, the characters and the vocabulary, so another cell or more layers change ``trace`` alone.
+arrays, the characters and the vocabulary, so another cell or more layers change ``trace`` alone. The surprise of
+each character is the Python API's score (``Model.score(text).log_probs``): the page, score.py and the API show
+one computation.
 
 The idea and the features follow Karpathy, Johnson and Fei-Fei, "Visualizing and Understanding Recurrent
 Networks" (2015): single units of character models track quotes, brackets or the position in a line.
 """
 
-import html
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import network
+from . import network, pages
 
 TOP_K = 5  # the model's most likely characters shown for each position
 PER_FEATURE = 5  # units ranked for each feature
 DECIMALS = 3  # the page's numbers: finer than a colour can show, and it keeps the page small
+SURPRISE_DECIMALS = 7  # the surprise itself: it agrees with score.py to 1e-6
 GENERATOR = "charrnn visualize.py"  # marks a page as ours: visualize.py replaces only files that carry it
 
 
@@ -30,8 +31,8 @@ class Trace:
 
     groups: name -> (T, H) activations; row t is the state after reading character t.
     ranges: name -> (lo, hi), the values the group's units can take; the colour scale is centred on the middle.
-    probs: (T, V); row t is the model's distribution for character t given the characters before it (row 0 comes
-        from the starting state), so ``probs[t, ids[t]]`` is how likely the model found the character it read.
+    probs: (T, V); row t is the model's distribution for character t + 1, after reading characters 0 .. t (so
+        ``probs[t - 1, ids[t]]`` is how likely the model found character t; the last row predicts past the text).
     """
 
     groups: dict[str, np.ndarray]
@@ -113,14 +114,18 @@ def _rounded(a: np.ndarray) -> list:
     return np.round(a, DECIMALS).tolist()
 
 
-def page_data(tr: Trace, ids, vocab: list[str], title: str) -> dict:
-    """What the page shows, as JSON-ready data; activations unit-major (``values[unit][t]``)."""
+def page_data(tr: Trace, ids, vocab: list[str], title: str, log_probs) -> dict:
+    """What the page shows, as JSON-ready data; activations unit-major (``values[unit][t]``).
+
+    ``log_probs`` (T - 1,): log p of characters 1 .. T - 1 given the text before each (``Model.score``). The first
+    character has no surprise (None) and no expected characters: it is context, read but not predicted.
+    """
     ids = np.asarray(ids)
     text = "".join(vocab[i] for i in ids)
     features = text_features(text)
     ranking = rank_units(tr.groups, features)
-    p_read = tr.probs[np.arange(len(ids)), ids]
-    expected = np.argsort(-tr.probs, axis=1, kind="stable")[:, :TOP_K]
+    predicted = tr.probs[:-1]  # (T - 1, V): row t - 1 is character t's distribution
+    expected = np.argsort(-predicted, axis=1, kind="stable")[:, :TOP_K]
     return {
         "title": title,
         "text": text,
@@ -129,30 +134,19 @@ def page_data(tr: Trace, ids, vocab: list[str], title: str) -> dict:
                    for name, acts in tr.groups.items()],  # fmt: skip
         "ranking": [{**row, "r": round(row["r"], DECIMALS)} for row in ranking],
         "absent": [name for name, values in features.items() if values.min() == values.max()],
-        "surprise": _rounded(-np.log(np.maximum(p_read, np.finfo(np.float64).tiny))),
-        "expected": expected.tolist(),
-        "expected_p": _rounded(np.take_along_axis(tr.probs, expected, axis=1)),
+        "surprise": [None, *np.round(-np.asarray(log_probs, dtype=np.float64), SURPRISE_DECIMALS).tolist()],
+        "expected": [[], *expected.tolist()],
+        "expected_p": [[], *_rounded(np.take_along_axis(predicted, expected, axis=1))],
     }
 
 
-def page(tr: Trace, ids, vocab: list[str], title: str) -> str:
+def page(tr: Trace, ids, vocab: list[str], title: str, log_probs) -> str:
     """The HTML page: inline CSS and script, the data as JSON; nothing is fetched, so it opens offline from disk."""
-    data = json.dumps(page_data(tr, ids, vocab, title), ensure_ascii=False, separators=(",", ":"))
-    # '<', '>' and '&' occur only inside JSON strings; escaped, no text can end the script block early.
-    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    before, after = _PAGE.split("{{data}}")  # the data last and outside the template: its text is the user's
-    return before.replace("{{generator}}", GENERATOR).replace("{{title}}", html.escape(title)) + data + after
+    return pages.fill(_PAGE, GENERATOR, title, page_data(tr, ids, vocab, title, log_probs))
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="generator" content="{{generator}}">
-<title>charrnn: {{title}}</title>
-<style>
-body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 1.2em auto; max-width: 72em; padding: 0 1em; }
-h1 { font-size: 1.3em; margin: 0 0 .2em; } h2 { font-size: 1.1em; margin: 1.2em 0 .3em; }
+_PAGE = pages.HEAD + """<style>
+body { max-width: 72em; } h2 { font-size: 1.1em; margin: 1.2em 0 .3em; }
 .note { color: #555; margin: .2em 0 .5em; }
 .text { font: 13px/1.7 ui-monospace, "DejaVu Sans Mono", monospace; white-space: pre-wrap; word-break: break-all;
         border: 1px solid #ccc; padding: .5em .7em; max-height: 70vh; overflow-y: auto; }
@@ -192,7 +186,8 @@ tr.first td { border-top: 1px solid #ddd; }
 <h2>Surprise</h2>
 <p class="note">Each character coloured by &minus;log p, how unlikely the model found it given the text before it:
 <span>0 <span class="scale" id="surprise-scale"></span> <span id="surprise-high"></span> nats</span>.
-Hover over a character for the model's most likely characters at that position.</p>
+Hover over a character for the model's most likely characters at that position. The first character is context,
+not predicted: it has no surprise and stays uncoloured.</p>
 <div class="text" id="surprise"></div>
 <script type="application/json" id="data">{{data}}</script>
 <script>
@@ -284,14 +279,20 @@ const uniform = Math.log(data.vocab.length);
 byId("surprise-scale").style.background = gradient(sequential);
 byId("surprise-high").textContent = `\\u2265 ${uniform.toFixed(1)}`;
 data.surprise.forEach((nats, t) => {
-  const span = surpriseSpans[t], s = nats / uniform;
+  const span = surpriseSpans[t];
+  if (nats === null) {
+    span.title = `'${label(chars[t])}': the first character, context (not predicted)`;
+    return;
+  }
+  const s = nats / uniform;
   span.style.backgroundColor = sequential(s);
   span.style.color = s > 0.65 ? "#fff" : "";
   const guesses = data.expected[t].map((id, k) => `'${label(data.vocab[id])}' ${data.expected_p[t][k].toFixed(3)}`);
   span.title = `'${label(chars[t])}': -log p = ${nats.toFixed(3)} nats (p = ${Math.exp(-nats).toPrecision(3)})\\n` +
                `expected: ${guesses.join(", ")}`;
 });
-const mean = data.surprise.reduce((a, b) => a + b, 0) / data.surprise.length;
+const scored = data.surprise.filter(nats => nats !== null);
+const mean = scored.reduce((a, b) => a + b, 0) / Math.max(1, scored.length);
 byId("summary").textContent = `${chars.length} characters, vocabulary of ${data.vocab.length}; ` +
   `mean surprise ${mean.toFixed(3)} nats per character (${(mean / Math.LN2).toFixed(3)} bits).`;
 fromHash();

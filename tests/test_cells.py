@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charrnn import sampling, stack
-from charrnn.cells import CELLS, fast, gru, lstm, native, rnn
+from charrnn.cells import CELLS, fast, gru, lstm, native, native_build, rnn
 
 F64 = torch.float64
 NN_LSTM_ORDER = [lstm.I, lstm.F, lstm.G, lstm.O]  # nn.LSTM's gate k is our gate NN_LSTM_ORDER[k]
@@ -267,7 +267,7 @@ def test_lstm_kernel_equals_torch_loop(dtype, tolerance, kernel_calls):
     xw[0, 0] = torch.linspace(-1000, 1000, 4 * H, dtype=F64)
     state, dh = torch.randn(B, 2, H, generator=g, dtype=F64), torch.randn(T, B, H, generator=g, dtype=F64)
     ours = lstm_layer_run(dtype, xw, state, dh, fast.LSTM_STEPS)
-    suffix = native.DTYPES[dtype]
+    suffix = native_build.DTYPES[dtype]
     assert kernel_calls == {f"lstm_forward_{suffix}": T, f"lstm_backward_{suffix}": T} | (
         {"product_f32": 2 * T - 1} if native.products_in_c() and dtype == torch.float32 else {})
     loop = lstm_layer_run(dtype, xw, state, dh)
@@ -280,7 +280,7 @@ def test_lstm_kernel_equals_torch_loop(dtype, tolerance, kernel_calls):
 def test_lstm_propagates_nan(dtype, path, kernel_calls):
     """A NaN pre-activation reaches the state and the gradients (the divergence guard looks for it there), on every
     path; the C paths prove their kernel ran."""
-    kernel = {"steps": f"lstm_forward_{native.DTYPES[dtype]}", "windows": "lstm_forward_window_f32"}.get(path)
+    kernel = {"steps": f"lstm_forward_{native_build.DTYPES[dtype]}", "windows": "lstm_forward_window_f32"}.get(path)
     if kernel is not None and native.kernel(kernel) is None:
         pytest.skip(f"native.c's {kernel} is not built here")
     T, B, H = 3, 2, 21

@@ -57,7 +57,7 @@ def checkout(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("docs") / "base"
     repo = base / "checkout"
     repo.mkdir(parents=True)
-    for name in ("train.py", "sample.py", "visualize.py", "charrnn", "configs"):
+    for name in ("train.py", "sample.py", "score.py", "visualize.py", "export.py", "charrnn", "configs"):
         (repo / name).symlink_to(ROOT / name)
     text = corpus(6000) + "\nROMEO:\n"  # the primes of the examples must be characters the model knows
     for path in (repo / "data/raw/input.txt", base / "shared/data/tinyshakespeare.txt"):

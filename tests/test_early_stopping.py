@@ -69,12 +69,16 @@ def test_resumed_with_early_stopping_it_keeps_its_count(text, tmp_path, straight
         (("--trainer.callbacks.monitor", "val_loss"), "EarlyStopping can watch val/loss or val/bpc"),
         (("--trainer.callbacks.monitor", "val/loss", "--trainer.callbacks.mode", "max"), "mode must be min"),
         (("--trainer.callbacks.monitor", "val/loss", "--trainer.callbacks.patience", -1), "patience must be 0 or"),
-        (("--trainer.callbacks.monitor", "val/loss", "--trainer.callbacks.check_on_train_epoch_end", "true"),
-         "check_on_train_epoch_end must be false"),
+        (
+            ("--trainer.callbacks.monitor", "val/loss", "--trainer.callbacks.check_on_train_epoch_end", "true"),
+            "check_on_train_epoch_end must be false",
+        ),
         (("--trainer.callbacks.monitor", "val/loss", "--data.val_fraction", 0), "--data.val_fraction 0 turns off"),
         ((), "EarlyStopping: the following arguments are required: monitor"),
-        (("--trainer.callbacks.monitor", "val/loss", "--trainer.callbacks.min_delta", "nan"),
-         "--trainer.callbacks.min_delta must be a finite number, got nan"),
+        (
+            ("--trainer.callbacks.monitor", "val/loss", "--trainer.callbacks.min_delta", "nan"),
+            "--trainer.callbacks.min_delta must be a finite number, got nan",
+        ),
     ],
 )
 def test_settings_it_cannot_run_with_are_one_line(text, tmp_path, capsys, flags, fragment):

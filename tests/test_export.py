@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import export as export_py
-from charrnn import checkpoint, network, stack
+from charrnn import checkpoint, network, rundir, sampling
 from charrnn.cells import CELLS
 from charrnn.export import FORMATS, TORCHSCRIPT_EXTRA, onnx_bytes, page, torch_network, torchscript_bytes
 from charrnn.network import Architecture
@@ -128,7 +128,7 @@ def trained(tmp_path_factory):
                      "--model.initial_accumulator_value", 0.03, "--trainer.val_check_interval", 100,
                      steps=400)  # fmt: skip
     assert train(args) == 0
-    ckpt = checkpoint.newest_last_checkpoint(str(d / "run"))
+    ckpt = rundir.newest_last_checkpoint(str(d / "run"))
     return {"dir": d, "ckpt": ckpt, "net": checkpoint.load_network(ckpt)}
 
 
@@ -202,7 +202,7 @@ def test_docs_examples_run_as_written(capsys, trained, tmp_path):
         prime = re.search(r'prime = "(.*?)"', block).group(1)
         text = done.stdout.rstrip("\n")
         assert text.startswith(prime) and len(text) == len(prime) + int(re.search(r"range\((\d+)\)", block).group(1))
-        stepper = stack.NumpyStack(CELLS[net.arch.cell], net.params)
+        stepper = sampling.NumpyStack(CELLS[net.arch.cell], net.params)
         logits = None
         for i, x in enumerate(encode_prime(net.vocab, text)):
             if i >= len(prime):
@@ -269,7 +269,7 @@ def test_page_computes_the_numpy_samplers_logits_and_choices(tmp_path):
     results = in_chromium(tmp_path, pages, LOGITS_TASK)
     for (cell, L), result in zip(CONFIGS, results):
         arch, params, vocab = make_network(cell, L)
-        stepper = stack.NumpyStack(CELLS[cell], params)
+        stepper = sampling.NumpyStack(CELLS[cell], params)
         expected = [stepper.logits.copy()] + [stepper.advance(x).copy() for x in encode_prime(vocab, prime)]
         # Both float64 from the same float32 weights: apart only by rounding (4e-16 measured), far inside 1e-4.
         np.testing.assert_allclose(np.array(result["logits"]), np.array(expected), rtol=0, atol=1e-9)

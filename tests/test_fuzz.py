@@ -1,5 +1,5 @@
-"""Property-based fuzzing of train.py and sample.py, in-process: random flags with hostile values (wrong types,
-signs, extremes, NaN and infinities, Unicode, huge numbers, special files) and randomly damaged files.
+"""Property-based fuzzing of train.py, sample.py and score.py, in-process: random flags with hostile values (wrong
+types, signs, extremes, NaN and infinities, Unicode, huge numbers, special files) and randomly damaged files.
 
 The property, for every input: the exit code is 0, 2 or 130; a failure is exactly one line ``error: ...`` on
 stderr with no traceback; no warning reaches the user; and no file that existed before is changed or lost.
@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 import sample
+import score
 from charrnn import cli
 from tests.train_helpers import corpus, snapshot, tiny_args, train
 
@@ -239,15 +240,31 @@ def test_train_py_keeps_its_promise(flags):
 
 
 SAMPLE_FLAGS = ["--length", "--prime", "--temperature", "--top-k", "--seed", "--device", "--greedy", "--half",
-                "--bogus"]  # fmt: skip
-SWITCHES = ("--greedy", "--half")  # flags without a value
+                "--bogus", "--stop", "--num-samples", "--prime-file", "--beam", "--json"]  # fmt: skip
+SWITCHES = ("--greedy", "--half", "--json", "--per-line", "--log-probs")  # flags without a value
 small_lengths = st.sampled_from(["-1", "0", "1", "5", "x", "nan", "1e3", "", "2.5"])
-sample_flags = st.lists(
-    st.sampled_from(SAMPLE_FLAGS).flatmap(
-        lambda f: st.tuples(st.just(f), small_lengths if f == "--length" else st.just(None) if f in SWITCHES else values)
-    ),
-    max_size=4,
-)
+small_counts = st.sampled_from(["-1", "0", "1", "2", "3", "x", "", "1.5", "40"])  # --num-samples, --beam, --streams
+# --stop: escapes good and bad, and text of the model's characters.
+stops = st.one_of(st.sampled_from(["\\n", "\\n\\n", "\\x41", "\\u00e9", "\\", "\\q", "\\ud800", "\\U00110000",
+                                   "e", "th", " ", "\\t"]), values)  # fmt: skip
+
+
+def _sample_value(flag: str):
+    if flag in SWITCHES:
+        return st.just(None)
+    if flag == "--length":
+        return small_lengths
+    if flag in ("--num-samples", "--beam"):
+        return small_counts
+    if flag == "--stop":
+        return stops
+    if flag == "--prime-file":
+        return st.one_of(values, damaged_file())
+    return values
+
+
+sample_flags = st.lists(st.sampled_from(SAMPLE_FLAGS).flatmap(lambda f: st.tuples(st.just(f), _sample_value(f))),
+                        max_size=4)  # fmt: skip
 
 
 @FUZZ
@@ -257,8 +274,36 @@ sample_flags = st.lists(
 @example(target="{ckpt}", flags=[("--top-k", str(2**70)), ("--seed", str(2**70))])
 @example(target="{ckpt}", flags=[("--temperature", "1e-320")])
 @example(target="{d}/lstm-runs", flags=[("--prime", "The"), ("--top-k", "3")])
+@example(target="{ckpt}", flags=[("--stop", "\\"), ("--json", None)])
+@example(target="{ckpt}", flags=[("--beam", "3"), ("--json", None), ("--prime", "The")])
+@example(target="{d}/lstm-runs", flags=[("--num-samples", "3"), ("--stop", "e"), ("--prime-file", "{d}/input.txt")])
+@example(target="{ckpt}", flags=[("--prime-file", "/proc/self/mem")])
 def test_sample_py_keeps_its_promise(target, flags):
     before = snapshot(WORLD)
     extra = [arg for flag, value in flags for arg in ((flag,) if value is None else (flag, value))]
     args = [_fill(target, WORLD), "--length", "50", *extra]
-    _check(*_run(sample.main, args), before)
+    _check(*_run(sample.main, [_fill(arg, WORLD) for arg in args]), before)
+
+
+SCORE_FLAGS = ["--per-line", "--top", "--json", "--log-probs", "--streams", "--bogus"]
+score_flags = st.lists(
+    st.sampled_from(SCORE_FLAGS).flatmap(
+        lambda f: st.tuples(st.just(f), st.just(None) if f in SWITCHES else st.one_of(small_counts, values))
+    ),
+    max_size=4,
+)
+score_files = st.lists(st.one_of(st.sampled_from(["{d}/input.txt", *SPECIAL_PATHS]), damaged_file(), values),
+                       min_size=0, max_size=3)  # fmt: skip
+
+
+@FUZZ
+@given(target=st.one_of(st.sampled_from(["{ckpt}", "{d}/runs", "{d}/lstm-runs"]), damaged_file(), values),
+       files=score_files, flags=score_flags)  # fmt: skip
+@example(target="{ckpt}", files=["{d}/input.txt"], flags=[("--per-line", None), ("--top", "2"), ("--json", None)])
+@example(target="{d}/lstm-runs", files=["{d}/input.txt", "/dev/zero"], flags=[("--streams", "64")])
+@example(target="{ckpt}", files=["{d}/fifo"], flags=[])
+def test_score_py_keeps_its_promise(target, files, flags):
+    before = snapshot(WORLD)
+    extra = [arg for flag, value in flags for arg in ((flag,) if value is None else (flag, value))]
+    args = [_fill(target, WORLD), *(_fill(f, WORLD) for f in files), *extra]
+    _check(*_run(score.main, args), before)

@@ -1,5 +1,6 @@
 """sample.py end to end: a checkpoint that train.py wrote, the flags, and every way a file or flag can be wrong."""
 
+import json
 import pickle
 import subprocess
 import sys
@@ -84,8 +85,9 @@ def test_every_cell_samples_the_same_text_in_another_process(capsysbinary, tmp_p
 
 def test_sample_does_not_import_lightning(ckpt):
     probe = (
-        "import sys, sample\n"
+        "import sys, sample, charrnn\n"
         f"code = sample.main([{ckpt!r}, '--length', '5'])\n"
+        f"m = charrnn.load({ckpt!r}); m.sample(5, seed=1); m.score('The fox'); m.beam('', 5, 2)\n"
         "heavy = ('lightning', 'pytorch_lightning', 'jsonargparse', 'tensorboard')\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
         "print(code, heavy, file=sys.stderr)\n"
@@ -243,6 +245,28 @@ def test_damaged_and_foreign_files_are_one_line_errors(capsysbinary, ckpt, tmp_p
         (["--half", "--device", "cuda"], "--half"),
         (["--prime", "Hello Zebra\u00e9\u20ac"], "'Z\u20ac'"),  # names the unknown characters (Z, euro), not é
         (["--bogus"], "--bogus"),
+        (["--stop", ""], "--stop strings must be non-empty"),
+        (["--stop", "\\q"], "unknown escape \\q"),
+        (["--stop", "a\\"], "unknown escape \\;"),
+        (["--stop", "\\x4"], "unknown escape \\x"),
+        (["--stop", "\\ud800"], "not a Unicode character"),
+        (["--stop", "\\U00110000"], "not a Unicode character"),
+        (["--stop", "Z"], "could never occur"),
+        (["--num-samples", "0"], "--num-samples must be 1 or more"),
+        (["--num-samples", "two"], "--num-samples"),
+        (["--beam", "0"], "--beam must be 1 or more"),
+        (["--beam", "2", "--temperature", "0.5"], "drop --temperature"),
+        (["--beam", "2", "--top-k", "3"], "drop --top-k"),
+        (["--beam", "2", "--greedy"], "drop --greedy"),
+        (["--beam", "2", "--seed", "1"], "drop --seed"),
+        (["--beam", "2", "--stop", "a"], "drop --stop"),
+        (["--beam", "2", "--half"], "drop --half"),
+        (["--beam", "2", "--num-samples", "2"], "drop --num-samples"),
+        (["--beam", "2", "--device", "cuda"], "--device cuda"),
+        (["--prime", "a", "--prime-file", "x.txt"], "not allowed with argument"),
+        (["--prime-file", "/nonexistent/prime.txt"], "--prime-file /nonexistent/prime.txt does not exist"),
+        (["--prime-file", "/"], "is a directory"),
+        (["--prime-file", "/dev/zero"], "not a regular file"),
     ],
 )
 def test_bad_flags_are_one_line_errors(capsysbinary, ckpt, flags, needle):
@@ -265,3 +289,68 @@ def test_cuda_gives_the_cpu_text(capsysbinary, ckpt):
     """float64 products on either device: the same seed gives the same text."""
     cpu = run_main(capsysbinary, ckpt, "--length", 500, "--seed", 8, "--device", "cpu")
     assert run_main(capsysbinary, ckpt, "--length", 500, "--seed", 8, "--device", "cuda") == cpu
+
+
+def test_stop_escapes_are_decoded():
+    assert sample.decode_escapes(r"\n\n") == "\n\n"
+    assert sample.decode_escapes(r"a\tb\\n\x41\u00e9\U0001F642\r") == "a\tb\\nA\u00e9\U0001F642\r"
+    assert sample.decode_escapes("caf\u00e9 \U0001F642") == "caf\u00e9 \U0001F642"  # no backslash: as typed
+
+
+def test_stop_ends_the_sample_after_the_first_occurrence(capsysbinary, ckpt):
+    net = checkpoint.load_network(ckpt)
+    full = "".join(net.vocab[i] for i in generate("rnn", net.params, 400, prime_ids=[net.vocab.index("T")], seed=6))
+    stop = full[150:152]
+    end = ("T" + full).find(stop, max(0, 2 - len(stop))) + len(stop)  # the first occurrence ending after the prime
+    code, out, err = run_main(capsysbinary, ckpt, "--length", 400, "--prime", "T", "--seed", 6, "--stop", stop,
+                              "--stop", "\\u4e16\\u754c")  # fmt: skip
+    assert (code, err) == (0, "") and out == ("T" + full)[:end] and len(out) <= 1 + 152
+
+
+def test_num_samples_are_seeded_in_turn_and_separated(capsysbinary, ckpt):
+    code, out, err = run_main(capsysbinary, ckpt, "--length", 80, "--prime", "The", "--seed", 11, "--num-samples", 3)
+    assert (code, err) == (0, "")
+    samples = out.split("\n\x1e\n")
+    assert samples == [run_main(capsysbinary, ckpt, "--length", 80, "--prime", "The", "--seed", 11 + i)[1]
+                       for i in range(3)]  # fmt: skip
+
+
+def test_json_lines_hold_the_text_its_log_prob_and_seed(capsysbinary, ckpt):
+    import charrnn
+
+    code, out, err = run_main(capsysbinary, ckpt, "--length", 60, "--prime", "The", "--seed", 4, "--num-samples", 2,
+                              "--json", "--temperature", 0.7)  # fmt: skip
+    assert (code, err) == (0, "")
+    m = charrnn.load(ckpt)
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["seed"] for r in records] == [4, 5]
+    for r in records:
+        assert r["text"] == m.sample(60, "The", 0.7, seed=r["seed"])
+        # log p of the text given the prime: score() of prime + text from the zero state, its last 60 predictions
+        tail = m.score("The" + r["text"], dtype=torch.float64).log_probs[-60:]
+        assert r["log_prob"] == pytest.approx(float(tail.sum()), abs=1e-9)
+        assert r["nats_per_char"] == pytest.approx(-r["log_prob"] / 60)
+    code, out, _ = run_main(capsysbinary, ckpt, "--length", 30, "--json")  # no --seed: a fresh one, reported
+    record = json.loads(out)
+    assert record["text"] == m.sample(30, seed=record["seed"])
+
+
+def test_prime_file_is_read_as_training_reads_text(capsysbinary, ckpt, tmp_path):
+    prime = tmp_path / "prime.txt"
+    prime.write_bytes(b"\xef\xbb\xbfThe\r\nfox\rjumps")
+    expected = run_main(capsysbinary, ckpt, "--length", 50, "--seed", 2, "--prime", "The\nfox\njumps")
+    assert run_main(capsysbinary, ckpt, "--length", 50, "--seed", 2, "--prime-file", prime) == expected
+    prime.write_text("The caf\u00e9 \u20ac", encoding="utf-8")
+    assert_refused(*run_main(capsysbinary, ckpt, "--prime-file", prime), f"--prime-file {prime}", "'\u20ac'")
+    prime.write_bytes(b"caf\xe9")
+    assert_refused(*run_main(capsysbinary, ckpt, "--prime-file", prime), "not UTF-8")
+
+
+def test_a_vocabulary_with_the_separator_needs_json(capsysbinary, ckpt, tmp_path):
+    state = torch.load(ckpt, weights_only=True)
+    state["charrnn"]["vocab"] = ["\x1e" if c == "E" else c for c in state["charrnn"]["vocab"]]
+    assert "E" in checkpoint.load_network(ckpt).vocab
+    torch.save(state, tmp_path / "rs.ckpt")
+    assert_refused(*run_main(capsysbinary, tmp_path / "rs.ckpt", "--num-samples", 2), "\\x1e", "--json")
+    code, out, _ = run_main(capsysbinary, tmp_path / "rs.ckpt", "--num-samples", 2, "--json", "--length", 5)
+    assert code == 0 and len(out.splitlines()) == 2

@@ -57,6 +57,21 @@ def forward(arch, params, ids):
 
 
 ROUNDING = 5e-4 + 1e-5  # three decimals, plus float32 against the page's float64
+SURPRISE_ROUNDING = 1e-6  # seven decimals, and the checkpoint's float32 on both sides
+
+
+def assert_surprise(data, probs, ids):
+    """The page's surprise of character t is -log p(t | the text before it): row t - 1 of the distributions; the
+    first character has none. The five expected characters at t come from that same row."""
+    T = len(ids)
+    assert data["surprise"][0] is None and data["expected"][0] == data["expected_p"][0] == []
+    p_read = probs[np.arange(T - 1), ids[1:]]
+    np.testing.assert_allclose(data["surprise"][1:], -np.log(p_read), rtol=0, atol=SURPRISE_ROUNDING)
+    expected, expected_p = np.array(data["expected"][1:]), np.array(data["expected_p"][1:])
+    assert expected.shape == expected_p.shape == (T - 1, 5)
+    np.testing.assert_allclose(expected_p, np.sort(probs[:-1], axis=1)[:, ::-1][:, :5], rtol=0, atol=ROUNDING)
+    np.testing.assert_allclose(np.take_along_axis(probs[:-1], expected, axis=1), expected_p, rtol=0, atol=ROUNDING)
+    assert all(len(set(row)) == 5 for row in expected)
 
 
 def test_page_holds_the_models_forward_pass(capsys, run, tmp_path):
@@ -75,13 +90,7 @@ def test_page_holds_the_models_forward_pass(capsys, run, tmp_path):
     assert values.shape == (16, 900) and np.abs(hs).max() > 0.5  # the units do move
     np.testing.assert_allclose(values, hs.T, rtol=0, atol=ROUNDING)
 
-    p_read = probs[np.arange(900), ids]
-    np.testing.assert_allclose(data["surprise"], -np.log(p_read), rtol=0, atol=ROUNDING)
-    expected, expected_p = np.array(data["expected"]), np.array(data["expected_p"])
-    assert expected.shape == expected_p.shape == (900, 5)
-    np.testing.assert_allclose(expected_p, np.sort(probs, axis=1)[:, ::-1][:, :5], rtol=0, atol=ROUNDING)
-    np.testing.assert_allclose(np.take_along_axis(probs, expected, axis=1), expected_p, rtol=0, atol=ROUNDING)
-    assert all(len(set(row)) == 5 for row in expected)
+    assert_surprise(data, probs, ids)
 
     # The embedded ranking is that of the model's activations and the text's features.
     features = text_features(data["text"])
@@ -128,7 +137,7 @@ def test_page_holds_every_layer_and_gate_of_a_gated_cell(capsys, gated_run, run,
         assert group["range"] == bounds and values.shape == (300, 16)
         assert values.min() >= bounds[0] and values.max() <= bounds[1], group["name"]
         np.testing.assert_allclose(np.array(group["values"]), values.T, rtol=0, atol=ROUNDING)
-    np.testing.assert_allclose(data["surprise"], -np.log(probs[np.arange(300), ids]), rtol=0, atol=ROUNDING)
+    assert_surprise(data, probs, ids)
 
 
 def _inside_quotes(text: str) -> np.ndarray:
@@ -175,7 +184,8 @@ def test_ranking_is_numpys_corrcoef_and_finds_a_tracking_unit():
     vocab = sorted(set(text))
     ids = [vocab.index(ch) for ch in text]
     probs = np.full((len(text), len(vocab)), 1 / len(vocab))
-    data = page_data(Trace(groups, {"h": (-1.0, 1.0), "c": (-9.0, 9.0)}, probs), ids, vocab, "constructed")
+    surprise = np.zeros(len(text) - 1)
+    data = page_data(Trace(groups, {"h": (-1.0, 1.0), "c": (-9.0, 9.0)}, probs), ids, vocab, "constructed", surprise)
     assert data["ranking"][0] in ({**quote_rows[0], "r": round(quote_rows[0]["r"], 3)},
                                   {**column_rows[0], "r": round(column_rows[0]["r"], 3)})  # fmt: skip
 
@@ -186,7 +196,7 @@ def test_any_text_stays_inside_the_data_block():
     vocab = sorted(set(text))
     ids = [vocab.index(c) for c in text]
     tr = Trace({"h": np.zeros((len(text), 2))}, {"h": (-1.0, 1.0)}, np.full((len(text), len(vocab)), 1 / len(vocab)))
-    written = html_page(tr, ids, vocab, title="<b>&")
+    written = html_page(tr, ids, vocab, "<b>&", np.zeros(len(text) - 1))
     assert written.count("</script>") == 2 and "<b>" not in written  # the data block's and the renderer's
     data = json.loads(re.search(r'id="data">(.*?)</script>', written, re.S).group(1))
     assert data["text"] == text and data["title"] == "<b>&"
@@ -343,8 +353,9 @@ def test_chromium_renders_the_page_offline(capsys, run, tmp_path):
     titles = [html.unescape(t) for t in re.findall(r'<span title="([^"]*)" style="background-color: rgb', surprise)]
     label = {"\n": "\u21b5", " ": "\u2423", "\t": "\u21e5"}
     expected = [", ".join(f"'{label.get(data['vocab'][i], data['vocab'][i])}' {p:.3f}" for i, p in zip(ids, ps))
-                for ids, ps in zip(data["expected"], data["expected_p"])]  # fmt: skip
+                for ids, ps in zip(data["expected"][1:], data["expected_p"][1:])]  # fmt: skip
     assert [t.split("\nexpected: ")[1] for t in titles] == expected  # the hover text: the model's top five
+    assert len(titles) == 399  # the first character is context: uncoloured
     selected = len(re.findall(r'<tr class="[^"]*\bselected\b"', dom_n))
     assert selected == sum(row["unit"] == n for row in data["ranking"])  # the ranked list marks the unit shown
 
@@ -408,3 +419,41 @@ def test_the_request_check_sees_requests(tmp_path):
     netlog = tmp_path / "netlog.json"
     chromium(tmp_path, control.as_uri(), "--dump-dom", f"--log-net-log={netlog}")
     assert sorted(page_requests(netlog)) == ["http://example.invalid/a.png", "https://example.org/b"]
+
+
+def test_page_surprise_is_validations_loss_and_score_pys(capsys, run, tmp_path):
+    """The page's mean surprise is the loss training's own validation code (CharRNN.validation_step) computes on the
+    page's text as one stream from the zero state, and below a uniform guess (ln V): the page once read character
+    t's probability off the distribution for character t + 1 and showed nearly 9 nats for a model of 1.6. Its
+    per-character surprise is the API's and score.py's."""
+    import score
+    from charrnn.data import ValBatches, val_streams
+    from charrnn.module import CharRNN
+
+    out = tmp_path / "page.html"
+    assert visualize_main(capsys, run["ckpt"], "--text", run["text"], "--length", 1000, "--out", out)[0] == 0
+    data = embedded(out)
+    surprise = np.array(data["surprise"][1:], dtype=float)
+
+    vocab = run["vocab"]
+    module = CharRNN(vocab_size=len(vocab), hidden_size=16, vocab=vocab)
+    module.load_state_dict(torch.load(run["ckpt"], weights_only=True)["state_dict"])
+    ids = torch.tensor([vocab.index(c) for c in data["text"]])
+    module.on_validation_epoch_start()
+    with torch.no_grad():
+        for batch in ValBatches(*val_streams(ids, streams=1)):
+            module.validation_step(batch, 0)
+    val_loss = float(module._val_sum / module._val_count)
+    assert int(module._val_count) == len(surprise) == 999
+    assert surprise.mean() == pytest.approx(val_loss, abs=1e-6)
+    assert val_loss < np.log(len(vocab)) - 0.5
+
+    import charrnn
+
+    api_log_probs = charrnn.load(run["ckpt"]).score(data["text"]).log_probs
+    np.testing.assert_allclose(-surprise, api_log_probs, rtol=0, atol=1e-6)
+    page_text = tmp_path / "page-text.txt"
+    page_text.write_text(data["text"], encoding="utf-8")
+    assert score.main([str(run["ckpt"]), str(page_text), "--json", "--log-probs"]) == 0
+    [scored] = json.loads(capsys.readouterr().out)["files"]
+    np.testing.assert_allclose(scored["log_probs"], api_log_probs, rtol=0, atol=1e-6)
