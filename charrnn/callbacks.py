@@ -87,6 +87,16 @@ class LastCheckpoint(L.Callback):
             trainer.save_checkpoint(self.path(trainer), weights_only=False)  # full state, for exact resume
             self.saved_step = step
 
+    def on_validation_end(self, trainer, pl_module):
+        """A callback that stops training from its validation (Lightning's EarlyStopping) does so after this step's
+        on_train_batch_end found it not final: save it here. train.py puts the user's callbacks before this one, so
+        their on_validation_end has run."""
+        if trainer.sanity_checking or not trainer.should_stop or self.saved_step == trainer.global_step:
+            return
+        pl_module.check_finite()
+        trainer.save_checkpoint(self.path(trainer), weights_only=False)
+        self.saved_step = trainer.global_step
+
 
 class BestCheckpoint(L.Callback):
     """Keeps ``best.ckpt`` beside ``last.ckpt``: the full training state right after the validation with the lowest

@@ -13,12 +13,14 @@ import stat
 
 import torch
 import yaml
+from lightning.pytorch.callbacks import EarlyStopping
 
 from .errors import UsageError
 from .files import regular_file
 from .network import Architecture
 
 MAX_SEED = 2**32 - 1  # the seeding (NumPy's) accepts 0 .. 2**32 - 1
+VALIDATION_METRICS = ("val/loss", "val/bpc")  # logged after each validation (module.py); lower is better
 # The --trainer.precision values train.py supports, and the dtype each computes in.
 DTYPES = {"32-true": torch.float32, "32": torch.float32, "64-true": torch.float64, "64": torch.float64}
 
@@ -96,6 +98,7 @@ def flags(config) -> None:
     if model["print_every"] < 0:
         raise UsageError(f"--model.print_every must be 0 (off) or a positive integer, got {model['print_every']}")
     _optimization(config["optimizer"], config["lr_scheduler"], precision)
+    _early_stopping(trainer["callbacks"], data["val_fraction"])
     devices = trainer["devices"]
     fits_in_memory(config, devices if type(devices) is int and devices > 0 else 1)
 
@@ -119,6 +122,31 @@ def _optimization(optimizer, scheduler, precision: str) -> None:
     if arguments.get("initial_accumulator_value") is not None:  # charrnn's Adagrad and torch's
         flag = "--optimizer.initial_accumulator_value"
         zero_or_positive_float(flag, arguments["initial_accumulator_value"], precision)
+
+
+def _early_stopping(callbacks, val_fraction: float) -> None:
+    """Lightning's EarlyStopping as charrnn can run it: on a validation metric charrnn logs (lower is better), after
+    each validation (charrnn validates every --trainer.val_check_interval steps, not at epoch ends)."""
+    chosen = callbacks if isinstance(callbacks, list) else [] if callbacks is None else [callbacks]
+    for callback in chosen:
+        if not issubclass(_class(callback), EarlyStopping):
+            continue
+        arguments = callback.get("init_args") or {}  # a subclass may take other arguments: EarlyStopping's defaults
+        monitor, mode, patience = arguments.get("monitor"), arguments.get("mode", "min"), arguments.get("patience", 3)
+        if monitor not in VALIDATION_METRICS:
+            watched = " or ".join(VALIDATION_METRICS)
+            raise UsageError(f"--trainer.callbacks.monitor {monitor}: EarlyStopping can watch {watched}")
+        if mode != "min":
+            raise UsageError(f"--trainer.callbacks.mode must be min (a lower {monitor} is better), got {mode}")
+        if patience < 0:
+            raise UsageError(f"--trainer.callbacks.patience must be 0 or a positive integer, got {patience}")
+        if arguments.get("check_on_train_epoch_end"):
+            raise UsageError(
+                "--trainer.callbacks.check_on_train_epoch_end must be false: charrnn validates every "
+                "--trainer.val_check_interval steps, and EarlyStopping checks after each validation"
+            )
+        if val_fraction == 0:
+            raise UsageError("EarlyStopping watches the validation loss, which --data.val_fraction 0 turns off")
 
 
 def _class(chosen) -> type:
@@ -243,10 +271,18 @@ def plain_parser_error(message: str) -> str:
     """The parser's refusal in the user's words: ``--KEY must be <what it accepts>, got VALUE`` instead of
     Python type reprs (``<class 'float'>``, ``typing.Literal[...]``)."""
     message = " ".join(message.split())
+    if "--> data.vocab" in message:  # the link's target (cli.py): no flag of its own
+        return "--data.vocab is no flag: the vocabulary is the text's, led by --init_from's checkpoint's"
     key = re.search(r'Parser key "([^"]+)"', message)
     parts = re.split(r"(?:Got|Given) value:", message)
     if not key:
         return message
+    problem = re.search(r"Problem with given class_path '([\w.]+)': (.*?)(?= - |$)", message)
+    if key.group(1) == "trainer.callbacks" and problem:  # a callback's own setting: said as its flag
+        inner = re.match(r'Parser key "([^"]+)": (.*)', problem.group(2))
+        if inner:
+            return plain_parser_error(f'Parser key "trainer.callbacks.{inner.group(1)}": {inner.group(2)}')
+        return f"--trainer.callbacks {problem.group(1).rsplit('.', 1)[-1]}: {problem.group(2)}"
     value = re.split(r" - | Given value type:", parts[-1])[0].strip() if len(parts) > 1 else None
     flag, got = f"--{key.group(1)}", None if value is None else value or "an empty value"
     wanted = _WANTED.get(key.group(1))

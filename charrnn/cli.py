@@ -18,11 +18,12 @@ import sys
 import warnings
 
 import torch
+from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from . import checks, optim, resume, runlock, summary
+from . import checks, finetune, optim, resume, runlock, summary
 from .callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, OptimizerFromFlags, ProgressBar
 from .command import exit_code
 from .data import CharDataModule, choose_windows_per_batch
@@ -44,6 +45,8 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
 # --optimizer replaces CharRNN.configure_optimizers (min-char-rnn's Adagrad) by design.
 warnings.filterwarnings("ignore", message=r"`CharRNN.configure_optimizers` will be overridden")
+# A run resumed without a callback it had (EarlyStopping, to train on past where it stopped) leaves it out on purpose.
+warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
 # --data.val_fraction 0 turns validation off on purpose; Lightning asks whether an empty loader was intended.
 warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
 
@@ -59,19 +62,53 @@ class CharRNNCLI(LightningCLI):
             help="resume from this checkpoint; 'last' means the newest last.ckpt under --trainer.default_root_dir",
         )
         parser.add_argument("--checkpoint_every", type=int, default=1000, help="steps between last.ckpt writes")
+        parser.add_argument(
+            "--init_from",
+            type=str | None,
+            default=None,
+            help="fine-tune: a new run starting from this checkpoint's weights and network (a .ckpt file or a run "
+            "directory); see docs/finetune.md",
+        )
+        # The data's leading vocabulary is no flag of its own: it is --init_from's checkpoint's.
+        parser.link_arguments("init_from", "data.vocab", compute_fn=self.vocabulary_of, apply_on="parse")
+
+    def vocabulary_of(self, path: str | None) -> list[str] | None:
+        """The checkpoint's vocabulary, read once per path; a checkpoint that cannot be read is reported by
+        parse_arguments (the parser would bury the reason in its own message)."""
+        if path is None:
+            return None
+        if path not in self.init_networks:
+            try:
+                self.init_networks[path] = finetune.read(path)
+            except UsageError as e:
+                self.init_networks[path] = e
+        found = self.init_networks[path]
+        return None if isinstance(found, UsageError) else found.vocab
 
     def parse_arguments(self, parser, args):
+        self.init_networks = {}  # --init_from path -> its checkpoint.Network, or why it cannot be read
         try:
             super().parse_arguments(parser, args)
         except (OSError, UnicodeDecodeError) as e:  # the parser reads a path given for a class (e.g. a logger)
             reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
             raise UsageError(f"a flag names a file that cannot be read as settings ({reason})") from None
+        # What the user set, on the command line or in a --config file (init_from: the link to data.vocab needs it).
+        given = parser.parse_args(args, namespace=Namespace(init_from=None), defaults=False)
+        self.init_network = None
+        if self.config["init_from"] is not None:
+            self.init_network = self.init_networks[self.config["init_from"]]
+            if isinstance(self.init_network, UsageError):
+                raise self.init_network
+            finetune.take_architecture(self.config["model"], self.init_network, given, self.config["init_from"])
         checks.flags(self.config)  # before LightningCLI seeds or builds anything
         if self.config["optimizer"]:
-            given = parser.parse_args(args, defaults=False)
             for name, what, twin in DEFAULT_OPTIMIZER_FLAGS:
                 if given.get(f"model.{name}") is not None:
                     raise UsageError(f"--model.{name} is the {what} of the default optimizer; with --optimizer set --optimizer.{twin}")
+
+    def after_instantiate_classes(self):
+        if self.init_network is not None:
+            finetune.start_from(self.model, self.init_network)
 
     def instantiate_trainer(self, **kwargs):
         try:
@@ -249,6 +286,8 @@ def _run(args) -> None:
     _check_writable(trainer.default_root_dir)
     if trainer.is_global_zero:
         print("\n".join(summary.lines(model, data, trainer.world_size)))
+        if cli.init_network is not None:
+            print(finetune.summary(cli.config["init_from"], cli.init_network, data.chars))
     _fit(trainer, model, data, ckpt_path, last)
     _report(trainer, last)
 

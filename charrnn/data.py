@@ -13,7 +13,16 @@ import torch
 
 from .distributed import block_of_rank
 from .errors import UsageError
-from .text import BUILTIN_TEXT, VAL_CHUNK, corpus_from_text, pydoc_text, read_corpus, train_streams, val_streams
+from .text import (
+    BUILTIN_TEXT,
+    VAL_CHUNK,
+    corpus_from_text,
+    pydoc_text,
+    read_corpus,
+    text_files,
+    train_streams,
+    val_streams,
+)
 
 DEFAULT_PATH = "data/raw/input.txt"
 BATCH_CHARS = 3200  # characters per trainer batch that amortise the trainer's per-batch overhead
@@ -25,6 +34,15 @@ def choose_windows_per_batch(chars_per_window: int, step_counts=()) -> int:
     limit = max(1, BATCH_CHARS // chars_per_window)
     common = math.gcd(*(n for n in step_counts if n > 0))
     return max(w for w in range(1, limit + 1) if common % w == 0)
+
+
+def _source(path: list[str] | str, files: list[str]) -> str:
+    """What a run learned from, as the run summary and TensorBoard name it: the file, or the paths given and how many
+    files they held."""
+    if isinstance(path, str) and files == [path]:
+        return path
+    given = ", ".join([path] if isinstance(path, str) else path)
+    return f"{given} ({len(files)} file{'s' if len(files) != 1 else ''})"
 
 
 class TrainBatches:
@@ -87,35 +105,44 @@ class ValBatches:
 
 
 class CharDataModule(L.LightningDataModule):
-    """A UTF-8 text file as training streams and a held-out validation tail.
+    """UTF-8 text as training streams and a held-out validation tail.
 
     Args:
-        path: the text file. When it is the default and does not exist, Python's own reference documentation
-            (``pydoc_data.topics``, shipped with every Python) is used, so a fresh clone trains offline.
+        path: the text file, a directory (its files below it, sorted by path), or a list of them, joined in order
+            (a newline before a file whose text would otherwise continue the line before it). When it is the default
+            and does not exist, Python's own reference documentation (``pydoc_data.topics``, shipped with every
+            Python) is used, so a fresh clone trains offline.
         seq_length: characters per window (the truncated-BPTT length).
         batch_size: parallel training streams per process (rank); N processes train N * batch_size streams.
-        val_fraction: the last part of the text, contiguous, held out for validation (0 disables validation).
+        val_fraction: the last part of the joined text, contiguous, held out for validation (0 disables validation).
+        glob: only the files of a directory whose name matches this pattern (e.g. ``*.txt``); files named in
+            ``path`` are always taken.
+        vocab: characters that come first in the vocabulary, keeping their ids (``--init_from``'s checkpoint's);
+            the text's others follow.
     """
 
-    def __init__(self, path: str = DEFAULT_PATH, seq_length: int = 25, batch_size: int = 32, val_fraction: float = 0.1):
+    def __init__(self, path: list[str] | str = DEFAULT_PATH, seq_length: int = 25, batch_size: int = 32,
+                 val_fraction: float = 0.1, glob: str | None = None, vocab: list[str] | None = None):  # fmt: skip
         super().__init__()
         self.path, self.seq_length, self.batch_size, self.val_fraction = path, seq_length, batch_size, val_fraction
         # Optimizer steps per trainer batch: one unless the trainer's side (cli._group_windows) groups several.
         self.windows_per_batch = 1
-        if path == DEFAULT_PATH and not os.path.exists(path):
+        if path == DEFAULT_PATH and glob is None and not os.path.exists(path):
             print(f"{path} not found: training on Python's reference documentation ({BUILTIN_TEXT}) instead")
-            vocab, ids = corpus_from_text(pydoc_text())
+            vocab, ids = corpus_from_text(pydoc_text(), vocab)
             self.source = BUILTIN_TEXT
         else:
-            vocab, ids = read_corpus(path)
-            self.source = path  # what the run learned from, as the run summary and TensorBoard name it
+            files = text_files(path, glob)
+            vocab, ids = read_corpus(files, vocab)
+            self.source = _source(path, files)
         self.vocab = vocab
         ids = torch.from_numpy(ids)
         n_val = int(len(ids) * val_fraction)
         self.train_ids, self.val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
         if val_fraction > 0 and len(self.val_ids) < 2:
             raise UsageError(
-                f"{path} is too short for a validation split ({len(ids)} characters); use a longer text or --data.val_fraction 0"
+                f"{self.source} is too short for a validation split ({len(ids)} characters); use a longer text or "
+                "--data.val_fraction 0"
             )
         self.train_inputs, self.train_targets = train_streams(self.train_ids, batch_size, seq_length, per_process=True)
         self.train_crc32 = zlib.crc32(self.train_ids.numpy())

@@ -58,8 +58,10 @@ def settings(config, model, data, trainer) -> dict:
     found["model.clip"] = model.hparams.clip
     found |= _class_and_arguments("optimizer", config["optimizer"] or default)
     found |= _class_and_arguments("lr_scheduler", config["lr_scheduler"])
-    found |= {f"data.{name}": value for name, value in _plain(config["data"]).items() if name != "path"}
+    # Not the path (the text's name is data.text) nor the vocabulary (--init_from's, which is named).
+    found |= {f"data.{name}": value for name, value in _plain(config["data"]).items() if name not in ("path", "vocab")}
     found["data.text"] = os.path.basename(data.source)
+    found["init_from"] = config["init_from"] or "none"
     found |= {"seed_everything": config["seed_everything"], "trainer.precision": trainer.precision}
     found["processes"] = trainer.world_size
     return {name: value if isinstance(value, (bool, int, float, str)) else str(value) for name, value in found.items()}

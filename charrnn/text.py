@@ -11,6 +11,7 @@ padded.
 
 import codecs
 import contextlib
+import fnmatch
 import os
 
 import numpy as np
@@ -97,16 +98,67 @@ def pydoc_text() -> str:
 
 def check_text_file(path: str) -> None:
     if not os.path.exists(path):
-        raise UsageError(f"data file {path} does not exist; pass --data.path with a UTF-8 text file")
-    if os.path.isdir(path):
-        raise UsageError(f"data path {path} is a directory; pass --data.path with a UTF-8 text file")
+        raise UsageError(f"data file {path} does not exist; pass --data.path with a UTF-8 text file or a directory")
     if not os.access(path, os.R_OK):
         raise UsageError(f"data file {path} is not readable")
     regular_file(path, "data file")
 
 
+def text_files(paths: str | list[str], pattern: str | None = None) -> list[str]:
+    """The files ``--data.path`` names, in the order they are joined: each path as given, a directory standing for
+    its regular files below it (recursively, sorted by path, hidden names skipped) whose name matches ``pattern``
+    (fnmatch, e.g. ``*.txt``; files named directly are always taken)."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    if not paths:
+        raise UsageError("--data.path is an empty list; pass a UTF-8 text file, a directory, or a list of them")
+    if pattern is not None and not any(os.path.isdir(path) for path in paths):
+        raise UsageError(f"--data.glob {pattern} selects files in a directory, but --data.path names none")
+    files = []
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)  # read_corpus checks it
+            continue
+        found = _files_below(path, pattern)
+        if not found:
+            matching = f" matching --data.glob {pattern}" if pattern is not None else ""
+            raise UsageError(f"data directory {path} holds no files{matching}; pass a directory of UTF-8 text files")
+        files += found
+    return files
+
+
+def _files_below(directory: str, pattern: str | None) -> list[str]:
+    found = []
+    for parent, subdirectories, names in os.walk(directory, onerror=_unreadable_directory):
+        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+        for name in names:
+            path = os.path.join(parent, name)
+            if name.startswith(".") or not os.path.isfile(path):  # sockets, pipes, devices, broken links
+                continue
+            if pattern is None or fnmatch.fnmatchcase(name, pattern):
+                found.append(path)
+    return sorted(found, key=lambda path: os.path.relpath(path, directory).split(os.sep))
+
+
+def _unreadable_directory(error: OSError) -> None:
+    raise UsageError(f"cannot read data directory {error.filename} ({error.strerror})")
+
+
+def _joined_chunks(files: list[str]):
+    """The files' text one after the other, with a newline before a file's text when the text before it does not
+    end with one (so the last line of one file and the first of the next never run together)."""
+    ends_line = True
+    for path in files:
+        for i, chunk in enumerate(_decoded_chunks(path)):
+            if i == 0 and not ends_line:
+                yield "\n"
+            yield chunk
+            ends_line = chunk.endswith("\n")
+
+
 class Vocab:
-    """The sorted set of the text's characters (Unicode code points): the same text always gives the same ids."""
+    """The characters of a text (Unicode code points), sorted: the same text always gives the same ids. With a
+    ``leading`` vocabulary (a fine-tuned checkpoint's), those characters keep their ids and the text's others follow,
+    sorted."""
 
     def __init__(self, chars):
         self.chars = list(chars)
@@ -131,37 +183,47 @@ def id_dtype(vocab_size: int):
     return np.uint8 if vocab_size <= 256 else np.int16 if vocab_size <= 32768 else np.int32
 
 
-def read_corpus(path: str):
-    """Read and encode a text file in two streaming passes, without a Python object per character.
+def vocabulary(chars, leading: list[str] | None = None) -> Vocab:
+    """``chars`` sorted, after ``leading`` (whose ids then mean what they meant to the model that had them)."""
+    known = set(leading or ())
+    return Vocab([*(leading or ()), *sorted(c for c in chars if c not in known)])
+
+
+def read_corpus(paths: str | list[str], leading: list[str] | None = None):
+    """Read and encode text files (``_joined_chunks``) in two streaming passes, without a Python object per
+    character. ``leading``: the vocabulary's first characters (``vocabulary``).
 
     Returns ``(vocab, ids)`` with ids a compact integer numpy array.
     """
-    check_text_file(path)
+    files = [paths] if isinstance(paths, str) else list(paths)
+    for path in files:
+        check_text_file(path)
     seen = np.zeros(0x110000, dtype=bool)  # every Unicode code point; a presence table is cheaper than counting
     length = 0
-    for text in _decoded_chunks(path):
+    for text in _joined_chunks(files):
         cps = _code_points(text)
         seen[cps] = True
         length += len(cps)
     points = np.flatnonzero(seen)
     if len(points) == 0:
-        raise UsageError(f"data file {path} is empty; give it some text to learn from")
-    vocab = Vocab(chr(p) for p in points)
+        which = f"data file {files[0]} is" if len(files) == 1 else f"all {len(files)} data files are"
+        raise UsageError(f"{which} empty; give charrnn some text to learn from")
+    vocab = vocabulary(map(chr, points), leading)
     table = vocab.lookup_table(id_dtype(len(vocab)))
     ids = np.empty(length, dtype=table.dtype)
     pos = 0
-    for text in _decoded_chunks(path):
+    for text in _joined_chunks(files):
         cps = _code_points(text)
         ids[pos : pos + len(cps)] = table[cps]
         pos += len(cps)
     return vocab, ids
 
 
-def corpus_from_text(text: str):
+def corpus_from_text(text: str, leading: list[str] | None = None):
     """``(vocab, ids)`` of an in-memory string (the built-in corpus and tests)."""
     if not text:
         raise UsageError("the text is empty")
-    vocab = Vocab(sorted(set(text)))
+    vocab = vocabulary(set(text), leading)
     return vocab, vocab.lookup_table(id_dtype(len(vocab)))[_code_points(text)]
 
 

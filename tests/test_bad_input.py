@@ -30,6 +30,9 @@ def world(tmp_path_factory):
     shuffled = list(text)
     random.Random(0).shuffle(shuffled)
     (d / "same-chars.txt").write_text("".join(shuffled))  # same vocabulary and length, another text
+    (d / "texts" / "sub").mkdir(parents=True)
+    (d / "texts" / "a.txt").write_text(text)
+    (d / "texts" / "sub" / "b.txt").write_bytes("caf\u00e9\n".encode("latin-1"))
     (d / "a-file").write_text("not a directory")
     (d / "no-checkpoints").mkdir()
     (d / "junk.ckpt").write_text("not a checkpoint\n")
@@ -43,11 +46,24 @@ def world(tmp_path_factory):
 CASES = {
     # data file
     "missing file": (["--data.path", "{d}/missing.txt"], "does not exist"),
-    "directory": (["--data.path", "{d}/no-checkpoints"], "is a directory"),
+    "directory without files": (["--data.path", "{d}/no-checkpoints"], "holds no files"),
     "empty file": (["--data.path", "{d}/empty.txt"], "is empty"),
     "shorter than one window per stream": (["--data.path", "{d}/short.txt", "--data.val_fraction", 0], "too few for 2"),
     "not UTF-8 (latin-1)": (["--data.path", "{d}/latin1.txt"], "not UTF-8 text (byte 0xe9 at offset 3)"),
     "not UTF-8 (UTF-16)": (["--data.path", "{d}/utf16.txt"], "not UTF-8 text", "iconv -f utf-16 -t utf-8"),
+    "a directory's file not UTF-8": (["--data.path", "{d}/texts"], "texts/sub/b.txt is not UTF-8"),
+    "a directory without a match": (["--data.path", "{d}/texts", "--data.glob", "*.md"],
+                                    "holds no files matching --data.glob *.md"),
+    "--data.glob without a directory": (["--data.glob", "*.txt"], "--data.glob *.txt selects files in a directory"),
+    "an empty list of paths": (["--data.path", "[]"], "--data.path is an empty list"),
+    "a list with a missing file": (["--data.path", "[{d}/input.txt, {d}/missing.txt]"], "missing.txt does not exist"),
+    # fine-tuning
+    "init_from does not exist": (["--init_from", "{d}/missing.ckpt"], "missing.ckpt does not exist"),
+    "init_from a text file": (["--init_from", "{d}/junk.ckpt"], "not a checkpoint file, or it is truncated"),
+    "init_from malicious": (["--init_from", "{d}/evil.ckpt"], "refused to load"),
+    "init_from a directory without one": (["--init_from", "{d}/no-checkpoints"], "no last.ckpt found"),
+    "init_from, another hidden size": (["--init_from", "{d}/runs", "--model.hidden_size", 32],
+                                       "--model.hidden_size 32 contradicts --init_from"),
     # sizes, lengths, rates
     "batch_size 0": (["--data.batch_size", 0], "--data.batch_size must be a positive integer"),
     "batch_size -2": (["--data.batch_size", -2], "--data.batch_size must be a positive integer"),

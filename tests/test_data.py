@@ -1,11 +1,13 @@
 """Vocabulary, encoding, train/validation split and the stream layout."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from charrnn.data import CharDataModule, TrainBatches, ValBatches
-from charrnn.text import read_corpus, train_streams, val_streams
+from charrnn.text import read_corpus, text_files, train_streams, val_streams
 
 UNICODE = "Où est la bibliothèque? 图书馆在哪里？ 📚🦉 naïve café\n" * 40
 
@@ -104,3 +106,51 @@ def test_too_short_for_the_streams_is_a_usage_error(tmp_path):
 
     with pytest.raises(UsageError, match="too few"):
         CharDataModule(write(tmp_path, "abcdefghij" * 3), seq_length=25, batch_size=2, val_fraction=0.1)
+
+
+def test_a_directory_is_its_files_sorted_recursively_and_joined(tmp_path):
+    (tmp_path / "texts" / "b" / ".cache").mkdir(parents=True)
+    files = {"texts/b/z.txt": "zz\n", "texts/a.txt": "aa", "texts/b/c.md": "cc", "texts/.hidden.txt": "hh",
+             "texts/b/.cache/x.txt": "xx", "texts/empty.txt": "", "texts/d.txt": "dd"}  # fmt: skip
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    directory = str(tmp_path / "texts")
+    found = text_files(directory)
+    assert [os.path.relpath(f, directory) for f in found] == ["a.txt", "b/c.md", "b/z.txt", "d.txt", "empty.txt"]
+    vocab, ids = read_corpus(found)
+    # A newline between files that do not end with one; none after the last, none for an empty file.
+    assert vocab.decode(ids) == "aa\ncc\nzz\ndd"
+    only_txt = text_files(directory, "*.txt")
+    assert [os.path.relpath(f, directory) for f in only_txt] == ["a.txt", "b/z.txt", "d.txt", "empty.txt"]
+    # Files named directly are taken in the order given, whatever their name.
+    listed = text_files([str(tmp_path / "texts/d.txt"), directory], "*.md")
+    assert [os.path.relpath(f, tmp_path) for f in listed] == ["texts/d.txt", "texts/b/c.md"]
+
+
+def test_a_leading_vocabulary_keeps_its_ids(tmp_path):
+    leading = ["z", "\n", "q", "a"]  # not sorted, and "q" is not in the text
+    vocab, ids = read_corpus(write(tmp_path, UNICODE), leading)
+    assert vocab.chars[:4] == leading
+    assert vocab.chars[4:] == sorted(set(UNICODE) - set(leading))
+    assert vocab.decode(ids) == UNICODE
+    assert all(vocab.index[c] == i for i, c in enumerate(leading))
+
+
+def test_several_files_train_and_resume_on_the_same_joined_text_only(tmp_path, capsys):
+    from tests.train_helpers import corpus, newest, tiny_args, train
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "1.txt").write_text(corpus(400))
+    (texts / "2.txt").write_text(corpus(800)[400:])
+    config = tmp_path / "data.yaml"
+    config.write_text(f"data:\n  path:\n    - {texts / '1.txt'}\n    - {texts / '2.txt'}\n")
+    assert train(tiny_args(texts, tmp_path / "dir", steps=10)) == 0
+    assert train(tiny_args(texts, tmp_path / "list", "--config", config, steps=10)) == 0
+    ckpts = [newest(tmp_path / name) for name in ("dir", "list")]
+    assert ckpts[0]["CharDataModule"] == ckpts[1]["CharDataModule"]  # the same text: the same checksum
+    assert train(tiny_args(texts, tmp_path / "dir", "--ckpt_path", "last", steps=20)) == 0
+    (texts / "2.txt").write_text(corpus(800)[400:][::-1])  # the same characters, another text
+    capsys.readouterr()
+    assert train(tiny_args(texts, tmp_path / "dir", "--ckpt_path", "last", steps=30)) == 2
+    assert "another text" in capsys.readouterr().err

@@ -49,6 +49,11 @@ def _build_world() -> str:
         assert train(tiny_args(f"{d}/input.txt", f"{d}/runs", steps=4)) == 0
         lstm = ("--model.cell", "lstm", "--model.num_layers", 2, "--model.dropout", 0.2)
         assert train(tiny_args(f"{d}/input.txt", f"{d}/lstm-runs", *lstm, steps=4)) == 0
+        assert train(tiny_args(f"{d}/input.txt", f"{d}/runs-8", "--model.hidden_size", 8, steps=4)) == 0  # as fuzzed
+    os.makedirs(f"{d}/texts/sub")
+    with open(f"{d}/texts/a.txt", "w") as f, open(f"{d}/texts/sub/b.md", "w") as g:
+        f.write(corpus(400))
+        g.write(corpus(800)[400:] + "[0] = {1}\n")  # characters the runs' vocabulary lacks
     os.mkfifo(f"{d}/fifo")
     os.mkdir(f"{d}/empty-dir")
     return d
@@ -71,7 +76,8 @@ WORDS = ["0", "-1", "1", "2", "3", "1.5", "-0.0", "1e300", "-1e300", "1e-320", "
          " ", "true", "false", "null", "[1]", "{a: 1}", "- 1", "💥", "ß\u0301", "\x00", "4294967296", "-5",
          str(2**63), str(2**70), str(-2**70), "9" * 40, "0x10", "1_000", "32-true", "64-true", "16-mixed", "auto"]
 SPECIAL_PATHS = ["/dev/null", "/dev/zero", "/dev/full", "/bin/ls", "/proc/self/status", "/proc/self/mem", "/",
-                 "/nonexistent/x", "{d}/fifo", "{d}/empty-dir", "{d}/input.txt", "{d}/runs", "{ckpt}", "{d}/lstm-runs"]
+                 "/nonexistent/x", "{d}/fifo", "{d}/empty-dir", "{d}/input.txt", "{d}/runs", "{ckpt}", "{d}/lstm-runs",
+                 "{d}/texts", "[{d}/input.txt, {d}/texts]", "{d}/runs-8"]
 values = st.one_of(
     st.sampled_from(WORDS),
     st.sampled_from(SPECIAL_PATHS),
@@ -86,10 +92,17 @@ TRAIN_FLAGS = ["--data.batch_size", "--data.seq_length", "--data.val_fraction", 
                "--trainer.val_check_interval", "--trainer.precision", "--trainer.accelerator", "--trainer.logger",
                "--trainer.gradient_clip_val", "--trainer.limit_val_batches", "--trainer.num_sanity_val_steps",
                "--trainer.default_root_dir", "--checkpoint_every", "--seed_everything", "--config", "--ckpt_path",
-               "--bogus", "--model", "--trainer.devices", "--model.cell", "--model.num_layers", "--model.dropout"]  # fmt: skip
-# Besides hostile values, the values a model flag is meant to take (so that good runs of every cell happen too).
+               "--bogus", "--model", "--trainer.devices", "--model.cell", "--model.num_layers", "--model.dropout",
+               "--init_from", "--data.glob", "--trainer.callbacks", "--trainer.callbacks.monitor",
+               "--trainer.callbacks.patience", "--trainer.callbacks.mode", "--trainer.callbacks.min_delta"]  # fmt: skip
+# Besides hostile values, the values a flag is meant to take (so that good runs of every cell happen too).
 MODEL_VALUES = {"--model.cell": ["rnn", "lstm", "gru", "LSTM"], "--model.num_layers": ["1", "2", "3"],
-                "--model.dropout": ["0", "0.2", "0.5", "0.999", "1"]}  # fmt: skip
+                "--model.dropout": ["0", "0.2", "0.5", "0.999", "1"], "--init_from": ["{d}/runs-8", "{d}/lstm-runs"],
+                "--data.glob": ["*.txt", "*", "*.md", "[", "sub/*"],
+                "--trainer.callbacks": ["EarlyStopping", "[EarlyStopping]",
+                                        "lightning.pytorch.callbacks.EarlyStopping"],
+                "--trainer.callbacks.monitor": ["val/loss", "val/bpc", "train/loss"],
+                "--trainer.callbacks.patience": ["0", "1"], "--trainer.callbacks.mode": ["min", "max"]}  # fmt: skip
 SAFE_DEVICES = ["0", "1", "nan", "true", "auto", "x", "[0]", "1.5", "/dev/null"]  # never more than one process
 
 
@@ -136,6 +149,8 @@ def _flag_value(flag: str):
         return st.sampled_from(SAFE_DEVICES)
     if flag == "--trainer.default_root_dir":  # anywhere but the existing run, which a resume may rightly change
         return st.sampled_from(["{root}/sub", "{root}/é 💥", "/dev/null", "/proc", "/nonexistent/x", "{d}/input.txt", ""])
+    if flag == "--init_from":
+        return st.one_of(st.sampled_from(MODEL_VALUES[flag]), values, damaged_file())
     if flag in ("--data.path", "--config", "--ckpt_path"):
         return st.one_of(values, damaged_file())
     if flag in MODEL_VALUES:
@@ -201,6 +216,16 @@ def _fill(value: str, root: str) -> str:
 @example(flags=[("--trainer.logger", "{d}/fifo")])
 @example(flags=[("--trainer.accelerator", "/dev/zero")])
 @example(flags=[("--model", "\x00")])
+@example(flags=[("--init_from", "{d}/runs-8"), ("--data.path", "{d}/texts")])
+@example(flags=[("--init_from", "{d}/runs-8"), ("--ckpt_path", "{d}/runs-8")])
+@example(flags=[("--init_from", "{d}/lstm-runs"), ("--model.cell", "gru")])
+@example(flags=[("--data.path", "{d}/texts"), ("--data.glob", "*.md")])
+@example(flags=[("--data.glob", "*.txt")])
+@example(flags=[("--trainer.callbacks", "EarlyStopping"), ("--trainer.callbacks.monitor", "val/loss"),
+                ("--trainer.callbacks.patience", "0")])
+@example(flags=[("--trainer.callbacks", "EarlyStopping"), ("--trainer.callbacks.monitor", "val/loss"),
+                ("--trainer.callbacks.mode", "x")])
+@example(flags=[("--trainer.callbacks", "EarlyStopping"), ("--trainer.callbacks.min_delta", "nan")])
 def test_train_py_keeps_its_promise(flags):
     root = tempfile.mkdtemp(dir=WORLD, prefix="root-")
     before = snapshot(WORLD)
