@@ -2,13 +2,21 @@
 ``backward(p, acts, dh_out)``, and ``path``: the one place that chooses between them and the plain torch references
 in rnn.py, lstm.py and gru.py (charrnn/stack.py asks it for every layer; train.py's start-up summary prints it).
 
-From fastest: the LSTM's whole window loop in one C call, products by the packed Whh included (float32, AVX-512,
-one thread: ``products_in_c``); its per-step elementwise work in one C call between oneDNN's products (any x86 CPU,
-float32 or float64: native.c's ``lstm_forward_<dtype>``); the GRU's torch loop with each step's product in native.c
-or oneDNN; the references. Why each one pays: charrnn/cells/native.py and BENCHMARKS.md, section 7. Every path
-computes what the reference computes (tests/test_cells.py).
+From fastest: the LSTM's and the GRU's whole window loops in C, products by the packed Whh included (float32,
+AVX-512: ``LSTM_WINDOWS``, ``GRU_WINDOWS``), on every torch thread; the LSTM's per-step elementwise work in one C
+call between oneDNN's products (any x86 CPU, float32 or float64: native.c's ``lstm_forward_<dtype>``); the GRU's
+torch loop with each step's product through oneDNN; the references. Why each one pays: charrnn/cells/native.py and
+BENCHMARKS.md, section 7. Every path computes what the reference computes (tests/test_cells.py, tests/test_cores.py).
+
+Threads: a window's streams are independent until the weight gradients sum over them, so with torch on N threads
+the streams are split into blocks and N threads each run the C window loop over theirs (ctypes releases the GIL
+during the call), with no synchronisation inside the window; the window's large products (input projections, weight
+gradients, output layer) run through torch on the same N threads. A thread that finishes early takes the next block:
+blocks of 8 streams (``BLOCK_ROWS``, the kernel's row block) or fewer, so that a core taken by another process slows
+its share, not the window. Each stream's results are the same bits however the streams are split (native.c).
 """
 
+import concurrent.futures
 import functools
 from typing import Callable, NamedTuple
 
@@ -22,9 +30,46 @@ class Path(NamedTuple):
     why: str  # why not a faster path ("" when none is faster)
     forward: Callable
     backward: Callable
+    threads: int | None = None  # torch's threads, which the C window loops share too; None off the CPU
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.why})" if self.why else self.name
+        threads = "" if self.threads is None else f", {self.threads} thread{'s' if self.threads > 1 else ''}"
+        return f"{self.name}{threads} ({self.why})" if self.why else f"{self.name}{threads}"
+
+
+BLOCK_ROWS = 8  # streams per block of a window loop, at most, when it runs on more than one thread
+
+
+def blocks(streams: int, threads: int) -> list[tuple[int, int]]:
+    """The window loops' blocks of streams ``[(first, end), ...]``: one on one thread, else as many as it takes for
+    at most ``BLOCK_ROWS`` streams each, and at least one per thread (while there are streams), sizes within one."""
+    n = 1 if threads == 1 else min(streams, max(threads, -(-streams // BLOCK_ROWS)))
+    return [(streams * i // n, streams * (i + 1) // n) for i in range(n)]
+
+
+@functools.cache
+def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that run window loops: started once, kept for the process."""
+    return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="charrnn-window")
+
+
+def _window_loop(name: str, buffers: tuple, T: int, H: int) -> None:
+    """native.c's window loop ``name`` over every stream, in ``blocks`` on torch's threads. ``buffers`` in the
+    kernel's order: contiguous tensors with streams on dim -2 ((T, S, .) or (S, .)), each block given its rows, and
+    1-d ones (packed weights, biases) given whole."""
+    S, kernel, threads = buffers[0].shape[-2], native.kernel(name), torch.get_num_threads()
+
+    def run(block):
+        first, end = block
+        rows = (b.data_ptr() + (first * b.stride(-2) * b.element_size() if b.dim() > 1 else 0) for b in buffers)
+        kernel(*rows, T, end - first, H, S)
+
+    parts = blocks(S, threads)
+    if len(parts) == 1:
+        run(parts[0])
+    else:
+        for _ in _pool(threads).map(run, parts):  # raises what a block raised
+            pass
 
 
 def _addresses(x: torch.Tensor) -> list[int]:
@@ -38,26 +83,52 @@ def _step_kernel(direction: str, dtype: torch.dtype):
 
 
 def lstm_window_forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
-    """lstm.forward as one C call (``lstm_forward_window_f32``), each step's product by the packed Whh included."""
+    """lstm.forward as native.c's ``lstm_forward_window_f32``, each step's product by the packed Whh included."""
     xw = xw.contiguous()
     T, B, GH = xw.shape
     hs, cs, tanh_c = lstm.new_activations(xw, state)
     packed, rec = native.pack_panels(p["Whh"]), torch.empty((B, GH), dtype=xw.dtype)  # rec: a step's product
-    pointers = (t.data_ptr() for t in (xw, packed, hs, cs, tanh_c, rec))
-    native.kernel("lstm_forward_window_f32")(*pointers, T, B, GH // lstm.GATES)
+    _window_loop("lstm_forward_window_f32", (xw, packed, hs, cs, tanh_c, rec), T, GH // lstm.GATES)
     return lstm.activations(xw, hs, cs, tanh_c)
 
 
 def lstm_window_backward(p: dict, acts: dict, dh_out: torch.Tensor):
-    """lstm.backward as one C call (``lstm_backward_window_f32``), each step's product by the packed Whh^T included."""
+    """lstm.backward as native.c's ``lstm_backward_window_f32``, each step's product by the packed Whh^T
+    included."""
     T, B, H = dh_out.shape
     dh_out = dh_out.contiguous()
     dpre = torch.empty((T, B, lstm.GATES * H), dtype=dh_out.dtype)
     dc, dh = torch.zeros_like(dh_out[0]), torch.empty_like(dh_out[0])  # (B, H): the carried gradients
-    packed = native.pack_panels(p["Whh"].t())
-    pointers = (t.data_ptr() for t in (dpre, dc, acts["gates"], acts["c"], acts["tanh_c"], dh_out, packed, dh))
-    native.kernel("lstm_backward_window_f32")(*pointers, T, B, H)
+    gates, packed = acts["gates"].view(T, B, -1), native.pack_panels(p["Whh"].t())
+    _window_loop("lstm_backward_window_f32", (dpre, dc, gates, acts["c"], acts["tanh_c"], dh_out, packed, dh), T, H)
     return dpre, lstm.recurrent_grads(dpre, acts["h"], native)
+
+
+def gru_window_forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
+    """gru.forward as native.c's ``gru_forward_window_f32``, each step's product by the packed Whh included."""
+    xw = xw.contiguous()
+    T, B, GH = xw.shape
+    H = GH // gru.GATES
+    hs = torch.empty((T + 1, B, H), dtype=xw.dtype)
+    hs[0] = state[:, 0]
+    ns, h_minus_n, rec = torch.empty_like(hs[1:]), torch.empty_like(hs[1:]), torch.empty((B, GH), dtype=xw.dtype)
+    buffers = (xw, native.pack_panels(p["Whh"]), p["bhn"].reshape(-1).contiguous(), hs, ns, h_minus_n, rec)
+    _window_loop("gru_forward_window_f32", buffers, T, H)
+    return gru.activations(xw, hs, ns, h_minus_n)
+
+
+def gru_window_backward(p: dict, acts: dict, dh_out: torch.Tensor):
+    """gru.backward as native.c's ``gru_backward_window_f32``, each step's product by the packed Whh^T included."""
+    T, B, H = dh_out.shape
+    dh_out = dh_out.contiguous()
+    drec, dx_n = torch.empty((T, B, gru.GATES * H), dtype=dh_out.dtype), torch.empty_like(dh_out)
+    dh, scratch = torch.zeros_like(dh_out[0]), torch.empty_like(dh_out[0])  # (B, H): dh_{t+1}, dh_out[t] + product
+    gates, packed = acts["gates"].view(T, B, -1), native.pack_panels(p["Whh"].t())
+    buffers = (drec, dx_n, gates, acts["n"], acts["h_minus_n"], dh_out, packed, dh, scratch)
+    _window_loop("gru_backward_window_f32", buffers, T, H)
+    grads = gru.recurrent_grads(drec, acts["h"], native)
+    drec[..., gru.N * H :] = dx_n  # the input projection's gradient: r and z as the recurrent one's, n without r
+    return drec, grads
 
 
 def lstm_step_forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
@@ -94,14 +165,15 @@ def lstm_step_backward(p: dict, acts: dict, dh_out: torch.Tensor):
 
 
 LSTM_WINDOWS = (lstm_window_forward, lstm_window_backward)
+GRU_WINDOWS = (gru_window_forward, gru_window_backward)
 LSTM_STEPS = (lstm_step_forward, lstm_step_backward)
 GRU_PRODUCTS = (functools.partial(gru.forward, products=native), functools.partial(gru.backward, products=native))
+WINDOWS = {lstm: LSTM_WINDOWS, gru: GRU_WINDOWS}
 
 
 def _obstacles(dtype: torch.dtype, device: torch.device) -> list[tuple[str, str]]:
     """What stands between a run and native.c, each as (what it rules out, why), in the order they are checked:
     ``"c"`` rules out every C loop, ``"windows"`` the window loops alone."""
-    threads = torch.get_num_threads()
     checks = [
         ("c", device.type != "cpu", device.type),
         ("c", native._turned_off(), "CHARRNN_NATIVE=0"),
@@ -109,7 +181,6 @@ def _obstacles(dtype: torch.dtype, device: torch.device) -> list[tuple[str, str]
         ("c", device.type == "cpu" and native._library() is None, "native.c not built: no C compiler?"),
         ("windows", dtype != torch.float32, str(dtype).removeprefix("torch.")),
         ("windows", native.kernel("product_f32") is None, "no AVX-512"),
-        ("windows", threads != 1, f"{threads} threads"),
     ]
     return [(rules_out, why) for rules_out, failed, why in checks if failed]
 
@@ -126,16 +197,16 @@ def path(cell, dtype: torch.dtype, device="cpu") -> Path:
     c_blocked = [why for rules_out, why in obstacles if rules_out == "c"]
     why = obstacles[0][1] if obstacles else ""
     onednn = _onednn(dtype, device)
-    if cell is lstm and not obstacles:
-        return Path("C window loops", "AVX-512, 1 thread", *LSTM_WINDOWS)
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    if cell in WINDOWS and not obstacles:
+        return Path("C window loops", "", *WINDOWS[cell], threads)
     if cell is lstm and not c_blocked:
-        return Path(f"C steps with {'oneDNN' if onednn else 'torch'} products", why, *LSTM_STEPS)
+        return Path(f"C steps with {'oneDNN' if onednn else 'torch'} products", why, *LSTM_STEPS, threads)
     if cell is gru and onednn:
-        in_c = native.products_in_c()
-        return Path(f"{'C' if in_c else 'oneDNN'} step products, torch loop", why if not in_c else "", *GRU_PRODUCTS)
+        return Path("oneDNN step products, torch loop", why, *GRU_PRODUCTS, threads)
     if cell is lstm and onednn:  # no C: the reference's loops, its weight gradient through oneDNN
-        return Path("torch loop, oneDNN products", why, lstm.forward, functools.partial(lstm.backward, products=native))
+        return Path("torch loop, oneDNN products", why, lstm.forward, functools.partial(lstm.backward, products=native),
+                    threads)  # fmt: skip
     if cell in (lstm, gru):
-        return Path("plain torch", why, cell.forward, cell.backward)
-    return Path("plain torch", "no C loop for this cell", cell.forward, cell.backward)
-
+        return Path("plain torch", why, cell.forward, cell.backward, threads)
+    return Path("plain torch", "no C loop for this cell", cell.forward, cell.backward, threads)

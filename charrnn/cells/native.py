@@ -110,8 +110,10 @@ def _library():
         library.pack_panels_f32.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p] + sizes
         library.product_f32.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
                                         ctypes.c_void_p, ctypes.c_long] + [ctypes.c_long] * 3  # fmt: skip
-        library.lstm_forward_window_f32.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 3
-        library.lstm_backward_window_f32.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_long] * 3
+        library.lstm_forward_window_f32.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 4
+        library.lstm_backward_window_f32.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_long] * 4
+        library.gru_forward_window_f32.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_long] * 4
+        library.gru_backward_window_f32.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_long] * 4
     if hasattr(library, "matvec_f16"):  # compiled for F16C + AVX2 + FMA CPUs only (native.c)
         library.matvec_f16.argtypes = [ctypes.c_void_p] * 3 + sizes + [ctypes.c_void_p]
     library.lstm_generate.argtypes = (
@@ -140,39 +142,10 @@ def _onednn_usable(*tensors: torch.Tensor) -> bool:
     )
 
 
-STEP_ROWS = 64  # products of at most this many rows are a recurrence's steps: native.c's kernel takes them
-
-
-def products_in_c() -> bool:
-    """Whether float32 recurrent products run in native.c (``product_f32``): it is built (AVX-512) and torch runs one
-    thread (train.py's default: the kernel is single-threaded, and with more threads oneDNN's products share each
-    step among them)."""
-    return torch.get_num_threads() == 1 and kernel("product_f32") is not None
-
-
-def _step_products_usable(W: torch.Tensor, rows: int, bias) -> bool:
-    """Whether ``weight_product`` runs through native.c's ``product_f32``: per-step products (few rows, no bias) in
-    float32 on the CPU, when ``products_in_c``."""
-    float32_cpu = W.device.type == "cpu" and W.dtype == torch.float32
-    return bias is None and rows <= STEP_ROWS and float32_cpu and products_in_c()
-
-
 def weight_product(W: torch.Tensor, rows: int, bias: torch.Tensor = None):
     """A function ``(x, add=None) -> x @ W^T + bias (+ add)`` for many products by one weight ``W`` (out, in),
-    each with ``rows`` rows: per-step products through native.c's kernel (``_step_products_usable``), others
-    through oneDNN with W packed once on the CPU in float32, else ``torch.addmm``. ``bias`` is (out,) or None;
-    ``add`` is (rows, out). Returns a new tensor."""
-    if _step_products_usable(W, rows, bias):
-        packed, (N, K), c_product = pack_panels(W), W.shape, kernel("product_f32")
-
-        def step_product(x, add=None):
-            x, add = x.contiguous(), None if add is None else add.contiguous()
-            out = torch.empty((x.shape[0], N), dtype=x.dtype)
-            add_rows = None if add is None else add.data_ptr()
-            c_product(x.data_ptr(), K, packed.data_ptr(), out.data_ptr(), N, add_rows, N, x.shape[0], N, K)
-            return out
-
-        return step_product
+    each with ``rows`` rows: through oneDNN with W packed once on the CPU in float32, else ``torch.addmm``. ``bias``
+    is (out,) or None; ``add`` is (rows, out). Returns a new tensor."""
     if not _onednn_usable(W):
         W_t = W.t()
 
