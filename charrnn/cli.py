@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from . import checks, optim, resume, runlock, summary
+from .cells import parallel
 from .callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, OptimizerFromFlags, ProgressBar
 from .data import CharDataModule
 from .entry import Interrupted
@@ -61,6 +62,13 @@ class CharRNNCLI(LightningCLI):
             help="resume from this checkpoint; 'last' means the newest last.ckpt under --trainer.default_root_dir",
         )
         parser.add_argument("--checkpoint_every", type=int, default=1000, help="steps between last.ckpt writes")
+        parser.add_argument(
+            "--threads",
+            type=int | None,
+            default=None,
+            help="CPU threads that train (default: every core this process may use, shared among the processes of "
+            "a multi-process run; with OMP_NUM_THREADS set, torch's threads as it says)",
+        )
 
     def parse_arguments(self, parser, args):
         try:
@@ -86,6 +94,8 @@ def _check_flags(config) -> None:
     """Flag values Lightning would accept and then crash on, refused before the text is read."""
     if config["checkpoint_every"] < 1:
         raise UsageError(f"--checkpoint_every must be a positive integer, got {config['checkpoint_every']}")
+    if config["threads"] is not None and config["threads"] < 1:
+        raise UsageError(f"--threads must be a positive integer, got {config['threads']}")
     trainer = config["trainer"]
     precision = str(trainer["precision"] or "32-true")
     if precision not in SUPPORTED_PRECISION:
@@ -172,11 +182,44 @@ def _check_writable(directory: str) -> None:
         raise UsageError(f"cannot write to output directory {directory} ({e.strerror}); pass a writable --trainer.default_root_dir") from None
 
 
-def _default_threads() -> None:
-    """One intra-op thread unless OMP_NUM_THREADS says otherwise: this model's operations are too small for more to
-    help, and next to other busy processes extra threads collapse (BENCHMARKS.md)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
+def available_cores() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, a batch scheduler's allocation), capped by the
+    cgroup's CPU quota (a container's ``--cpus``), whole CPUs only; not os.cpu_count(), which counts the machine's."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            with open(quota_file) as f:
+                quota, *period = f.read().split()
+            if period_file:
+                with open(period_file) as f:
+                    period = f.read().split()
+            if quota not in ("max", "-1"):
+                cores = min(cores, max(1, int(quota) // int(period[0])))
+            break
+        except (OSError, ValueError, IndexError, ZeroDivisionError):
+            continue
+    return cores
+
+
+def _default_threads(requested: int | None, processes: int = 1) -> None:
+    """The threads that train: ``--threads`` (or ``threads:`` in a config) if given; else, when OMP_NUM_THREADS is
+    set, torch's threads as it says (and charrnn's one); else every available core, shared among the ``processes``
+    of a multi-process run on this machine.
+
+    charrnn's threads (cells/parallel.py) run the window loops over blocks of streams and the large products over
+    blocks of rows, with no synchronisation inside a block; torch then runs on one thread. torch's own threads wait
+    for each other at the end of every operation, hundreds of times a window, and stall next to a busy process
+    (docs/cores.md)."""
+    omp = os.environ.get("OMP_NUM_THREADS")
+    if requested is None and omp is not None:
+        parallel.set_threads(1)  # torch sized its threads from OMP_NUM_THREADS
+        return
+    parallel.set_threads(requested or max(1, available_cores() // processes))
+    torch.set_num_threads(1)
 
 
 def _keep_freed_memory() -> None:
@@ -263,10 +306,10 @@ def _report(trainer, last: LastCheckpoint) -> None:
 def run(args=None) -> None:
     """Build, prepare (every check runs before Lightning writes into the run directory, so a refused start leaves
     what is on disk as it was), fit, report."""
-    _default_threads()
     _keep_freed_memory()
     cli, last = _build(args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    _default_threads(cli.config["threads"], trainer.num_devices)
     ckpt_path, finished = resume.prepare(cli.config["ckpt_path"], trainer, model, data, last.path(trainer))
     if finished:
         return

@@ -16,13 +16,12 @@ blocks of 8 streams (``BLOCK_ROWS``, the kernel's row block) or fewer, so that a
 its share, not the window. Each stream's results are the same bits however the streams are split (native.c).
 """
 
-import concurrent.futures
 import functools
 from typing import Callable, NamedTuple
 
 import torch
 
-from . import gru, lstm, native
+from . import gru, lstm, native, parallel
 
 
 class Path(NamedTuple):
@@ -30,46 +29,28 @@ class Path(NamedTuple):
     why: str  # why not a faster path ("" when none is faster)
     forward: Callable
     backward: Callable
-    threads: int | None = None  # torch's threads, which the C window loops share too; None off the CPU
+    threads: int | None = None  # the threads its loops run on (None off the CPU)
 
     def __str__(self) -> str:
         threads = "" if self.threads is None else f", {self.threads} thread{'s' if self.threads > 1 else ''}"
         return f"{self.name}{threads} ({self.why})" if self.why else f"{self.name}{threads}"
 
 
-BLOCK_ROWS = 8  # streams per block of a window loop, at most, when it runs on more than one thread
-
-
-def blocks(streams: int, threads: int) -> list[tuple[int, int]]:
-    """The window loops' blocks of streams ``[(first, end), ...]``: one on one thread, else as many as it takes for
-    at most ``BLOCK_ROWS`` streams each, and at least one per thread (while there are streams), sizes within one."""
-    n = 1 if threads == 1 else min(streams, max(threads, -(-streams // BLOCK_ROWS)))
-    return [(streams * i // n, streams * (i + 1) // n) for i in range(n)]
-
-
-@functools.cache
-def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
-    """The threads that run window loops: started once, kept for the process."""
-    return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="charrnn-window")
+BLOCK_ROWS = 8  # streams per block of a window loop on more than one thread, at most: the kernel's row block
 
 
 def _window_loop(name: str, buffers: tuple, T: int, H: int) -> None:
-    """native.c's window loop ``name`` over every stream, in ``blocks`` on torch's threads. ``buffers`` in the
-    kernel's order: contiguous tensors with streams on dim -2 ((T, S, .) or (S, .)), each block given its rows, and
-    1-d ones (packed weights, biases) given whole."""
-    S, kernel, threads = buffers[0].shape[-2], native.kernel(name), torch.get_num_threads()
+    """native.c's window loop ``name`` over every stream, in blocks on charrnn's threads (parallel.py). ``buffers``
+    in the kernel's order: contiguous tensors with streams on dim -2 ((T, S, .) or (S, .)), each block given its
+    rows, and 1-d ones (packed weights, biases) given whole."""
+    S, kernel = buffers[0].shape[-2], native.kernel(name)
 
     def run(block):
         first, end = block
         rows = (b.data_ptr() + (first * b.stride(-2) * b.element_size() if b.dim() > 1 else 0) for b in buffers)
         kernel(*rows, T, end - first, H, S)
 
-    parts = blocks(S, threads)
-    if len(parts) == 1:
-        run(parts[0])
-    else:
-        for _ in _pool(threads).map(run, parts):  # raises what a block raised
-            pass
+    parallel.run(run, parallel.blocks(S, BLOCK_ROWS))
 
 
 def _addresses(x: torch.Tensor) -> list[int]:
@@ -197,9 +178,9 @@ def path(cell, dtype: torch.dtype, device="cpu") -> Path:
     c_blocked = [why for rules_out, why in obstacles if rules_out == "c"]
     why = obstacles[0][1] if obstacles else ""
     onednn = _onednn(dtype, device)
-    threads = torch.get_num_threads() if device.type == "cpu" else None
+    threads = torch.get_num_threads() if device.type == "cpu" else None  # torch's loops: torch's threads
     if cell in WINDOWS and not obstacles:
-        return Path("C window loops", "", *WINDOWS[cell], threads)
+        return Path("C window loops", "", *WINDOWS[cell], parallel.threads())
     if cell is lstm and not c_blocked:
         return Path(f"C steps with {'oneDNN' if onednn else 'torch'} products", why, *LSTM_STEPS, threads)
     if cell is gru and onednn:

@@ -39,6 +39,8 @@ import tempfile
 
 import torch
 
+from . import parallel
+
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native.c")
 COMPILE = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-c"]
 LINK = ["-shared", "-lmvec", "-lm"]  # glibc's vector exp
@@ -142,36 +144,69 @@ def _onednn_usable(*tensors: torch.Tensor) -> bool:
     )
 
 
+SPLIT_ROWS = 128  # a product of at least this many rows per thread is cut into blocks of rows on charrnn's threads
+
+
+def _row_blocks(rows: int) -> list[tuple[int, int]]:
+    """Blocks of a window's rows for charrnn's threads (parallel.py), or one when the rows are too few to share:
+    a recurrence's per-step products stay whole (a split per step would wait for the slowest thread every step)."""
+    if rows < SPLIT_ROWS * parallel.threads():
+        return [(0, rows)]
+    return parallel.blocks(rows, rows)
+
+
 def weight_product(W: torch.Tensor, rows: int, bias: torch.Tensor = None):
     """A function ``(x, add=None) -> x @ W^T + bias (+ add)`` for many products by one weight ``W`` (out, in),
-    each with ``rows`` rows: through oneDNN with W packed once on the CPU in float32, else ``torch.addmm``. ``bias``
-    is (out,) or None; ``add`` is (rows, out). Returns a new tensor."""
+    each with ``rows`` rows: through oneDNN with W packed once on the CPU in float32, else ``torch.addmm``; the rows
+    of a window's product in blocks on charrnn's threads. ``bias`` is (out,) or None; ``add`` is (rows, out).
+    Returns a new tensor."""
     if not _onednn_usable(W):
         W_t = W.t()
 
-        def product(x, add=None):
+        def block_product(x, add=None):
             if add is None:
                 return torch.mm(x, W_t) if bias is None else torch.addmm(bias, x, W_t)
             return torch.addmm(add if bias is None else add + bias, x, W_t)
 
-        return product
-    packed = torch.ops.mkldnn._reorder_linear_weight(W.detach(), rows)  # a transposed view packs faster than its copy
-    linear = torch.ops.mkldnn._linear_pointwise
+    else:
+        packed = torch.ops.mkldnn._reorder_linear_weight(W.detach(), rows)  # a transposed view packs faster
+        linear = torch.ops.mkldnn._linear_pointwise
+
+        def block_product(x, add=None):
+            if add is None:
+                return linear(x, packed, bias, "none", [], "")
+            return linear.binary(x, add, packed, bias, "add")
+
+    if len(_row_blocks(rows)) == 1:
+        return block_product
 
     def product(x, add=None):
-        if add is None:
-            return linear(x, packed, bias, "none", [], "")
-        return linear.binary(x, add, packed, bias, "add")
+        out = x.new_empty((len(x), W.shape[0]))
+
+        def run(part):
+            first, end = part
+            out[first:end] = block_product(x[first:end], None if add is None else add[first:end])
+
+        parallel.run(run, _row_blocks(len(x)))
+        return out
 
     return product
 
 
 def gradient_product(D: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """``D^T @ X`` (contiguous), a weight's gradient from the window's rows: oneDNN computes ``X^T @ D`` about 9%
-    faster than MKL computes ``D^T @ X`` at 3200 rows (2 x 512 LSTM), the transpose back included."""
-    if not _onednn_usable(D, X):
-        return D.t() @ X
-    return torch.ops.mkldnn._linear_pointwise(X.t(), D.t(), None, "none", [], "").t().contiguous()
+    faster than MKL computes ``D^T @ X`` at 3200 rows (2 x 512 LSTM), the transpose back included. The rows in
+    blocks on charrnn's threads, their sums added."""
+    onednn = _onednn_usable(D, X)
+
+    def run(part):  # X^T D over the part's rows (oneDNN), or D^T X
+        d, x = D[part[0] : part[1]], X[part[0] : part[1]]
+        return torch.ops.mkldnn._linear_pointwise(x.t(), d.t(), None, "none", [], "") if onednn else d.t() @ x
+
+    first, *others = parallel.run(run, _row_blocks(len(D)))
+    for other in others:
+        first += other
+    return first.t().contiguous() if onednn else first
 
 
 def kernel(name: str):
