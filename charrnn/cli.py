@@ -182,27 +182,37 @@ def _check_writable(directory: str) -> None:
         raise UsageError(f"cannot write to output directory {directory} ({e.strerror}); pass a writable --trainer.default_root_dir") from None
 
 
+# Where a container's CPU quota is: cgroup v2's "QUOTA PERIOD" (QUOTA "max": none), or cgroup v1's two files.
+CPU_QUOTA = ("/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def _cpu_quota() -> float | None:
+    """The cgroup's CPU quota in CPUs, or None when there is none (or no cgroup file says)."""
+    v2, v1_quota, v1_period = CPU_QUOTA
+    try:
+        with open(v2) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            with open(v1_quota) as f, open(v1_period) as g:
+                quota, period = f.read().strip(), g.read().strip()
+        except OSError:
+            return None
+    try:
+        return None if quota in ("max", "-1") else int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
 def available_cores() -> int:
     """The CPUs this process may run on: its affinity mask (taskset, a batch scheduler's allocation), capped by the
-    cgroup's CPU quota (a container's ``--cpus``), whole CPUs only; not os.cpu_count(), which counts the machine's."""
+    cgroup's CPU quota (a container's ``--cpus``) in whole CPUs; not os.cpu_count(), which counts the machine's."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
-                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
-        try:
-            with open(quota_file) as f:
-                quota, *period = f.read().split()
-            if period_file:
-                with open(period_file) as f:
-                    period = f.read().split()
-            if quota not in ("max", "-1"):
-                cores = min(cores, max(1, int(quota) // int(period[0])))
-            break
-        except (OSError, ValueError, IndexError, ZeroDivisionError):
-            continue
-    return cores
+    quota = _cpu_quota()
+    return cores if quota is None else max(1, min(cores, int(quota)))
 
 
 def _default_threads(requested: int | None, processes: int = 1) -> None:
