@@ -30,9 +30,12 @@ class Path(NamedTuple):
     forward: Callable
     backward: Callable
     threads: int | None = None  # the threads its loops run on (None off the CPU)
+    product_threads: int | None = None  # the threads of the window's large products, where more
 
     def __str__(self) -> str:
         threads = "" if self.threads is None else f", {self.threads} thread{'s' if self.threads > 1 else ''}"
+        if self.product_threads:
+            threads += f", large products on {self.product_threads}"
         return f"{self.name}{threads} ({self.why})" if self.why else f"{self.name}{threads}"
 
 
@@ -178,16 +181,19 @@ def path(cell, dtype: torch.dtype, device="cpu") -> Path:
     c_blocked = [why for rules_out, why in obstacles if rules_out == "c"]
     why = obstacles[0][1] if obstacles else ""
     onednn = _onednn(dtype, device)
-    threads = torch.get_num_threads() if device.type == "cpu" else None  # torch's loops: torch's threads
     if cell in WINDOWS and not obstacles:
         return Path("C window loops", "", *WINDOWS[cell], parallel.threads())
+    threads = (None, None)  # off the CPU; on it, torch's loops on torch's threads, large products on charrnn's
+    if device.type == "cpu":
+        loops, own = torch.get_num_threads(), parallel.threads()
+        threads = (loops, own if own > loops else None)
     if cell is lstm and not c_blocked:
-        return Path(f"C steps with {'oneDNN' if onednn else 'torch'} products", why, *LSTM_STEPS, threads)
+        return Path(f"C steps with {'oneDNN' if onednn else 'torch'} products", why, *LSTM_STEPS, *threads)
     if cell is gru and onednn:
-        return Path("oneDNN step products, torch loop", why, *GRU_PRODUCTS, threads)
+        return Path("oneDNN step products, torch loop", why, *GRU_PRODUCTS, *threads)
     if cell is lstm and onednn:  # no C: the reference's loops, its weight gradient through oneDNN
         return Path("torch loop, oneDNN products", why, lstm.forward, functools.partial(lstm.backward, products=native),
-                    threads)  # fmt: skip
+                    *threads)  # fmt: skip
     if cell in (lstm, gru):
-        return Path("plain torch", why, cell.forward, cell.backward, threads)
-    return Path("plain torch", "no C loop for this cell", cell.forward, cell.backward, threads)
+        return Path("plain torch", why, cell.forward, cell.backward, *threads)
+    return Path("plain torch", "no C loop for this cell", cell.forward, cell.backward, *threads)
