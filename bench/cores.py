@@ -69,6 +69,11 @@ def measure(cell, H, L, B, T, runs: dict, rounds: int, seconds: float, tmp: str)
     return rates
 
 
+def ratio(rates: dict, x: str, y: str) -> float:
+    """The median over rounds of x's rate over y's in the same round."""
+    return statistics.median(a / b for a, b in zip(rates[x], rates[y]))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", type=shape, help="CELL:HIDDENxLAYERSxSTREAMSxWINDOW",
@@ -94,11 +99,11 @@ def main():
             for cell, H, L, B, T in args.shapes:
                 rates = measure(cell, H, L, B, T, runs, args.rounds, args.seconds, tmp)
                 median = {k: statistics.median(v) for k, v in rates.items()}
-                ratio = lambda x, y: statistics.median(a / b for a, b in zip(rates[x], rates[y]))  # noqa: E731
                 row = [cell, f"{H}x{L}", f"{B}x{T}", f"{median['a1'] / 1e3:.1f}", f"{median[f'a{n}'] / 1e3:.1f}",
-                       f"{ratio(f'a{n}', 'a1'):.2f}"]  # fmt: skip
+                       f"{ratio(rates, f'a{n}', 'a1'):.2f}"]  # fmt: skip
                 if "c1" in rates:
-                    row += [f"{median['c1'] / 1e3:.1f}", f"{median[f'c{n}'] / 1e3:.1f}", f"{ratio(f'a{n}', f'c{n}'):.2f}"]
+                    row += [f"{median['c1'] / 1e3:.1f}", f"{median[f'c{n}'] / 1e3:.1f}",
+                            f"{ratio(rates, f'a{n}', f'c{n}'):.2f}"]  # fmt: skip
                 rows.append(row)
                 spread = " ".join(f"{a / b:.2f}" for a, b in zip(rates[f"a{n}"], rates["a1"]))
                 print("  " + " ".join(row) + f"   a{n}/a1 by round: {spread}", flush=True)
@@ -111,8 +116,9 @@ def main():
         headers += ["(c1) kchar/s", f"(c{n}) kchar/s", f"a{n}/c{n}"]
     print()
     print_table(headers, rows)
-    print(f"\nmedians of {args.rounds} rounds of {args.seconds:g} s each" + (", a busy process beside" if args.busy else "")
-          + f"; load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
+    beside = ", a busy process beside" if args.busy else ""
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\nmedians of {args.rounds} rounds of {args.seconds:g} s each{beside}; load average after: {load}")
 
 
 if __name__ == "__main__":

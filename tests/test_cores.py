@@ -34,8 +34,13 @@ def threads():
     parallel.set_threads(before[1])
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])  # each example sets the threads it needs
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)  # each example sets the threads it needs
 @given(size=st.integers(1, 200), most=st.integers(1, 40), n=st.integers(1, 9))
 def test_blocks_cover_every_row_once(size, most, n, threads):
     threads(n)
