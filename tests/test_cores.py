@@ -155,7 +155,7 @@ def test_products_in_blocks_of_rows_equal_whole_ones(dtype, threads):
     """A window's products on 3 threads (rows in blocks; oneDNN's in float32, torch's in float64) against the same
     products on one thread and against float64: ``x W^T + b (+ add)`` and ``D^T X``."""
     g = torch.Generator().manual_seed(2)
-    rows = 3 * native.SPLIT_ROWS + 5
+    rows = 6 * native.SPLIT_ROWS + 5  # six blocks on three threads
     x, W, b = (torch.randn(*shape, generator=g, dtype=F64) for shape in ((rows, 40), (70, 40), (70,)))
     add, D = torch.randn(rows, 70, generator=g, dtype=F64), torch.randn(rows, 30, generator=g, dtype=F64)
     exact = {"product": x @ W.t() + b + add, "gradient": D.t() @ x}

@@ -3,17 +3,16 @@
 in rnn.py, lstm.py and gru.py (charrnn/stack.py asks it for every layer; train.py's start-up summary prints it).
 
 From fastest: the LSTM's and the GRU's whole window loops in C, products by the packed Whh included (float32,
-AVX-512: ``LSTM_WINDOWS``, ``GRU_WINDOWS``), on every torch thread; the LSTM's per-step elementwise work in one C
-call between oneDNN's products (any x86 CPU, float32 or float64: native.c's ``lstm_forward_<dtype>``); the GRU's
-torch loop with each step's product through oneDNN; the references. Why each one pays: charrnn/cells/native.py and
-BENCHMARKS.md, section 7. Every path computes what the reference computes (tests/test_cells.py, tests/test_cores.py).
+AVX-512: ``LSTM_WINDOWS``, ``GRU_WINDOWS``); the LSTM's per-step elementwise work in one C call between oneDNN's
+products (any x86 CPU, float32 or float64: native.c's ``lstm_forward_<dtype>``); the GRU's torch loop with each
+step's product through oneDNN; the references. Why each one pays: charrnn/cells/native.py and BENCHMARKS.md,
+section 7. Every path computes what the reference computes (tests/test_cells.py, tests/test_cores.py).
 
-Threads: a window's streams are independent until the weight gradients sum over them, so with torch on N threads
-the streams are split into blocks and N threads each run the C window loop over theirs (ctypes releases the GIL
-during the call), with no synchronisation inside the window; the window's large products (input projections, weight
-gradients, output layer) run through torch on the same N threads. A thread that finishes early takes the next block:
-blocks of 8 streams (``BLOCK_ROWS``, the kernel's row block) or fewer, so that a core taken by another process slows
-its share, not the window. Each stream's results are the same bits however the streams are split (native.c).
+Threads: a window's streams are independent until the weight gradients sum over them, so the window loops run on
+charrnn's threads (parallel.py), each taking blocks of at most 8 streams (``BLOCK_ROWS``, the kernel's row block),
+with no synchronisation inside the window; the weight gradients after them run in blocks of rows (native.py). The
+kernels read a block's rows in place (native.c), and each stream's results are the same bits however the streams
+are split. The torch loops of the other paths run on torch's threads.
 """
 
 import functools

@@ -61,7 +61,8 @@ double exp(double);
 LSTM_STEP(float, float32, expf)
 LSTM_STEP(double, float64, exp)
 
-/* Training's recurrent products in float32 on AVX-512 CPUs, and the LSTM's whole window loop around them.
+/* Training's recurrent products in float32 on AVX-512 CPUs, and the LSTM's and the GRU's whole window loops around
+   them.
 
    out (M x N) = x (M x K, row stride ldx) W^T [+ add], W packed once per window into panels of 32 of its rows
    (output columns), k-major: Wp[(p K + k) 32 + j] = W[32 p + j][k], zero past N. The kernel holds 8 rows x 32

@@ -1,16 +1,17 @@
-"""CPU fast paths: C kernels (native.c: the LSTM's per-step elementwise work in training, on AVX-512 CPUs its whole
-window loop with the recurrent products, sampling's loop for the LSTM and its products by large float32 or float16
-matrices) compiled with the system's C compiler on first use, and float32 matrix products through oneDNN with the
-weight packed once per window.
+"""CPU fast paths: C kernels (native.c: the LSTM's per-step elementwise work in training, on AVX-512 CPUs the LSTM's
+and the GRU's whole window loops with the recurrent products, sampling's loop for the LSTM and its products by large
+float32 or float16 matrices) compiled with the system's C compiler on first use, and float32 matrix products through
+oneDNN with the weight packed once per window; a window's products in blocks of rows on charrnn's threads
+(parallel.py).
 
 Why C: on the CPU one LSTM step is one matrix product and about ten small elementwise operations, and each torch
 operation costs several microseconds of dispatch however small its tensors, so at 32 streams of 256 units the
 elementwise operations took a third of a window (BENCHMARKS.md, section 7). One C loop does them in one pass. On
 CPUs with AVX-512, float32 windows go further: one C call runs the window's loop, each step's product by the packed
-recurrent weight included (fast.py's ``LSTM_WINDOWS``), at the core's peak rate where oneDNN's call reaches 90-94% of it: 2 x
-512 LSTM windows 5% faster, 256-unit ones 15%. The GRU's per-step products take the same kernel from Python
-(``weight_product``): 5% and 10%. (Built for AVX2 alone, the same kernel with 8-lane vectors reached
-59-81 GFLOP/s where oneDNN reaches 95-103, so other CPUs keep oneDNN's products: BENCHMARKS.md, section 7.)
+recurrent weight included (fast.py's ``LSTM_WINDOWS``, ``GRU_WINDOWS``), at the core's peak rate where oneDNN's call
+reaches 90-94% of it: 2 x 512 LSTM windows 5% faster, 256-unit ones 15%; and each thread runs it over its own
+streams. (Built for AVX2 alone, the same kernel with 8-lane vectors reached 59-81 GFLOP/s where oneDNN reaches
+95-103, so other CPUs keep oneDNN's products: BENCHMARKS.md, section 7.)
 
 The library is built once per source, compiler, flags and CPU (``-march=native``, and ``CHARRNN_CFLAGS`` from the
 environment: ``-mno-avx512f`` builds what a CPU without AVX-512 runs) into ~/.cache/charrnn (or
@@ -144,15 +145,15 @@ def _onednn_usable(*tensors: torch.Tensor) -> bool:
     )
 
 
-SPLIT_ROWS = 128  # a product of at least this many rows per thread is cut into blocks of rows on charrnn's threads
+SPLIT_ROWS = 128  # rows per block of a window's product, at least: fewer would not pay for the block's call
 
 
 def _row_blocks(rows: int) -> list[tuple[int, int]]:
-    """Blocks of a window's rows for charrnn's threads (parallel.py), or one when the rows are too few to share:
-    a recurrence's per-step products stay whole (a split per step would wait for the slowest thread every step)."""
-    if rows < SPLIT_ROWS * parallel.threads():
-        return [(0, rows)]
-    return parallel.blocks(rows, rows)
+    """Blocks of a window's rows for charrnn's threads (parallel.py): up to ``PER_THREAD`` per thread, of at least
+    ``SPLIT_ROWS`` rows; a recurrence's per-step products (a few dozen rows) stay whole (a split per step would wait
+    for the slowest thread every step)."""
+    count = min(parallel.PER_THREAD * parallel.threads(), rows // SPLIT_ROWS) if parallel.threads() > 1 else 1
+    return parallel.split(rows, max(count, 1))
 
 
 def weight_product(W: torch.Tensor, rows: int, bias: torch.Tensor = None):

@@ -44,14 +44,21 @@ def _torch_threads() -> None:
     torch.set_num_threads(torch.get_num_threads())
 
 
+PER_THREAD = 2  # blocks per thread where the work allows: a thread slowed by another process leaves the rest
+
+
+def split(size: int, count: int) -> list[tuple[int, int]]:
+    """``[(first, end), ...]``: ``range(size)`` in ``count`` blocks whose sizes differ by one at most."""
+    return [(size * i // count, size * (i + 1) // count) for i in range(count)]
+
+
 def blocks(size: int, most: int) -> list[tuple[int, int]]:
-    """``[(first, end), ...]`` cutting ``range(size)``: one block on one thread; else blocks of at most ``most``
-    (sizes within one of each other), and at least two per thread while ``size`` allows, so that a thread slowed by
-    another process leaves the others blocks to take over."""
+    """``range(size)`` in blocks for ``run``: one on one thread; else blocks of at most ``most``, and at least
+    ``PER_THREAD`` per thread while ``size`` allows, so that a thread slowed by another process (or never started)
+    leaves the others blocks to take over."""
     if _threads == 1:
         return [(0, size)]
-    n = max(-(-size // most), min(size, 2 * _threads))
-    return [(size * i // n, size * (i + 1) // n) for i in range(n)]
+    return split(size, max(-(-size // most), min(size, PER_THREAD * _threads)))
 
 
 def run(work, parts: list) -> list:
