@@ -13,8 +13,10 @@ characters per second of
      threads (``--no-torch`` leaves these out).
 With ``--busy`` one more single-threaded process spins the whole time (a neighbour taking a core), and (c) is left
 out. Each rate is that of the variant's median batch in its round; rounds alternate the variants, each first in
-turn, so a drift of the machine's speed favours none; ratios are the medians of the per-round ratios. Goals on 2
-cores: aN/a1 >= 1.6 for the LSTM and the GRU (1.85 hoped for), >= 0.95 next to a busy process, aN/cN >= 1.0.
+turn, so a drift of the machine's speed favours none; ratios are the medians of the per-round ratios. Last, the
+machine's own ceiling: N processes of independent matrix products against one (hyperthreads sharing a core, or other
+work, lower it from N). Goals on 2 cores: aN/a1 >= 1.6 for the LSTM and the GRU (1.85 hoped for), >= 0.95 next to a
+busy process, aN/cN >= 1.0.
 """
 
 import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
@@ -69,6 +71,31 @@ def measure(cell, H, L, B, T, runs: dict, rounds: int, seconds: float, tmp: str)
     return rates
 
 
+PRODUCTS = """
+import sys, time, torch
+torch.set_num_threads(1)
+a, b = torch.randn(512, 512), torch.randn(512, 512)
+a @ b
+start = time.perf_counter()
+for _ in range(int(sys.argv[1])):
+    a @ b
+print(time.perf_counter() - start)
+"""
+
+
+def capacity(n: int, products: int = 300) -> float:
+    """What the machine gives n processes of independent matrix products against one process doing all of them:
+    the ceiling of any speed-up from n threads (n at most), which hyperthreads sharing a core, or other work on the
+    machine, lower."""
+
+    def seconds(processes: int) -> float:
+        started = [subprocess.Popen([sys.executable, "-c", PRODUCTS, str(products // processes)],
+                                    stdout=subprocess.PIPE, text=True) for _ in range(processes)]  # fmt: skip
+        return max(float(p.communicate()[0]) for p in started)
+
+    return statistics.median(seconds(1) / seconds(n) for _ in range(3))
+
+
 def ratio(rates: dict, x: str, y: str) -> float:
     """The median over rounds of x's rate over y's in the same round."""
     return statistics.median(a / b for a, b in zip(rates[x], rates[y]))
@@ -118,7 +145,8 @@ def main():
     print_table(headers, rows)
     beside = ", a busy process beside" if args.busy else ""
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"\nmedians of {args.rounds} rounds of {args.seconds:g} s each{beside}; load average after: {load}")
+    print(f"\nmedians of {args.rounds} rounds of {args.seconds:g} s each{beside}; load average after: {load}; "
+          f"{n} processes of matrix products did {capacity(n):.2f}x the work of one in the same time")  # fmt: skip
 
 
 if __name__ == "__main__":
