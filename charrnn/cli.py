@@ -24,8 +24,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from . import checks, optim, resume, runlock, summary
-from .cells import parallel
 from .callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, OptimizerFromFlags, ProgressBar
+from .cells import parallel
 from .data import CharDataModule
 from .entry import Interrupted
 from .errors import Diverged, UsageError, one_line

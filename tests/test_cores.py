@@ -76,6 +76,22 @@ def test_run_shares_the_parts_keeps_their_order_and_raises(threads):
         parallel.run(fails, list(range(8)))
 
 
+def test_run_never_waits_for_a_helper_that_has_not_started(threads):
+    """A helper kept off its core (here: busy with another task) takes no part, and the caller does them all
+    without waiting for it: the window goes on at one thread's speed, not the slowest thread's."""
+    threads(2)
+    release = threading.Event()
+    busy = parallel._pool(1).submit(release.wait, 10)  # the one helper of two threads
+    try:
+        started = time.perf_counter()
+        ran_on = set()
+        assert parallel.run(lambda i: ran_on.add(threading.get_ident()) or i, list(range(4))) == [0, 1, 2, 3]
+        assert ran_on == {threading.get_ident()} and time.perf_counter() - started < 5
+    finally:
+        release.set()
+        busy.result()
+
+
 def layer_run(cell, dtype, xw, state, dh, math):
     """A layer's forward and backward through ``math`` (a path's forward and backward), from one parameter draw."""
     H = xw.shape[-1] // cell.GATES

@@ -77,8 +77,13 @@ def run(work, parts: list) -> list:
             results[i] = work(parts[i])
 
     helpers = [_pool(_threads - 1).submit(take_parts) for _ in range(min(_threads, len(parts)) - 1)]
-    take_parts()
+    try:
+        take_parts()
+    finally:  # even when a part failed here, no helper writes into the caller's buffers after the return
+        for helper in helpers:
+            if not helper.cancel():  # started: it may hold a part
+                concurrent.futures.wait([helper])
     for helper in helpers:
-        if not helper.cancel():  # started: it may hold a part
-            helper.result()
+        if not helper.cancelled():
+            helper.result()  # raises what a part raised there
     return results
