@@ -179,6 +179,7 @@ def test_products_in_blocks_of_rows_equal_whole_ones(dtype, threads):
     for n in (1, 3):
         threads(n)
         assert len(native._row_blocks(rows)) == (1 if n == 1 else 6)
+        assert native._row_blocks(rows, torch.device("meta")) == [(0, rows)]  # off the CPU: whole
         product = native.weight_product(W.to(dtype), rows, b.to(dtype))
         results[n] = {"product": product(x.to(dtype), add.to(dtype)),
                       "gradient": native.gradient_product(D.to(dtype), x.to(dtype))}  # fmt: skip

@@ -148,11 +148,12 @@ def _onednn_usable(*tensors: torch.Tensor) -> bool:
 SPLIT_ROWS = 128  # rows per block of a window's product, at least: fewer would not pay for the block's call
 
 
-def _row_blocks(rows: int) -> list[tuple[int, int]]:
-    """Blocks of a window's rows for charrnn's threads (parallel.py): up to ``PER_THREAD`` per thread, of at least
-    ``SPLIT_ROWS`` rows; a recurrence's per-step products (a few dozen rows) stay whole (a split per step would wait
-    for the slowest thread every step)."""
-    count = min(parallel.PER_THREAD * parallel.threads(), rows // SPLIT_ROWS) if parallel.threads() > 1 else 1
+def _row_blocks(rows: int, device=torch.device("cpu")) -> list[tuple[int, int]]:
+    """Blocks of a window's rows for charrnn's threads (parallel.py) on the CPU: up to ``PER_THREAD`` per thread, of
+    at least ``SPLIT_ROWS`` rows; a recurrence's per-step products (a few dozen rows) stay whole (a split per step
+    would wait for the slowest thread every step), and so does a product on a GPU."""
+    threads = parallel.threads() if device.type == "cpu" else 1
+    count = min(parallel.PER_THREAD * threads, rows // SPLIT_ROWS) if threads > 1 else 1
     return parallel.split(rows, max(count, 1))
 
 
@@ -178,7 +179,7 @@ def weight_product(W: torch.Tensor, rows: int, bias: torch.Tensor = None):
                 return linear(x, packed, bias, "none", [], "")
             return linear.binary(x, add, packed, bias, "add")
 
-    if len(_row_blocks(rows)) == 1:
+    if len(_row_blocks(rows, W.device)) == 1:
         return block_product
 
     def product(x, add=None):
@@ -204,7 +205,7 @@ def gradient_product(D: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         d, x = D[part[0] : part[1]], X[part[0] : part[1]]
         return torch.ops.mkldnn._linear_pointwise(x.t(), d.t(), None, "none", [], "") if onednn else d.t() @ x
 
-    first, *others = parallel.run(run, _row_blocks(len(D)))
+    first, *others = parallel.run(run, _row_blocks(len(D), D.device))
     for other in others:
         first += other
     return first.t().contiguous() if onednn else first
