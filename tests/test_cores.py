@@ -155,6 +155,30 @@ def test_window_loops_equal_the_reference_on_any_split(cell, threads, window_cal
 
 
 @window_kernels
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)  # each example sets the threads it needs
+@given(cell=st.sampled_from([lstm, gru]), T=st.integers(1, 6), B=st.integers(1, 20), H=st.integers(1, 40),
+       n=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))  # fmt: skip
+def test_window_loops_at_every_shape(cell, T, B, H, n, seed, threads):
+    """Any window length (one step included), any number of streams split any way, any width: the reference's
+    results to float32 rounding."""
+    threads(n)
+    g = torch.Generator().manual_seed(seed)
+    xw = torch.randn(T, B, cell.GATES * H, generator=g, dtype=F64) * 2
+    state = torch.randn(B, cell.NUM_STATES, H, generator=g, dtype=F64)
+    dh = torch.randn(T, B, H, generator=g, dtype=F64)
+    reference = layer_run(cell, F64, xw, state, dh, (cell.forward, cell.backward))
+    ours = layer_run(cell, torch.float32, xw, state, dh, fast.WINDOWS[cell])
+    for k, expected in reference.items():
+        assert (ours[k].double() - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max()), k
+
+
+@window_kernels
 def test_gru_window_loop_propagates_nan(threads):
     """A NaN pre-activation reaches the GRU's state and gradients (the divergence guard looks for it there)."""
     threads(2)
