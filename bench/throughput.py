@@ -41,10 +41,10 @@ from charrnn.data import CharDataModule, TrainBatches, choose_windows_per_batch
 T = SEQ_LENGTH
 
 
-def charrnn_train_py(data, H, seconds, tmp, cell="rnn", num_layers=1, statistic="best"):
+def charrnn_train_py(data, H, seconds, tmp, cell="rnn", num_layers=1, statistic="best", extra=()):
     """(a): steps per second of train.py's ``main`` (what ``python train.py ARGS`` runs), called in this process so
     it alternates with the other variants; its console output goes to a log file. ``statistic``: RateMeter's
-    ``best`` or ``median``, here and in (b) and (c)."""
+    ``best`` or ``median``, here and in (b) and (c); ``extra``: more flags (e.g. ``--threads 2``)."""
     B = data.batch_size
     config = "min-char-rnn.yaml" if B == 1 else "default.yaml"
     out = os.path.join(tmp, f"a-{B}-{H}.json")
@@ -56,7 +56,7 @@ def charrnn_train_py(data, H, seconds, tmp, cell="rnn", num_layers=1, statistic=
         "--trainer.default_root_dir", os.path.join(tmp, f"a-{B}-{H}-{cell}-{num_layers}"),
         "--trainer.callbacks+=bench.common.Stopwatch",
         "--trainer.callbacks.seconds", str(seconds), "--trainer.callbacks.windows", "1",
-        "--trainer.callbacks.out", out,
+        "--trainer.callbacks.out", out, *extra,
     ]  # fmt: skip
     with open(os.path.join(tmp, "a.log"), "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         code = train_main(args)

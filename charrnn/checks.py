@@ -68,6 +68,8 @@ def flags(config) -> None:
     network's own fields (sizes, cell, dropout) are ``Architecture``'s, which also checks a checkpoint's."""
     if config["checkpoint_every"] < 1:
         raise UsageError(f"--checkpoint_every must be a positive integer, got {config['checkpoint_every']}")
+    if config["threads"] is not None and config["threads"] < 1:
+        raise UsageError(f"--threads must be a positive integer, got {config['threads']}")
     trainer, data, model = config["trainer"], config["data"], config["model"]
     precision = str(trainer["precision"] or "32-true")
     if precision not in DTYPES:

@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from . import checks, finetune, optim, resume, runlock, summary
 from .callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, OptimizerFromFlags, ProgressBar
+from .cells import parallel
 from .command import exit_code
 from .data import CharDataModule, choose_windows_per_batch
 from .errors import Diverged, Interrupted, UsageError
@@ -62,6 +63,13 @@ class CharRNNCLI(LightningCLI):
             help="resume from this checkpoint; 'last' means the newest last.ckpt under --trainer.default_root_dir",
         )
         parser.add_argument("--checkpoint_every", type=int, default=1000, help="steps between last.ckpt writes")
+        parser.add_argument(
+            "--threads",
+            type=int | None,
+            default=None,
+            help="CPU threads that train (default: every core this process may use, shared among the processes of "
+            "a multi-process run; with OMP_NUM_THREADS set, torch's threads as it says)",
+        )
         parser.add_argument(
             "--init_from",
             type=str | None,
@@ -157,11 +165,54 @@ def _check_writable(directory: str) -> None:
         raise UsageError(f"cannot write to output directory {directory} ({e.strerror}); pass a writable --trainer.default_root_dir") from None
 
 
-def _default_threads() -> None:
-    """One intra-op thread unless OMP_NUM_THREADS says otherwise: this model's operations are too small for more to
-    help, and next to other busy processes extra threads collapse (BENCHMARKS.md)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
+# Where a container's CPU quota is: cgroup v2's "QUOTA PERIOD" (QUOTA "max": none), or cgroup v1's two files.
+CPU_QUOTA = ("/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def _cpu_quota() -> float | None:
+    """The cgroup's CPU quota in CPUs, or None when there is none (or no cgroup file says)."""
+    v2, v1_quota, v1_period = CPU_QUOTA
+    try:
+        with open(v2) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            with open(v1_quota) as f, open(v1_period) as g:
+                quota, period = f.read().strip(), g.read().strip()
+        except OSError:
+            return None
+    try:
+        return None if quota in ("max", "-1") else int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, a batch scheduler's allocation), capped by the
+    cgroup's CPU quota (a container's ``--cpus``) in whole CPUs; not os.cpu_count(), which counts the machine's."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    quota = _cpu_quota()
+    return cores if quota is None else max(1, min(cores, int(quota)))
+
+
+def _default_threads(requested: int | None, processes: int = 1) -> None:
+    """The threads that train: ``--threads`` (or ``threads:`` in a config) if given; else, when OMP_NUM_THREADS is
+    set, torch's threads as it says (and charrnn's one); else every available core, shared among the ``processes``
+    of a multi-process run on this machine.
+
+    charrnn's threads (cells/parallel.py) run the window loops over blocks of streams and the large products over
+    blocks of rows, with no synchronisation inside a block; torch then runs on one thread. torch's own threads wait
+    for each other at the end of every operation, hundreds of times a window, and stall next to a busy process
+    (docs/cores.md)."""
+    omp = os.environ.get("OMP_NUM_THREADS")
+    if requested is None and omp is not None:
+        parallel.set_threads(1)  # torch sized its threads from OMP_NUM_THREADS
+        return
+    parallel.set_threads(requested or max(1, available_cores() // processes))
+    torch.set_num_threads(1)
 
 
 def keep_freed_memory() -> None:
@@ -275,10 +326,10 @@ def run(args=None) -> None:
 
 
 def _run(args) -> None:
-    _default_threads()
     keep_freed_memory()
     cli, last = _build(args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    _default_threads(cli.config["threads"], trainer.num_devices)
     _group_windows(trainer, data, last.every_n_steps)
     ckpt_path, finished = resume.prepare(cli.config["ckpt_path"], trainer, model, data, last.path(trainer))
     if finished:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charrnn import sampling, stack
-from charrnn.cells import CELLS, fast, gru, lstm, native, native_build, rnn
+from charrnn.cells import CELLS, fast, gru, lstm, native, native_build, parallel, rnn
 
 F64 = torch.float64
 NN_LSTM_ORDER = [lstm.I, lstm.F, lstm.G, lstm.O]  # nn.LSTM's gate k is our gate NN_LSTM_ORDER[k]
@@ -268,8 +268,7 @@ def test_lstm_kernel_equals_torch_loop(dtype, tolerance, kernel_calls):
     state, dh = torch.randn(B, 2, H, generator=g, dtype=F64), torch.randn(T, B, H, generator=g, dtype=F64)
     ours = lstm_layer_run(dtype, xw, state, dh, fast.LSTM_STEPS)
     suffix = native_build.DTYPES[dtype]
-    assert kernel_calls == {f"lstm_forward_{suffix}": T, f"lstm_backward_{suffix}": T} | (
-        {"product_f32": 2 * T - 1} if native.products_in_c() and dtype == torch.float32 else {})
+    assert kernel_calls == {f"lstm_forward_{suffix}": T, f"lstm_backward_{suffix}": T}
     loop = lstm_layer_run(dtype, xw, state, dh)
     for k, expected in loop.items():
         assert (ours[k] - expected).abs().max() <= tolerance * max(1.0, expected.abs().max()), k
@@ -297,8 +296,8 @@ def test_compute_path_without_native_is_plain_torch(without_native, monkeypatch)
     """With CHARRNN_NATIVE=0 every cell trains with its reference loops, and the path says so."""
     for name, cell in CELLS.items():
         chosen = fast.path(cell, torch.float32, "cpu")
-        assert str(chosen) == ("plain torch (no C loop for this cell)" if cell is rnn else
-                               "plain torch (CHARRNN_NATIVE=0)")
+        assert (chosen.name, chosen.why) == ("plain torch", "no C loop for this cell" if cell is rnn else
+                                             "CHARRNN_NATIVE=0")
         ran = []
         monkeypatch.setattr(cell, "forward", lambda *a, real=cell.forward: ran.append("forward") or real(*a))
         monkeypatch.setattr(cell, "backward", lambda *a, real=cell.backward: ran.append("backward") or real(*a))
@@ -315,11 +314,13 @@ window_kernels = pytest.mark.skipif(
 
 @pytest.fixture
 def one_thread():
-    """torch on one thread, as train.py runs it: the LSTM's C window loops are used only then."""
-    threads = torch.get_num_threads()
+    """torch and charrnn's own threads (cells/parallel.py) one each: every window loop in one block."""
+    threads, own = torch.get_num_threads(), parallel.threads()
     torch.set_num_threads(1)
+    parallel.set_threads(1)
     yield
     torch.set_num_threads(threads)
+    parallel.set_threads(own)
 
 
 @window_kernels
@@ -344,24 +345,6 @@ def test_recurrent_product_at_every_shape(M, N, K, add, transposed, seed):
 
 
 @window_kernels
-def test_step_products_go_through_the_kernel(one_thread):
-    """``weight_product`` for a recurrence's steps (few rows, no bias; the GRU's, and the LSTM's per-step path) runs
-    native.c's kernel on one thread, from strided rows too, and oneDNN's product otherwise."""
-    g = torch.Generator().manual_seed(6)
-    W, x, add = torch.randn(45, 21, generator=g), torch.randn(21, 9, generator=g).t(), torch.randn(9, 45, generator=g)
-    exact = x.double() @ W.double().t()
-    assert native._step_products_usable(W, 9, None)
-    product = native.weight_product(W, 9)
-    assert product.__name__ == "step_product"
-    torch.testing.assert_close(product(x).double(), exact, rtol=0, atol=1e-5)
-    torch.testing.assert_close(product(x, add).double(), exact + add.double(), rtol=0, atol=1e-5)
-    assert not native._step_products_usable(W, native.STEP_ROWS + 1, None)
-    assert not native._step_products_usable(W, 9, torch.zeros(45))
-    torch.set_num_threads(2)
-    assert not native._step_products_usable(W, 9, None)
-
-
-@window_kernels
 def test_lstm_without_avx512_takes_the_per_step_path(monkeypatch, one_thread):
     """native.c built as for a CPU without AVX-512 (``CHARRNN_CFLAGS=-mno-avx512f``, a new build in the cache) has
     no window loops, and the LSTM trains with C steps between oneDNN's products."""
@@ -369,8 +352,8 @@ def test_lstm_without_avx512_takes_the_per_step_path(monkeypatch, one_thread):
     native._library.cache_clear()
     try:
         assert native._library() is not None and native.kernel("product_f32") is None
-        assert str(fast.path(lstm, torch.float32)) == "C steps with oneDNN products (no AVX-512)"
-        assert str(fast.path(gru, torch.float32)) == "oneDNN step products, torch loop (no AVX-512)"
+        assert str(fast.path(lstm, torch.float32)) == "C steps with oneDNN products, 1 thread (no AVX-512)"
+        assert str(fast.path(gru, torch.float32)) == "oneDNN step products, torch loop, 1 thread (no AVX-512)"
     finally:
         native._library.cache_clear()
 
@@ -379,13 +362,10 @@ def test_lstm_without_avx512_takes_the_per_step_path(monkeypatch, one_thread):
 def test_lstm_window_loop_equals_per_step_kernel(one_thread, kernel_calls):
     """The whole-window C loop (float32 products in C) against the per-step one (products between C steps), at 11
     streams (an 8-row block and three single rows) of 37 units: the same activations and gradients to float32
-    rounding. With two threads the per-step path is chosen (oneDNN shares its products among them)."""
-    torch.set_num_threads(2)
-    assert str(fast.path(lstm, torch.float32)) == "C steps with oneDNN products (2 threads)"
-    assert str(fast.path(lstm, torch.float64)) == "C steps with torch products (float64)"
-    torch.set_num_threads(1)
-    assert str(fast.path(lstm, torch.float32)) == "C window loops (AVX-512, 1 thread)"
-    assert str(fast.path(gru, torch.float32)) == "C step products, torch loop"
+    rounding."""
+    assert str(fast.path(lstm, torch.float32)) == "C window loops, 1 thread"
+    assert str(fast.path(lstm, torch.float64)) == "C steps with torch products, 1 thread (float64)"
+    assert str(fast.path(gru, torch.float32)) == "C window loops, 1 thread"
     g = torch.Generator().manual_seed(5)
     T, B, H = 7, 11, 37
     xw = torch.randn(T, B, 4 * H, generator=g, dtype=F64) * 3

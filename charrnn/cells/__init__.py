@@ -17,7 +17,8 @@ A cell module is the plain torch reference of one layer's math over a window, fo
 - ``page_groups(acts)``: what visualize.py shows of a layer besides h (name -> values and their range).
 
 fast.py holds the CPU fast paths behind the same ``forward``/``backward`` and chooses between them and the
-references (``fast.path``); native.py and native.c the C and oneDNN code they call.
+references (``fast.path``); native.py and native.c the C and oneDNN code they call; parallel.py the threads they
+run on.
 """
 
 from . import gru, lstm, rnn

@@ -2,11 +2,17 @@
 ``backward(p, acts, dh_out)``, and ``path``: the one place that chooses between them and the plain torch references
 in rnn.py, lstm.py and gru.py (charrnn/stack.py asks it for every layer; train.py's start-up summary prints it).
 
-From fastest: the LSTM's whole window loop in one C call, products by the packed Whh included (float32, AVX-512,
-one thread: ``products_in_c``); its per-step elementwise work in one C call between oneDNN's products (any x86 CPU,
-float32 or float64: native.c's ``lstm_forward_<dtype>``); the GRU's torch loop with each step's product in native.c
-or oneDNN; the references. Why each one pays: charrnn/cells/native.py and BENCHMARKS.md, section 7. Every path
-computes what the reference computes (tests/test_cells.py).
+From fastest: the LSTM's and the GRU's whole window loops in C, products by the packed Whh included (float32,
+AVX-512: ``LSTM_WINDOWS``, ``GRU_WINDOWS``); the LSTM's per-step elementwise work in one C call between oneDNN's
+products (any x86 CPU, float32 or float64: native.c's ``lstm_forward_<dtype>``); the GRU's torch loop with each
+step's product through oneDNN; the references. Why each one pays: charrnn/cells/native.py and BENCHMARKS.md,
+section 7. Every path computes what the reference computes (tests/test_cells.py, tests/test_cores.py).
+
+Threads: a window's streams are independent until the weight gradients sum over them, so the window loops run on
+charrnn's threads (parallel.py), each taking blocks of at most 8 streams (``BLOCK_ROWS``, the kernel's row block),
+with no synchronisation inside the window; the weight gradients after them run in blocks of rows (native.py). The
+kernels read a block's rows in place (native.c), and each stream's results are the same bits however the streams
+are split. The torch loops of the other paths run on torch's threads.
 """
 
 import functools
@@ -14,7 +20,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from . import gru, lstm, native, native_build
+from . import gru, lstm, native, native_build, parallel
 
 
 class Path(NamedTuple):
@@ -22,9 +28,31 @@ class Path(NamedTuple):
     why: str  # why not a faster path ("" when none is faster)
     forward: Callable
     backward: Callable
+    threads: int | None = None  # the threads its loops run on (None off the CPU)
+    product_threads: int | None = None  # the threads of the window's large products, where more
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.why})" if self.why else self.name
+        threads = "" if self.threads is None else f", {self.threads} thread{'s' if self.threads > 1 else ''}"
+        if self.product_threads:
+            threads += f", large products on {self.product_threads}"
+        return f"{self.name}{threads} ({self.why})" if self.why else f"{self.name}{threads}"
+
+
+BLOCK_ROWS = 8  # streams per block of a window loop on more than one thread, at most: the kernel's row block
+
+
+def _window_loop(name: str, buffers: tuple, T: int, H: int) -> None:
+    """native.c's window loop ``name`` over every stream, in blocks on charrnn's threads (parallel.py). ``buffers``
+    in the kernel's order: contiguous tensors with streams on dim -2 ((T, S, .) or (S, .)), each block given its
+    rows, and 1-d ones (packed weights, biases) given whole."""
+    S, kernel = buffers[0].shape[-2], native.kernel(name)
+
+    def run(block):
+        first, end = block
+        rows = (b.data_ptr() + (first * b.stride(-2) * b.element_size() if b.dim() > 1 else 0) for b in buffers)
+        kernel(*rows, T, end - first, H, S)
+
+    parallel.run(run, parallel.blocks(S, BLOCK_ROWS))
 
 
 def _addresses(x: torch.Tensor) -> list[int]:
@@ -38,26 +66,52 @@ def _step_kernel(direction: str, dtype: torch.dtype):
 
 
 def lstm_window_forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
-    """lstm.forward as one C call (``lstm_forward_window_f32``), each step's product by the packed Whh included."""
+    """lstm.forward as native.c's ``lstm_forward_window_f32``, each step's product by the packed Whh included."""
     xw = xw.contiguous()
     T, B, GH = xw.shape
     hs, cs, tanh_c = lstm.new_activations(xw, state)
     packed, rec = native.pack_panels(p["Whh"]), torch.empty((B, GH), dtype=xw.dtype)  # rec: a step's product
-    pointers = (t.data_ptr() for t in (xw, packed, hs, cs, tanh_c, rec))
-    native.kernel("lstm_forward_window_f32")(*pointers, T, B, GH // lstm.GATES)
+    _window_loop("lstm_forward_window_f32", (xw, packed, hs, cs, tanh_c, rec), T, GH // lstm.GATES)
     return lstm.activations(xw, hs, cs, tanh_c)
 
 
 def lstm_window_backward(p: dict, acts: dict, dh_out: torch.Tensor):
-    """lstm.backward as one C call (``lstm_backward_window_f32``), each step's product by the packed Whh^T included."""
+    """lstm.backward as native.c's ``lstm_backward_window_f32``, each step's product by the packed Whh^T
+    included."""
     T, B, H = dh_out.shape
     dh_out = dh_out.contiguous()
     dpre = torch.empty((T, B, lstm.GATES * H), dtype=dh_out.dtype)
     dc, dh = torch.zeros_like(dh_out[0]), torch.empty_like(dh_out[0])  # (B, H): the carried gradients
-    packed = native.pack_panels(p["Whh"].t())
-    pointers = (t.data_ptr() for t in (dpre, dc, acts["gates"], acts["c"], acts["tanh_c"], dh_out, packed, dh))
-    native.kernel("lstm_backward_window_f32")(*pointers, T, B, H)
+    gates, packed = acts["gates"].view(T, B, -1), native.pack_panels(p["Whh"].t())
+    _window_loop("lstm_backward_window_f32", (dpre, dc, gates, acts["c"], acts["tanh_c"], dh_out, packed, dh), T, H)
     return dpre, lstm.recurrent_grads(dpre, acts["h"], native)
+
+
+def gru_window_forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
+    """gru.forward as native.c's ``gru_forward_window_f32``, each step's product by the packed Whh included."""
+    xw = xw.contiguous()
+    T, B, GH = xw.shape
+    H = GH // gru.GATES
+    hs = torch.empty((T + 1, B, H), dtype=xw.dtype)
+    hs[0] = state[:, 0]
+    ns, h_minus_n, rec = torch.empty_like(hs[1:]), torch.empty_like(hs[1:]), torch.empty((B, GH), dtype=xw.dtype)
+    buffers = (xw, native.pack_panels(p["Whh"]), p["bhn"].reshape(-1).contiguous(), hs, ns, h_minus_n, rec)
+    _window_loop("gru_forward_window_f32", buffers, T, H)
+    return gru.activations(xw, hs, ns, h_minus_n)
+
+
+def gru_window_backward(p: dict, acts: dict, dh_out: torch.Tensor):
+    """gru.backward as native.c's ``gru_backward_window_f32``, each step's product by the packed Whh^T included."""
+    T, B, H = dh_out.shape
+    dh_out = dh_out.contiguous()
+    drec, dx_n = torch.empty((T, B, gru.GATES * H), dtype=dh_out.dtype), torch.empty_like(dh_out)
+    dh, scratch = torch.zeros_like(dh_out[0]), torch.empty_like(dh_out[0])  # (B, H): dh_{t+1}, dh_out[t] + product
+    gates, packed = acts["gates"].view(T, B, -1), native.pack_panels(p["Whh"].t())
+    buffers = (drec, dx_n, gates, acts["n"], acts["h_minus_n"], dh_out, packed, dh, scratch)
+    _window_loop("gru_backward_window_f32", buffers, T, H)
+    grads = gru.recurrent_grads(drec, acts["h"], native)
+    drec[..., gru.N * H :] = dx_n  # the input projection's gradient: r and z as the recurrent one's, n without r
+    return drec, grads
 
 
 def lstm_step_forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
@@ -94,14 +148,15 @@ def lstm_step_backward(p: dict, acts: dict, dh_out: torch.Tensor):
 
 
 LSTM_WINDOWS = (lstm_window_forward, lstm_window_backward)
+GRU_WINDOWS = (gru_window_forward, gru_window_backward)
 LSTM_STEPS = (lstm_step_forward, lstm_step_backward)
 GRU_PRODUCTS = (functools.partial(gru.forward, products=native), functools.partial(gru.backward, products=native))
+WINDOWS = {lstm: LSTM_WINDOWS, gru: GRU_WINDOWS}
 
 
 def _obstacles(dtype: torch.dtype, device: torch.device) -> list[tuple[str, str]]:
     """What stands between a run and native.c, each as (what it rules out, why), in the order they are checked:
     ``"c"`` rules out every C loop, ``"windows"`` the window loops alone."""
-    threads = torch.get_num_threads()
     checks = [
         ("c", device.type != "cpu", device.type),
         ("c", native._turned_off(), "CHARRNN_NATIVE=0"),
@@ -109,7 +164,6 @@ def _obstacles(dtype: torch.dtype, device: torch.device) -> list[tuple[str, str]
         ("c", device.type == "cpu" and native._library() is None, "native.c not built: no C compiler?"),
         ("windows", dtype != torch.float32, str(dtype).removeprefix("torch.")),
         ("windows", native.kernel("product_f32") is None, "no AVX-512"),
-        ("windows", threads != 1, f"{threads} threads"),
     ]
     return [(rules_out, why) for rules_out, failed, why in checks if failed]
 
@@ -126,16 +180,19 @@ def path(cell, dtype: torch.dtype, device="cpu") -> Path:
     c_blocked = [why for rules_out, why in obstacles if rules_out == "c"]
     why = obstacles[0][1] if obstacles else ""
     onednn = _onednn(dtype, device)
-    if cell is lstm and not obstacles:
-        return Path("C window loops", "AVX-512, 1 thread", *LSTM_WINDOWS)
+    if cell in WINDOWS and not obstacles:
+        return Path("C window loops", "", *WINDOWS[cell], parallel.threads())
+    threads = (None, None)  # off the CPU; on it, torch's loops on torch's threads, large products on charrnn's
+    if device.type == "cpu":
+        loops, own = torch.get_num_threads(), parallel.threads()
+        threads = (loops, own if own > loops else None)
     if cell is lstm and not c_blocked:
-        return Path(f"C steps with {'oneDNN' if onednn else 'torch'} products", why, *LSTM_STEPS)
+        return Path(f"C steps with {'oneDNN' if onednn else 'torch'} products", why, *LSTM_STEPS, *threads)
     if cell is gru and onednn:
-        in_c = native.products_in_c()
-        return Path(f"{'C' if in_c else 'oneDNN'} step products, torch loop", why if not in_c else "", *GRU_PRODUCTS)
+        return Path("oneDNN step products, torch loop", why, *GRU_PRODUCTS, *threads)
     if cell is lstm and onednn:  # no C: the reference's loops, its weight gradient through oneDNN
-        return Path("torch loop, oneDNN products", why, lstm.forward, functools.partial(lstm.backward, products=native))
+        return Path("torch loop, oneDNN products", why, lstm.forward, functools.partial(lstm.backward, products=native),
+                    *threads)  # fmt: skip
     if cell in (lstm, gru):
-        return Path("plain torch", why, cell.forward, cell.backward)
-    return Path("plain torch", "no C loop for this cell", cell.forward, cell.backward)
-
+        return Path("plain torch", why, cell.forward, cell.backward, *threads)
+    return Path("plain torch", "no C loop for this cell", cell.forward, cell.backward, *threads)

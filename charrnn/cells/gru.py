@@ -73,7 +73,13 @@ def forward(p: dict, xw: torch.Tensor, state: torch.Tensor, products=common):
         rz[t].sigmoid_()
         tanh(torch.addcmul(xn[t], r[t], hn[t], out=n[t]), n[t], minus_one)
         torch.addcmul(n[t], z[t], torch.sub(h[t], n[t], out=d[t]), out=h[t + 1])
-    acts = {"h": hs, "gates": gates.view(T, B, GATES, H), "n": ns, "h_minus_n": h_minus_n}
+    return activations(gates, hs, ns, h_minus_n)
+
+
+def activations(gates, hs, ns, h_minus_n):
+    """``(acts, new_state)`` as ``forward`` returns them, from its filled buffers."""
+    T, B, GH = gates.shape
+    acts = {"h": hs, "gates": gates.view(T, B, GATES, GH // GATES), "n": ns, "h_minus_n": h_minus_n}
     return acts, hs[T].unsqueeze(1)
 
 
@@ -104,11 +110,7 @@ def backward(p: dict, acts: dict, dh_out: torch.Tensor, products=common):
     for t in range(T - 2, -1, -1):  # dh_{t-1} = dh_out[t-1] + drec_t @ Whh + dh_t z_t
         torch.addcmul(recurrent(d_rec[t + 1], d_out[t]), d_h[t + 1], z_t[t + 1], out=d_h[t])
         by_dh[t].mul_(dh1[t])
-    drec_flat = drec.view(T * B, -1)
-    grads = {
-        "Whh": products.gradient_product(drec_flat, hs[:-1].reshape(T * B, -1)),
-        "bhn": drec[:, :, N].sum((0, 1)).unsqueeze(1),
-    }
+    grads = recurrent_grads(drec.view(T, B, -1), hs, products)
     dxw = drec  # r and z: the input and recurrent pre-activations are one sum; n: d pre_n = dh (1 - z)(1 - n^2)
     torch.mul(dh, dn, out=dxw[:, :, N])
     return dxw.view(T, B, -1), grads
@@ -118,6 +120,16 @@ def torch_weights(p: dict) -> tuple:
     """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of the ``nn.GRU`` layer that computes this one: the same gate
     order, and b_hn inside the recurrent bias (0, 0, b_hn)."""
     return p["Wxh"], p["Whh"], p["bh"].view(-1), recurrent_bias(p)
+
+
+def recurrent_grads(drec: torch.Tensor, hs: torch.Tensor, products=common) -> dict:
+    """``{"Whh": drec^T h_{t-1}, "bhn": drec_n}`` summed over the window, from the recurrent pre-activations'
+    gradients ``drec`` (T, B, 3H) and ``hs`` (T + 1, B, H)."""
+    T, B, GH = drec.shape
+    return {
+        "Whh": products.gradient_product(drec.reshape(T * B, GH), hs[:-1].reshape(T * B, -1)),
+        "bhn": drec[..., N * (GH // GATES) :].sum((0, 1)).unsqueeze(1),
+    }
 
 
 def recurrent_bias(p: dict) -> torch.Tensor:

@@ -61,7 +61,8 @@ double exp(double);
 LSTM_STEP(float, float32, expf)
 LSTM_STEP(double, float64, exp)
 
-/* Training's recurrent products in float32 on AVX-512 CPUs, and the LSTM's whole window loop around them.
+/* Training's recurrent products in float32 on AVX-512 CPUs, and the LSTM's and the GRU's whole window loops around
+   them.
 
    out (M x N) = x (M x K, row stride ldx) W^T [+ add], W packed once per window into panels of 32 of its rows
    (output columns), k-major: Wp[(p K + k) 32 + j] = W[32 p + j][k], zero past N. The kernel holds 8 rows x 32
@@ -136,29 +137,97 @@ void product_f32(const float *restrict x, long ldx, const float *restrict Wp, fl
     }
 }
 
+/* The window loops below run B streams of buffers that hold S streams per step (S >= B): a block of streams
+   b0 .. b0 + B - 1 of a time-major (T, S, ...) buffer is contiguous within each step, S rows apart from step to
+   step, so threads each run the loop over their own block of the same buffers (charrnn/cells/fast.py). The
+   pointers passed are those of the block's first stream. A row's product is the same sum in the same order in
+   any block, so every stream's result is the same bits however the streams are split. */
+
 /* The LSTM layer's forward over a window (lstm.py's forward, float32): for each t, rec = h_t Whh^T (Whh packed in
    Wp), then the step; hs, cs hold T + 1 states (the starting one first), rec is B x 4H of scratch. */
 void lstm_forward_window_f32(float *gates, const float *Wp, float *hs, float *cs, float *tanh_c, float *rec, long T,
-                             long B, long H) {
+                             long B, long H, long S) {
+    long G = 4 * H * S, N = H * S;
     for (long t = 0; t < T; t++) {
-        product_f32(hs + t * B * H, H, Wp, rec, 4 * H, NULL, 0, B, 4 * H, H);
-        lstm_forward_float32(gates + t * B * 4 * H, rec, cs + t * B * H, cs + (t + 1) * B * H, tanh_c + t * B * H,
-                             hs + (t + 1) * B * H, B, H);
+        product_f32(hs + t * N, H, Wp, rec, 4 * H, NULL, 0, B, 4 * H, H);
+        lstm_forward_float32(gates + t * G, rec, cs + t * N, cs + (t + 1) * N, tanh_c + t * N, hs + (t + 1) * N, B, H);
     }
 }
 
 /* The backward over a window: dh = dpre_{t+1} Whh + dh_out[t] (Whh^T packed in WpT), then the step; dc (B x H)
    starts at zero, dh is B x H of scratch. At the last step dh is dh_out's and dc's forget gate any finite one. */
 void lstm_backward_window_f32(float *dpre, float *dc, const float *gates, const float *cs, const float *tanh_c,
-                              const float *dh_out, const float *WpT, float *dh, long T, long B, long H) {
-    long G = 4 * H * B, S = H * B;
+                              const float *dh_out, const float *WpT, float *dh, long T, long B, long H, long S) {
+    long G = 4 * H * S, N = H * S;
     for (long t = T - 1; t >= 0; t--) {
-        const float *dh_t = dh_out + t * S, *next_gates = gates + t * G;
+        const float *dh_t = dh_out + t * N, *next_gates = gates + t * G;
         if (t < T - 1) {
-            product_f32(dpre + (t + 1) * G, 4 * H, WpT, dh, H, dh_out + t * S, H, B, H, 4 * H);
+            product_f32(dpre + (t + 1) * G, 4 * H, WpT, dh, H, dh_out + t * N, H, B, H, 4 * H);
             dh_t = dh, next_gates = gates + (t + 1) * G;
         }
-        lstm_backward_float32(dpre + t * G, dc, gates + t * G, cs + t * S, tanh_c + t * S, dh_t, next_gates, B, H);
+        lstm_backward_float32(dpre + t * G, dc, gates + t * G, cs + t * N, tanh_c + t * N, dh_t, next_gates, B, H);
+    }
+}
+
+/* The GRU layer's forward over a window (gru.py's forward, float32). Per step, rec = h_t Whh^T (Whh packed in Wp;
+   B x 3H of scratch), then for each unit, with gates[t] = (x_r, x_z, x_n) the input projection:
+       r = sigmoid(x_r + rec_r), z = sigmoid(x_z + rec_z), hn = rec_n + b_hn, n = tanh(x_n + r hn)
+       h_minus_n = h_t - n,  h_{t+1} = n + z h_minus_n
+   gates[t] becomes (r, z, hn), what the backward reads; ns and h_minus_n are (T, S, H), hs (T + 1, S, H). */
+void gru_forward_window_f32(float *gates, const float *Wp, const float *bhn, float *hs, float *ns, float *h_minus_n,
+                            float *rec, long T, long B, long H, long S) {
+    long G = 3 * H * S, N = H * S;
+    for (long t = 0; t < T; t++) {
+        product_f32(hs + t * N, H, Wp, rec, 3 * H, NULL, 0, B, 3 * H, H);
+        for (long b = 0; b < B; b++) {
+            float *r = gates + t * G + 3 * H * b, *z = r + H, *xn = z + H;
+            const float *rr = rec + 3 * H * b, *rz = rr + H, *rn = rz + H, *h = hs + t * N + H * b;
+            float *n = ns + t * N + H * b, *d = h_minus_n + t * N + H * b, *h_next = hs + (t + 1) * N + H * b;
+#pragma omp simd
+            for (long j = 0; j < H; j++) {
+                float rj = 1 / (1 + expf(-(r[j] + rr[j]))), zj = 1 / (1 + expf(-(z[j] + rz[j])));
+                float hnj = rn[j] + bhn[j];
+                float nj = 2 / (1 + expf(-2 * (xn[j] + rj * hnj))) - 1;
+                float dj = h[j] - nj;
+                r[j] = rj, z[j] = zj, xn[j] = hnj;
+                n[j] = nj, d[j] = dj, h_next[j] = nj + zj * dj;
+            }
+        }
+    }
+}
+
+/* The GRU's backward over a window: with dh the gradient w.r.t. h_t,
+       dh_t = dh_out[t] + drec_{t+1} Whh + dh_{t+1} z_{t+1}   (dh_out[T - 1] alone at the last step)
+       dn = dh (1 - z)(1 - n^2)
+       drec = (dn hn r (1 - r),  dh h_minus_n z (1 - z),  dn r),   dx_n = dn
+   drec (T, S, 3H) is what the recurrent product's gradients need, dx_n (T, S, H) the input projection's n part.
+   WpT is Whh^T packed; dh (B x H) carries dh_{t+1} and starts at zero, so that at the last step dh_out[T - 1] + 0 z
+   is dh_out's, for any finite z; sum (B x H) is scratch. */
+void gru_backward_window_f32(float *drec, float *dx_n, const float *gates, const float *ns, const float *h_minus_n,
+                             const float *dh_out, const float *WpT, float *dh, float *sum, long T, long B, long H,
+                             long S) {
+    long G = 3 * H * S, N = H * S;
+    for (long t = T - 1; t >= 0; t--) {
+        const float *z_next = gates + t * G + H, *summed = dh_out + t * N;
+        if (t < T - 1) {
+            product_f32(drec + (t + 1) * G, 3 * H, WpT, sum, H, dh_out + t * N, H, B, H, 3 * H);
+            z_next = gates + (t + 1) * G + H, summed = sum;
+        }
+        for (long b = 0; b < B; b++) {
+            const float *r = gates + t * G + 3 * H * b, *z = r + H, *hn = z + H, *zn = z_next + 3 * H * b;
+            const float *n = ns + t * N + H * b, *d = h_minus_n + t * N + H * b, *s = summed + H * b;
+            float *dr = drec + t * G + 3 * H * b, *dz = dr + H, *dn_rec = dz + H, *dxn = dx_n + t * N + H * b;
+            float *dhb = dh + H * b;
+#pragma omp simd
+            for (long j = 0; j < H; j++) {
+                float dhj = s[j] + dhb[j] * zn[j];
+                float dnj = dhj * ((1 - z[j]) * (1 - n[j] * n[j]));
+                dr[j] = dnj * hn[j] * r[j] * (1 - r[j]);
+                dz[j] = dhj * d[j] * z[j] * (1 - z[j]);
+                dn_rec[j] = dnj * r[j];
+                dxn[j] = dnj, dhb[j] = dhj;
+            }
+        }
     }
 }
 #endif

@@ -1,16 +1,17 @@
-"""CPU fast paths: C kernels (native.c: the LSTM's per-step elementwise work in training, on AVX-512 CPUs its whole
-window loop with the recurrent products, sampling's loop for the LSTM and its products by large float32 or float16
-matrices) compiled with the system's C compiler on first use, and float32 matrix products through oneDNN with the
-weight packed once per window.
+"""CPU fast paths: C kernels (native.c: the LSTM's per-step elementwise work in training, on AVX-512 CPUs the LSTM's
+and the GRU's whole window loops with the recurrent products, sampling's loop for the LSTM and its products by large
+float32 or float16 matrices) compiled with the system's C compiler on first use, and float32 matrix products through
+oneDNN with the weight packed once per window; a window's products in blocks of rows on charrnn's threads
+(parallel.py).
 
 Why C: on the CPU one LSTM step is one matrix product and about ten small elementwise operations, and each torch
 operation costs several microseconds of dispatch however small its tensors, so at 32 streams of 256 units the
 elementwise operations took a third of a window (BENCHMARKS.md, section 7). One C loop does them in one pass. On
 CPUs with AVX-512, float32 windows go further: one C call runs the window's loop, each step's product by the packed
-recurrent weight included (fast.py's ``LSTM_WINDOWS``), at the core's peak rate where oneDNN's call reaches 90-94% of it: 2 x
-512 LSTM windows 5% faster, 256-unit ones 15%. The GRU's per-step products take the same kernel from Python
-(``weight_product``): 5% and 10%. (Built for AVX2 alone, the same kernel with 8-lane vectors reached
-59-81 GFLOP/s where oneDNN reaches 95-103, so other CPUs keep oneDNN's products: BENCHMARKS.md, section 7.)
+recurrent weight included (fast.py's ``LSTM_WINDOWS``, ``GRU_WINDOWS``), at the core's peak rate where oneDNN's call
+reaches 90-94% of it: 2 x 512 LSTM windows 5% faster, 256-unit ones 15%; and each thread runs it over its own
+streams. (Built for AVX2 alone, the same kernel with 8-lane vectors reached 59-81 GFLOP/s where oneDNN reaches
+95-103, so other CPUs keep oneDNN's products: BENCHMARKS.md, section 7.)
 
 The library is built once per source, compiler, flags and CPU (``-march=native``, and ``CHARRNN_CFLAGS`` from the
 environment: ``-mno-avx512f`` builds what a CPU without AVX-512 runs) into a directory only this user can write and
@@ -30,6 +31,7 @@ import functools
 
 import torch
 
+from . import parallel
 from .native_build import library as _library, turned_off as _turned_off
 
 
@@ -52,65 +54,70 @@ def _onednn_usable(*tensors: torch.Tensor) -> bool:
     )
 
 
-STEP_ROWS = 64  # products of at most this many rows are a recurrence's steps: native.c's kernel takes them
+SPLIT_ROWS = 128  # rows per block of a window's product, at least: fewer would not pay for the block's call
 
 
-def products_in_c() -> bool:
-    """Whether float32 recurrent products run in native.c (``product_f32``): it is built (AVX-512) and torch runs one
-    thread (train.py's default: the kernel is single-threaded, and with more threads oneDNN's products share each
-    step among them)."""
-    return torch.get_num_threads() == 1 and kernel("product_f32") is not None
-
-
-def _step_products_usable(W: torch.Tensor, rows: int, bias) -> bool:
-    """Whether ``weight_product`` runs through native.c's ``product_f32``: per-step products (few rows, no bias) in
-    float32 on the CPU, when ``products_in_c``."""
-    float32_cpu = W.device.type == "cpu" and W.dtype == torch.float32
-    return bias is None and rows <= STEP_ROWS and float32_cpu and products_in_c()
+def _row_blocks(rows: int, device=torch.device("cpu")) -> list[tuple[int, int]]:
+    """Blocks of a window's rows for charrnn's threads (parallel.py) on the CPU: up to ``PER_THREAD`` per thread, of
+    at least ``SPLIT_ROWS`` rows; a recurrence's per-step products (a few dozen rows) stay whole (a split per step
+    would wait for the slowest thread every step), and so does a product on a GPU."""
+    threads = parallel.threads() if device.type == "cpu" else 1
+    count = min(parallel.PER_THREAD * threads, rows // SPLIT_ROWS) if threads > 1 else 1
+    return parallel.split(rows, max(count, 1))
 
 
 def weight_product(W: torch.Tensor, rows: int, bias: torch.Tensor = None):
     """A function ``(x, add=None) -> x @ W^T + bias (+ add)`` for many products by one weight ``W`` (out, in),
-    each with ``rows`` rows: per-step products through native.c's kernel (``_step_products_usable``), others
-    through oneDNN with W packed once on the CPU in float32, else ``torch.addmm``. ``bias`` is (out,) or None;
-    ``add`` is (rows, out). Returns a new tensor."""
-    if _step_products_usable(W, rows, bias):
-        packed, (N, K), c_product = pack_panels(W), W.shape, kernel("product_f32")
-
-        def step_product(x, add=None):
-            x, add = x.contiguous(), None if add is None else add.contiguous()
-            out = torch.empty((x.shape[0], N), dtype=x.dtype)
-            add_rows = None if add is None else add.data_ptr()
-            c_product(x.data_ptr(), K, packed.data_ptr(), out.data_ptr(), N, add_rows, N, x.shape[0], N, K)
-            return out
-
-        return step_product
+    each with ``rows`` rows: through oneDNN with W packed once on the CPU in float32, else ``torch.addmm``; the rows
+    of a window's product in blocks on charrnn's threads. ``bias`` is (out,) or None; ``add`` is (rows, out).
+    Returns a new tensor."""
     if not _onednn_usable(W):
         W_t = W.t()
 
-        def product(x, add=None):
+        def block_product(x, add=None):
             if add is None:
                 return torch.mm(x, W_t) if bias is None else torch.addmm(bias, x, W_t)
             return torch.addmm(add if bias is None else add + bias, x, W_t)
 
-        return product
-    packed = torch.ops.mkldnn._reorder_linear_weight(W.detach(), rows)  # a transposed view packs faster than its copy
-    linear = torch.ops.mkldnn._linear_pointwise
+    else:
+        packed = torch.ops.mkldnn._reorder_linear_weight(W.detach(), rows)  # a transposed view packs faster
+        linear = torch.ops.mkldnn._linear_pointwise
+
+        def block_product(x, add=None):
+            if add is None:
+                return linear(x, packed, bias, "none", [], "")
+            return linear.binary(x, add, packed, bias, "add")
+
+    if len(_row_blocks(rows, W.device)) == 1:
+        return block_product
 
     def product(x, add=None):
-        if add is None:
-            return linear(x, packed, bias, "none", [], "")
-        return linear.binary(x, add, packed, bias, "add")
+        out = x.new_empty((len(x), W.shape[0]))
+
+        def run(part):
+            first, end = part
+            out[first:end] = block_product(x[first:end], None if add is None else add[first:end])
+
+        parallel.run(run, _row_blocks(len(x)))
+        return out
 
     return product
 
 
 def gradient_product(D: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """``D^T @ X`` (contiguous), a weight's gradient from the window's rows: oneDNN computes ``X^T @ D`` about 9%
-    faster than MKL computes ``D^T @ X`` at 3200 rows (2 x 512 LSTM), the transpose back included."""
-    if not _onednn_usable(D, X):
-        return D.t() @ X
-    return torch.ops.mkldnn._linear_pointwise(X.t(), D.t(), None, "none", [], "").t().contiguous()
+    faster than MKL computes ``D^T @ X`` at 3200 rows (2 x 512 LSTM), the transpose back included. The rows in
+    blocks on charrnn's threads, their sums added."""
+    onednn = _onednn_usable(D, X)
+
+    def run(part):  # X^T D over the part's rows (oneDNN), or D^T X
+        d, x = D[part[0] : part[1]], X[part[0] : part[1]]
+        return torch.ops.mkldnn._linear_pointwise(x.t(), d.t(), None, "none", [], "") if onednn else d.t() @ x
+
+    first, *others = parallel.run(run, _row_blocks(len(D), D.device))
+    for other in others:
+        first += other
+    return first.t().contiguous() if onednn else first
 
 
 def kernel(name: str):

@@ -1,0 +1,261 @@
+"""charrnn on several threads (charrnn/cells/parallel.py): the blocks cover every stream and row once, the C window
+loops of the LSTM and the GRU compute the reference's math on any split of the streams, the products in blocks of
+rows equal whole ones, and training on 1 or 2 threads is the same model up to the order of sums, resumed across a
+change of thread count too."""
+
+import threading
+import time
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from charrnn import network, optim
+from charrnn.cells import fast, gru, lstm, native, parallel
+from tests.train_helpers import corpus, newest, tiny_args, train
+
+F64 = torch.float64
+window_kernels = pytest.mark.skipif(native.kernel("product_f32") is None,
+                                    reason="native.c's window loops need a C compiler and an AVX-512 CPU")  # fmt: skip
+
+
+@pytest.fixture
+def threads():
+    """``threads(n)``: charrnn on n threads, torch on one (as train.py runs them); both restored afterwards."""
+    before = torch.get_num_threads(), parallel.threads()
+
+    def use(n):
+        torch.set_num_threads(1)
+        parallel.set_threads(n)
+
+    yield use
+    torch.set_num_threads(before[0])
+    parallel.set_threads(before[1])
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)  # each example sets the threads it needs
+@given(size=st.integers(1, 200), most=st.integers(1, 40), n=st.integers(1, 9))
+def test_blocks_cover_every_row_once(size, most, n, threads):
+    threads(n)
+    parts = parallel.blocks(size, most)
+    assert [first for first, _ in parts] == [0] + [end for _, end in parts[:-1]] and parts[-1][1] == size
+    sizes = [end - first for first, end in parts]
+    if n == 1:
+        assert parts == [(0, size)]
+    else:
+        assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+        assert max(sizes) <= most or len(parts) == size  # within ``most`` unless every block is one row
+        assert len(parts) >= min(size, 2 * n)
+
+
+def test_run_shares_the_parts_keeps_their_order_and_raises(threads):
+    threads(3)
+    ran_on = set()
+
+    def work(i):
+        ran_on.add(threading.get_ident())
+        time.sleep(0.01)  # long enough that every thread takes parts
+        return i * i
+
+    assert parallel.run(work, list(range(12))) == [i * i for i in range(12)]
+    assert threading.get_ident() in ran_on and len(ran_on) == 3
+
+    def fails(i):
+        if i == 5:
+            raise ValueError("part 5")
+        return i
+
+    with pytest.raises(ValueError, match="part 5"):
+        parallel.run(fails, list(range(8)))
+
+
+def test_run_never_waits_for_a_helper_that_has_not_started(threads):
+    """A helper kept off its core (here: busy with another task) takes no part, and the caller does them all
+    without waiting for it: the window goes on at one thread's speed, not the slowest thread's."""
+    threads(2)
+    release = threading.Event()
+    busy = parallel._pool(1).submit(release.wait, 10)  # the one helper of two threads
+    try:
+        started = time.perf_counter()
+        ran_on = set()
+        assert parallel.run(lambda i: ran_on.add(threading.get_ident()) or i, list(range(4))) == [0, 1, 2, 3]
+        assert ran_on == {threading.get_ident()} and time.perf_counter() - started < 5
+    finally:
+        release.set()
+        busy.result()
+
+
+def layer_run(cell, dtype, xw, state, dh, math):
+    """A layer's forward and backward through ``math`` (a path's forward and backward), from one parameter draw."""
+    H = xw.shape[-1] // cell.GATES
+    p = cell.init_layer(H, H, torch.Generator().manual_seed(4), F64)
+    p = {k: (v + 0.3 * torch.randn(v.shape, generator=torch.Generator().manual_seed(8), dtype=F64)).to(dtype)
+         for k, v in p.items()}  # fmt: skip
+    forward, backward = math
+    acts, new_state = forward(p, xw.to(dtype, copy=True), state.to(dtype))  # the forward overwrites xw
+    dxw, grads = backward(p, acts, dh.to(dtype))
+    return {**acts, "state": new_state, "dxw": dxw, **{f"d{k}": v for k, v in grads.items()}}
+
+
+@pytest.fixture
+def window_calls(monkeypatch):
+    """The number of window loop calls (blocks) of native.c, by name."""
+    calls, real = {}, native.kernel
+
+    def counting(name):
+        function = real(name)
+        if function is None or "window" not in name:
+            return function
+
+        def call(*args):
+            with lock:
+                calls[name] = calls.get(name, 0) + 1
+            return function(*args)
+
+        return call
+
+    lock = threading.Lock()
+    monkeypatch.setattr(native, "kernel", counting)
+    return calls
+
+
+@window_kernels
+@pytest.mark.parametrize("cell", [lstm, gru], ids=["lstm", "gru"])
+def test_window_loops_equal_the_reference_on_any_split(cell, threads, window_calls):
+    """The float32 C window loops against the float64 reference loops (lstm.py, gru.py), at 11 streams of 37 units
+    (an 8-row block and single rows; vectors and their tails) with pre-activations up to +-1000 (exp overflows): equal
+    to float32 rounding. On 1 and 3 threads (one block, six) every stream's activations and input gradients are the
+    same bits (the same kernel on the same rows); the weight gradients, summed over blocks of rows, to rounding."""
+    g = torch.Generator().manual_seed(5)
+    T, B, H = 7, 11, 37
+    xw = torch.randn(T, B, cell.GATES * H, generator=g, dtype=F64) * 3
+    xw[0, 0] = torch.linspace(-1000, 1000, cell.GATES * H, dtype=F64)
+    state = torch.randn(B, cell.NUM_STATES, H, generator=g, dtype=F64)
+    dh = torch.randn(T, B, H, generator=g, dtype=F64)
+    reference = layer_run(cell, F64, xw, state, dh, (cell.forward, cell.backward))
+    runs = {}
+    for n, blocks in ((1, 1), (3, 6)):
+        threads(n)
+        window_calls.clear()
+        runs[n] = layer_run(cell, torch.float32, xw, state, dh, fast.WINDOWS[cell])
+        assert window_calls == {f"{cell.__name__.rsplit('.')[-1]}_{way}_window_f32": blocks
+                                for way in ("forward", "backward")}  # fmt: skip
+        for k, expected in reference.items():
+            assert (runs[n][k].double() - expected).abs().max() <= 2e-5 * max(1.0, expected.abs().max()), (n, k)
+    for k in reference:
+        if not k.startswith("dW") and k != "dbhn":
+            assert torch.equal(runs[1][k], runs[3][k]), k
+
+
+@window_kernels
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)  # each example sets the threads it needs
+@given(cell=st.sampled_from([lstm, gru]), T=st.integers(1, 6), B=st.integers(1, 20), H=st.integers(1, 40),
+       n=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))  # fmt: skip
+def test_window_loops_at_every_shape(cell, T, B, H, n, seed, threads):
+    """Any window length (one step included), any number of streams split any way, any width: the reference's
+    results to float32 rounding."""
+    threads(n)
+    g = torch.Generator().manual_seed(seed)
+    xw = torch.randn(T, B, cell.GATES * H, generator=g, dtype=F64) * 2
+    state = torch.randn(B, cell.NUM_STATES, H, generator=g, dtype=F64)
+    dh = torch.randn(T, B, H, generator=g, dtype=F64)
+    reference = layer_run(cell, F64, xw, state, dh, (cell.forward, cell.backward))
+    ours = layer_run(cell, torch.float32, xw, state, dh, fast.WINDOWS[cell])
+    for k, expected in reference.items():
+        assert (ours[k].double() - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max()), k
+
+
+@window_kernels
+def test_gru_window_loop_propagates_nan(threads):
+    """A NaN pre-activation reaches the GRU's state and gradients (the divergence guard looks for it there)."""
+    threads(2)
+    T, B, H = 3, 2, 21
+    xw, state, dh = torch.zeros(T, B, 3 * H, dtype=F64), torch.zeros(B, 1, H, dtype=F64), torch.ones(T, B, H, dtype=F64)
+    xw[1, 0, 5] = float("nan")
+    out = layer_run(gru, torch.float32, xw, state, dh, fast.GRU_WINDOWS)
+    assert out["state"][0].isnan().any() and not out["state"][1].isnan().any()
+    assert out["dWhh"].isnan().any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_products_in_blocks_of_rows_equal_whole_ones(dtype, threads):
+    """A window's products on 3 threads (rows in blocks; oneDNN's in float32, torch's in float64) against the same
+    products on one thread and against float64: ``x W^T + b (+ add)`` and ``D^T X``."""
+    g = torch.Generator().manual_seed(2)
+    rows = 6 * native.SPLIT_ROWS + 5  # six blocks on three threads
+    x, W, b = (torch.randn(*shape, generator=g, dtype=F64) for shape in ((rows, 40), (70, 40), (70,)))
+    add, D = torch.randn(rows, 70, generator=g, dtype=F64), torch.randn(rows, 30, generator=g, dtype=F64)
+    exact = {"product": x @ W.t() + b + add, "gradient": D.t() @ x}
+    results = {}
+    for n in (1, 3):
+        threads(n)
+        assert len(native._row_blocks(rows)) == (1 if n == 1 else 6)
+        assert native._row_blocks(rows, torch.device("meta")) == [(0, rows)]  # off the CPU: whole
+        product = native.weight_product(W.to(dtype), rows, b.to(dtype))
+        results[n] = {"product": product(x.to(dtype), add.to(dtype)),
+                      "gradient": native.gradient_product(D.to(dtype), x.to(dtype))}  # fmt: skip
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    for k, expected in exact.items():
+        for n in (1, 3):
+            assert results[n][k].shape == expected.shape
+            assert (results[n][k].double() - expected).abs().max() <= tolerance * expected.abs().max(), (n, k)
+
+
+def train_steps(cell, dtype, steps=3, L=2, B=16, T=20, H=24, V=11):
+    """``(loss, params)`` after ``steps`` of network.train_step (charrnn's Adagrad) from one seed: the window's
+    products in blocks of rows on more than one thread (T * B = 320 rows), the C window loops where they run."""
+    g = torch.Generator().manual_seed(1)
+    arch = network.Architecture(V, H, cell, L, dropout=0.1)
+    params = arch.init_params(g, dtype)
+    opt = optim.Adagrad(params.values(), lr=0.05, initial_accumulator_value=0.03)
+    state = arch.zero_state(B, dtype)
+    for step in range(steps):
+        inputs, targets = torch.randint(V, (B, T), generator=g), torch.randint(V, (B, T), generator=g)
+        masks = arch.dropout_masks(3, step, 0, B, T, dtype, None)
+        loss, state = network.train_step(arch, params, opt, inputs, targets, state, masks=masks)
+    return loss, params
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["float32", "float64"])
+def test_training_on_one_or_two_threads_is_the_same_model(cell, dtype, threads):
+    """Three training steps on 1 and on 2 threads: the same loss and weights to the dtype's rounding (only the order
+    of the sums over blocks of rows differs; the C window loops give each stream the same bits on any split)."""
+    (loss_1, params_1), (loss_2, params_2) = (threads(n) or train_steps(cell, dtype) for n in (1, 2))
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    assert abs(float(loss_1) - float(loss_2)) <= tolerance * abs(float(loss_1))
+    for name, p in params_1.items():
+        assert (params_2[name] - p).abs().max() <= tolerance * p.abs().max(), name
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_resumes_across_a_change_of_thread_count(cell, tmp_path, threads):
+    """train.py to step 12 on 2 threads, against to step 6 on 2 threads and resumed to 12 on 1: the same weights
+    and Adagrad memory to float32 rounding (the sums over blocks differ in order, so bits are not compared)."""
+    text = tmp_path / "input.txt"
+    text.write_text(corpus(20000))
+    model = ("--model.cell", cell, "--model.num_layers", 2, "--data.batch_size", 16, "--data.seq_length", 20)
+    assert train(tiny_args(text, tmp_path / "whole", *model, "--threads", 2, steps=12)) == 0
+    assert train(tiny_args(text, tmp_path / "split", *model, "--threads", 2, steps=6)) == 0
+    resume = ("--ckpt_path", "last", "--threads", 1)
+    assert train(tiny_args(text, tmp_path / "split", *model, *resume, steps=12)) == 0
+    whole, split = newest(tmp_path / "whole"), newest(tmp_path / "split")
+    assert whole["global_step"] == split["global_step"] == 12
+    for name, p in whole["state_dict"].items():
+        assert (split["state_dict"][name] - p).abs().max() <= 1e-4 * max(1.0, p.abs().max()), name
+    mems = [[s["mem"] for s in ckpt["optimizer_states"][0]["state"].values()] for ckpt in (whole, split)]
+    for a, b in zip(*mems):
+        assert (a - b).abs().max() <= 1e-4 * a.abs().max()
