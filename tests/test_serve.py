@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import charrnn
 import charrnn.server
-from charrnn import api, checkpoint
+from charrnn import api, rundir
 from charrnn.server import Refused, Sessions, Workers
 from tests.test_visualize import chromium, needs_chromium
 from tests.train_helpers import ROOT, assert_one_line_error, corpus, run_script, tiny_args, train
@@ -83,7 +83,7 @@ def ckpt(tmp_path_factory) -> str:
     (d / "input.txt").write_text(TEXT, encoding="utf-8")
     args = tiny_args(d / "input.txt", d / "run", "--data.val_fraction", 0.2, "--model.cell", "lstm", steps=30)
     assert train(args) == 0
-    return checkpoint.newest_last_checkpoint(str(d / "run"))
+    return rundir.newest_last_checkpoint(str(d / "run"))
 
 
 @pytest.fixture(scope="module")
