@@ -9,7 +9,6 @@ uvicorn; docs/serve.md describes the API, the limits and why this framework.
 """
 
 import errno
-import os
 import socket
 import sys
 
@@ -21,7 +20,7 @@ if __name__ == "__main__":
 import torch
 import uvicorn
 
-from charrnn import api, server
+from charrnn import api, cores, server
 from charrnn.command import ArgumentParser, exit_code
 from charrnn.errors import UsageError
 
@@ -34,7 +33,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine "
                                                        "only; 0.0.0.0 for every network)")  # fmt: skip
     p.add_argument("--port", type=int, default=8000, help="the TCP port (default 8000; 0: any free one, printed)")
-    p.add_argument("--threads", metavar="N", type=int, default=len(os.sched_getaffinity(0)),
+    p.add_argument("--threads", metavar="N", type=int, default=cores.available(),
                    help="worker threads that generate and score (default: the cores this process may use)")
     p.add_argument("--max-body", metavar="B", type=int, default=DEFAULTS.max_body,
                    help=f"bytes of a request body, at most (default {DEFAULTS.max_body})")

@@ -23,7 +23,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from . import checks, finetune, optim, resume, runlock, summary
+from . import checks, cores, finetune, optim, resume, runlock, summary
 from .callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, OptimizerFromFlags, ProgressBar
 from .cells import parallel
 from .command import exit_code
@@ -166,38 +166,6 @@ def _check_writable(directory: str) -> None:
 
 
 # Where a container's CPU quota is: cgroup v2's "QUOTA PERIOD" (QUOTA "max": none), or cgroup v1's two files.
-CPU_QUOTA = ("/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
-
-
-def _cpu_quota() -> float | None:
-    """The cgroup's CPU quota in CPUs, or None when there is none (or no cgroup file says)."""
-    v2, v1_quota, v1_period = CPU_QUOTA
-    try:
-        with open(v2) as f:
-            quota, period = f.read().split()[:2]
-    except (OSError, ValueError):
-        try:
-            with open(v1_quota) as f, open(v1_period) as g:
-                quota, period = f.read().strip(), g.read().strip()
-        except OSError:
-            return None
-    try:
-        return None if quota in ("max", "-1") else int(quota) / int(period)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def available_cores() -> int:
-    """The CPUs this process may run on: its affinity mask (taskset, a batch scheduler's allocation), capped by the
-    cgroup's CPU quota (a container's ``--cpus``) in whole CPUs; not os.cpu_count(), which counts the machine's."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    quota = _cpu_quota()
-    return cores if quota is None else max(1, min(cores, int(quota)))
-
-
 def _default_threads(requested: int | None, processes: int = 1) -> None:
     """The threads that train: ``--threads`` (or ``threads:`` in a config) if given; else, when OMP_NUM_THREADS is
     set, torch's threads as it says (and charrnn's one); else every available core, shared among the ``processes``
@@ -211,7 +179,7 @@ def _default_threads(requested: int | None, processes: int = 1) -> None:
     if requested is None and omp is not None:
         parallel.set_threads(1)  # torch sized its threads from OMP_NUM_THREADS
         return
-    parallel.set_threads(requested or max(1, available_cores() // processes))
+    parallel.set_threads(requested or max(1, cores.available() // processes))
     torch.set_num_threads(1)
 
 

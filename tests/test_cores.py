@@ -20,6 +20,12 @@ window_kernels = pytest.mark.skipif(native.kernel("product_f32") is None,
                                     reason="native.c's window loops need a C compiler and an AVX-512 CPU")  # fmt: skip
 
 
+def fixed_examples(n: int):
+    """The same ``n`` examples every run; each example sets the threads it needs through the fixture."""
+    return settings(max_examples=n, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
 @pytest.fixture
 def threads():
     """``threads(n)``: charrnn on n threads, torch on one (as train.py runs them); both restored afterwards."""
@@ -34,13 +40,7 @@ def threads():
     parallel.set_threads(before[1])
 
 
-@settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)  # each example sets the threads it needs
+@fixed_examples(300)
 @given(size=st.integers(1, 200), most=st.integers(1, 40), n=st.integers(1, 9))
 def test_blocks_cover_every_row_once(size, most, n, threads):
     threads(n)
@@ -155,13 +155,7 @@ def test_window_loops_equal_the_reference_on_any_split(cell, threads, window_cal
 
 
 @window_kernels
-@settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)  # each example sets the threads it needs
+@fixed_examples(60)
 @given(cell=st.sampled_from([lstm, gru]), T=st.integers(1, 6), B=st.integers(1, 20), H=st.integers(1, 40),
        n=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))  # fmt: skip
 def test_window_loops_at_every_shape(cell, T, B, H, n, seed, threads):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from charrnn import cli
+from charrnn import cores as machine_cores
 from charrnn.cells import fast, gru, parallel
 from tests.train_helpers import assert_one_line_error, corpus, tiny_args, train
 
@@ -24,7 +25,7 @@ def restore_threads():
 def cores(monkeypatch):
     """A machine of 6 cores with no CPU quota, whatever this one is."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
-    monkeypatch.setattr(cli, "CPU_QUOTA", ("/nonexistent/cpu.max", "/nonexistent/quota", "/nonexistent/period"))
+    monkeypatch.setattr(machine_cores, "CPU_QUOTA", ("/nonexistent/cpu.max", "/nonexistent/quota", "/nonexistent/period"))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
 
@@ -60,8 +61,8 @@ def test_available_cores_are_the_affinity_capped_by_the_cgroup_quota(cores, monk
     for path, text in zip(files, (v2, *(v1 or (None, None)))):
         if text is not None:
             path.write_text(text)
-    monkeypatch.setattr(cli, "CPU_QUOTA", tuple(map(str, files)))
-    assert cli.available_cores() == expected
+    monkeypatch.setattr(machine_cores, "CPU_QUOTA", tuple(map(str, files)))
+    assert machine_cores.available() == expected
 
 
 @pytest.mark.parametrize("how", ["flag", "config", "default"])
@@ -73,7 +74,7 @@ def test_compute_line_says_the_threads(how, tmp_path, capsys, monkeypatch, resto
     config.write_text("threads: 1\n")
     given = {"flag": ["--threads", 1], "config": ["--config", config], "default": []}[how]
     assert train(tiny_args(text, tmp_path, "--model.cell", "gru", *given, steps=2)) == 0
-    threads = 1 if how != "default" else cli.available_cores()
+    threads = 1 if how != "default" else machine_cores.available()
     compute = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("compute: "))
     assert parallel.threads() == threads and torch.get_num_threads() == 1
     chosen = fast.path(gru, torch.float32)  # the window loops on AVX-512 CPUs, else torch's loop on one thread
