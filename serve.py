@@ -25,6 +25,14 @@ from charrnn.command import ArgumentParser, exit_code
 from charrnn.errors import UsageError
 
 DEFAULTS = server.Limits()
+LIMIT_FLAGS = (  # server.Limits' fields as flags: (name, metavar, what it bounds)
+    ("max_body", "B", "bytes of a request body, at most"),
+    ("max_text", "N", "characters of a prime, a stop string or a text to score"),
+    ("max_length", "N", "characters one request may generate"),
+    ("max_concurrent", "N", "POST requests in progress at once; more are refused"),
+    ("max_sessions", "N", "named sessions kept at once"),
+    ("session_ttl", "S", "seconds a session is kept after its last request"),
+)
 
 
 def _parser() -> ArgumentParser:
@@ -35,18 +43,10 @@ def _parser() -> ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="the TCP port (default 8000; 0: any free one, printed)")
     p.add_argument("--threads", metavar="N", type=int, default=cores.available(),
                    help="worker threads that generate and score (default: the cores this process may use)")
-    p.add_argument("--max-body", metavar="B", type=int, default=DEFAULTS.max_body,
-                   help=f"bytes of a request body, at most (default {DEFAULTS.max_body})")
-    p.add_argument("--max-text", metavar="N", type=int, default=DEFAULTS.max_text,
-                   help=f"characters of a prime, a stop string or a text to score (default {DEFAULTS.max_text})")
-    p.add_argument("--max-length", metavar="N", type=int, default=DEFAULTS.max_length,
-                   help=f"characters one request may generate (default {DEFAULTS.max_length})")
-    p.add_argument("--max-concurrent", metavar="N", type=int, default=DEFAULTS.max_concurrent,
-                   help=f"POST requests in progress at once; more are refused (default {DEFAULTS.max_concurrent})")
-    p.add_argument("--max-sessions", metavar="N", type=int, default=DEFAULTS.max_sessions,
-                   help=f"named sessions kept at once (default {DEFAULTS.max_sessions})")
-    p.add_argument("--session-ttl", metavar="S", type=float, default=DEFAULTS.session_ttl,
-                   help=f"seconds a session is kept after its last request (default {DEFAULTS.session_ttl:g})")
+    for name, metavar, what in LIMIT_FLAGS:
+        default = getattr(DEFAULTS, name)
+        p.add_argument(f"--{name.replace('_', '-')}", metavar=metavar, type=type(default), default=default,
+                       help=f"{what} (default {default})")
     p.add_argument("--access-log", action="store_true", help="one line on stderr per request")
     return p
 
