@@ -265,3 +265,37 @@ def test_cuda_gives_the_cpu_text(capsysbinary, ckpt):
     """float64 products on either device: the same seed gives the same text."""
     cpu = run_main(capsysbinary, ckpt, "--length", 500, "--seed", 8, "--device", "cpu")
     assert run_main(capsysbinary, ckpt, "--length", 500, "--seed", 8, "--device", "cuda") == cpu
+
+
+def test_torch_save_writes_checksums_that_hold(ckpt):
+    """The check below rests on this: every member of an undamaged checkpoint matches its CRC-32."""
+    with zipfile.ZipFile(ckpt) as z:
+        assert z.testzip() is None and len(z.infolist()) > 3
+
+
+def test_one_flipped_bit_anywhere_is_refused_where_a_checkpoint_is_read(capsysbinary, ckpt, run_dir, tmp_path):
+    good = Path(ckpt).read_bytes()
+    whh = torch.load(ckpt, weights_only=True)["state_dict"]["Whh"]
+    at_whh = good.find(whh.numpy().tobytes())
+    assert at_whh > 0
+    names = {info.filename: info for info in zipfile.ZipFile(ckpt).infolist()}
+    pickle_at = names[next(n for n in names if n.endswith("data.pkl"))].header_offset + 100
+    # Inside Whh's data (a weight loads as another weight: torch.load does not check), inside the pickle, in the
+    # first member's name and in the central directory. (The sizes in a member's own header repeat the central
+    # directory's, which is what is read: a bit flipped there changes nothing loaded.)
+    for at in (at_whh + whh.numel() * 2, pickle_at, 31, len(good) - 60):
+        for bit in (0, 6):
+            damaged = tmp_path / f"flipped-{at}-{bit}.ckpt"
+            damaged.write_bytes(good[:at] + bytes([good[at] ^ (1 << bit)]) + good[at + 1 :])
+            assert_refused(*run_main(capsysbinary, damaged, "--length", 10), str(damaged))
+    flipped = tmp_path / f"flipped-{at_whh + whh.numel() * 2}-0.ckpt"
+    assert_refused(*run_main(capsysbinary, flipped, "--length", 10), "is damaged: its part", "checksum")
+    before = Path(ckpt).read_bytes()
+    code, out, err = run_train_py(["--ckpt_path", flipped, "--data.path", run_dir.parent / "unicode.txt",
+                                   "--trainer.default_root_dir", tmp_path / "resumed"])  # fmt: skip
+    assert code == 2, err
+    assert_one_line_error(err, str(flipped), "checksum")
+    assert not (tmp_path / "resumed").exists() and Path(ckpt).read_bytes() == before
+    code, _, err = run_script("visualize.py", [flipped, "--out", tmp_path / "page.html"])
+    assert code == 2 and not (tmp_path / "page.html").exists()
+    assert_one_line_error(err, str(flipped), "checksum")
