@@ -11,6 +11,7 @@ padded.
 
 import codecs
 import contextlib
+import io
 import os
 
 import numpy as np
@@ -24,55 +25,68 @@ _CHUNK_BYTES = 1 << 23
 VAL_STREAMS = 64
 
 
-def _decoded_chunks(path: str, what: str = "data file", chunk_bytes: int | None = None):
-    """Yield the file's text in chunks: UTF-8 checked, BOM dropped, CRLF (and lone CR) turned into LF. ``what``
-    names the file in errors.
+def _decoded_chunks(stream, path: str, what: str = "data file", chunk_bytes: int | None = None):
+    """Yield the text of a binary ``stream`` (the file ``path``) in chunks: UTF-8 checked, BOM dropped, CRLF (and
+    lone CR) turned into LF. ``what`` names the file in errors.
 
     Line ends are normalised so a file saved on Windows trains the same model as on Unix and no '\\r' reaches
     the vocabulary or the samples.
     """
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     offset, carry, at_start = 0, "", True
+    while True:
+        raw = stream.read(chunk_bytes or _CHUNK_BYTES)
+        pending = len(decoder.getstate()[0])  # bytes of a character split by the previous chunk
+        try:
+            text = decoder.decode(raw, final=not raw)
+        except UnicodeDecodeError as e:
+            at = offset - pending + e.start  # in the file, BOM included
+            source = "utf-16" if at == 0 and raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"
+            raise UsageError(
+                f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {at}); "
+                f"convert it first, e.g. iconv -f {source} -t utf-8"
+            ) from None
+        offset += len(raw)
+        if at_start and text:
+            text, at_start = text.removeprefix("\ufeff"), False
+        text = carry + text
+        # Hold back a trailing CR: its LF may start the next chunk.
+        carry = text[-1:] if raw and text.endswith("\r") else ""
+        text = text[: len(text) - len(carry)]
+        if "\r" in text:  # a scan is much cheaper than two replaces on the common Unix text
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if text:
+            yield text
+        if not raw:
+            return
+
+
+def _unreadable(e: OSError, path: str, what: str) -> UsageError:  # e.g. /proc/self/mem, or a disk failing
+    return UsageError(f"cannot read {what} {path} ({e.strerror})")
+
+
+def _read_bytes(path: str, what: str = "data file") -> bytes:
+    """The whole file in one read: every later pass works on these bytes, so a file that changes while charrnn
+    starts is read as one version of it, never as a mix of two."""
     try:
         with open(path, "rb") as f:
-            while True:
-                raw = f.read(chunk_bytes or _CHUNK_BYTES)
-                pending = len(decoder.getstate()[0])  # bytes of a character split by the previous chunk
-                try:
-                    text = decoder.decode(raw, final=not raw)
-                except UnicodeDecodeError as e:
-                    at = offset - pending + e.start  # in the file, BOM included
-                    source = "utf-16" if at == 0 and raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"
-                    raise UsageError(
-                        f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {at}); "
-                        f"convert it first, e.g. iconv -f {source} -t utf-8"
-                    ) from None
-                offset += len(raw)
-                if at_start and text:
-                    text, at_start = text.removeprefix("\ufeff"), False
-                text = carry + text
-                # Hold back a trailing CR: its LF may start the next chunk.
-                carry = text[-1:] if raw and text.endswith("\r") else ""
-                text = text[: len(text) - len(carry)]
-                if "\r" in text:  # a scan is much cheaper than two replaces on the common Unix text
-                    text = text.replace("\r\n", "\n").replace("\r", "\n")
-                if text:
-                    yield text
-                if not raw:
-                    return
-    except OSError as e:  # e.g. /proc/self/mem, or a disk failing
-        raise UsageError(f"cannot read {what} {path} ({e.strerror})") from None
+            return f.read()
+    except OSError as e:
+        raise _unreadable(e, path, what) from None
 
 
 def read_start(path: str, limit: int, what: str) -> tuple[str, bool]:
     """The first ``limit`` characters of a text file read as training reads it, and whether it holds more. Reads
     about as far as needed: a character is at most 4 bytes."""
     text = ""
-    with contextlib.closing(_decoded_chunks(path, what, 4 * limit + 8)) as chunks:
-        for chunk in chunks:
-            text += chunk
-            if len(text) > limit:
-                break
+    try:
+        with open(path, "rb") as f, contextlib.closing(_decoded_chunks(f, path, what, 4 * limit + 8)) as chunks:
+            for chunk in chunks:
+                text += chunk
+                if len(text) > limit:
+                    break
+    except OSError as e:
+        raise _unreadable(e, path, what) from None
     return text[:limit], len(text) > limit
 
 
@@ -123,14 +137,15 @@ def id_dtype(vocab_size: int):
 
 
 def read_corpus(path: str):
-    """Read and encode a text file in two streaming passes, without a Python object per character.
+    """Read a text file once and encode it in two passes over its bytes, without a Python object per character.
 
     Returns ``(vocab, ids)`` with ids a compact integer numpy array.
     """
     check_text_file(path)
+    raw = _read_bytes(path)
     seen = np.zeros(0x110000, dtype=bool)  # every Unicode code point; a presence table is cheaper than counting
     length = 0
-    for text in _decoded_chunks(path):
+    for text in _decoded_chunks(io.BytesIO(raw), path):
         cps = _code_points(text)
         seen[cps] = True
         length += len(cps)
@@ -141,7 +156,7 @@ def read_corpus(path: str):
     table = vocab.lookup_table(id_dtype(len(vocab)))
     ids = np.empty(length, dtype=table.dtype)
     pos = 0
-    for text in _decoded_chunks(path):
+    for text in _decoded_chunks(io.BytesIO(raw), path):
         cps = _code_points(text)
         ids[pos : pos + len(cps)] = table[cps]
         pos += len(cps)
