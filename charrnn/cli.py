@@ -181,13 +181,22 @@ def _group_windows(trainer, data: CharDataModule, every_n_steps: int) -> None:
         trainer.val_check_interval = val_every // data.windows_per_batch
 
 
-def _fit(trainer, model, data, ckpt_path: str | None, last: LastCheckpoint) -> None:
+def _steps(trainer, data: CharDataModule) -> int | None:
+    """How many optimizer steps the run trains from step 0 (None: no limit), once the data is set up."""
+    batches = data.train_dataloader()
+    epochs = trainer.max_epochs * len(batches) * batches.per_batch if trainer.max_epochs > 0 else None
+    limits = [n for n in (trainer.max_steps, epochs) if n is not None and n > 0]
+    return min(limits) if limits else None
+
+
+def _fit(trainer, model, data, ckpt_path: str | None, last: LastCheckpoint, rate_flag: str) -> None:
+    """``rate_flag``: the flag that sets this run's learning rate, named when it diverges."""
     lock = runlock.claim(trainer, last.path) if trainer.is_global_zero else None
     try:
         trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except Diverged as e:
         kept = _kept(last, trainer, ckpt_path, e.step)
-        raise UsageError(f"{e}; {kept}; lower --model.learning_rate (or --model.clip) and train again") from None
+        raise UsageError(f"{e}; {kept}; {e.advice or f'lower {rate_flag} (or --model.clip) and train again'}") from None
     except Interrupted as e:
         raise Interrupted(f"{e}; {_kept(last, trainer, ckpt_path)}") from None
     finally:
@@ -244,10 +253,12 @@ def _run(args) -> None:
     ckpt_path, finished = resume.prepare(cli.config["ckpt_path"], trainer, model, data, last.path(trainer))
     if finished:
         return
+    checks.dry_run(cli.config, _steps(trainer, data))
     _check_writable(trainer.default_root_dir)
     if trainer.is_global_zero:
         print("\n".join(summary.lines(model, data, trainer.world_size)))
-    _fit(trainer, model, data, ckpt_path, last)
+    rate_flag = "--optimizer.lr" if cli.config["optimizer"] else "--model.learning_rate"
+    _fit(trainer, model, data, ckpt_path, last, rate_flag)
     _report(trainer, last)
 
 
