@@ -328,16 +328,78 @@ def _settings(path: str, flag: str):
     return settings
 
 
-def plain_parser_error(message: str) -> str:
-    """The parser's refusal in the user's words: ``--KEY must be <what it accepts>, got VALUE`` instead of
-    Python type reprs (``<class 'float'>``, ``typing.Literal[...]``)."""
-    message = " ".join(message.split())
+def values_not_flags(args: list[str]) -> list[str]:
+    """``args`` with a negative number after a flag joined to it (``--optimizer.lr=-1e-3``): argparse takes
+    ``-1e-3``, ``-inf`` or ``-1e300`` for a flag of its own, and says the flag before it lacks a value."""
+    out = []
+    for arg in map(str, args):
+        if out and out[-1].startswith("--") and "=" not in out[-1] and arg.startswith("-") and _is_number(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _class_problem(message: str) -> tuple[str, str] | None:
+    """``(class path, what is wrong with its arguments)`` when the parser refuses a class setting's arguments
+    (``--optimizer torch.optim.SGD --optimizer.nesterov 12``): its message nests the argument's own refusal."""
+    lines = message.splitlines()
+    for i, line in enumerate(lines):
+        found = re.search(r"Problem with given class_path '([^']+)':", line)
+        if found:
+            indent, body = len(line) - len(line.lstrip()), []
+            for nested in lines[i + 1 :]:
+                if nested.strip() and len(nested) - len(nested.lstrip()) <= indent:
+                    break
+                body.append(nested)
+            return found.group(1), "\n".join(body)
+    return None
+
+
+def _given(flag: str, args) -> str | None:
+    """The value ``flag`` has on the command line, as typed (``"2"`` with its quotes), if it is there."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"{flag}="):
+            value = arg[len(flag) + 1 :]
+    return value
+
+
+def plain_parser_error(message: str, args=()) -> str:
+    """The parser's refusal in the user's words: ``--KEY must be <what it accepts>, got VALUE`` (the value as
+    typed in ``args``, the command line, when it is there) instead of Python type reprs (``<class 'float'>``,
+    ``typing.Literal[...]``) or the parser's own objects (``NestedArg(...)``, ``Namespace(...)``)."""
+    args = [str(arg) for arg in args]
     key = re.search(r'Parser key "([^"]+)"', message)
+    problem = _class_problem(message) if key else None
+    if problem:
+        group, (path, body) = key.group(1), problem
+        required = re.search(r"the following arguments are required: (.+)", body)
+        if required:
+            needed = " and ".join(f"--{group}.{name.strip()}" for name in required.group(1).split(","))
+            return f"--{group} {path} needs {needed}"
+        if re.search(r'Parser key "', body):
+            said = plain_parser_error(re.sub(r'Parser key "', f'Parser key "{group}.', body, count=1), args)
+            return said.replace("python train.py --help", f"python train.py --{group}.help {path}")
+        return f"--{group} {path}: {' '.join(body.split())}"
+    message = " ".join(message.split())
     parts = re.split(r"(?:Got|Given) value:", message)
     if not key:
         return message
     value = re.split(r" - | Given value type:", parts[-1])[0].strip() if len(parts) > 1 else None
-    flag, got = f"--{key.group(1)}", None if value is None else value or "an empty value"
+    flag = f"--{key.group(1)}"
+    value = _given(flag, args) if value is not None and _given(flag, args) is not None else value
+    got = None if value is None else value or "an empty value"
     wanted = _WANTED.get(key.group(1))
     if wanted is None and not re.search(r"<class '[\w]+\.[\w.]+'>|import path", message):  # only plain types
         words = [_TYPE_WORDS[name] for name in re.findall(r"Expected a <class '(\w+)'>", message) if name in _TYPE_WORDS]

@@ -145,7 +145,7 @@ def _build(args):
         CharRNN,
         CharDataModule,
         run=False,
-        args=checks.config_files(sys.argv[1:] if args is None else args),
+        args=checks.config_files(checks.values_not_flags(sys.argv[1:] if args is None else args)),
         parser_kwargs={"exit_on_error": False, "default_config_files": [DEFAULT_CONFIG]},
         save_config_kwargs={"overwrite": True},
         # Lightning's model summary sees no submodules in charrnn ("0 Modules", "n/a"): summary.lines says more.
@@ -229,18 +229,18 @@ def _report(trainer, last: LastCheckpoint) -> None:
 
 
 @contextlib.contextmanager
-def _parser_errors_as_usage_errors():
+def _parser_errors_as_usage_errors(args):
     """The parser's and Lightning's refusals, said as every other bad input (checks.plain_parser_error)."""
     try:
         yield
     except (argparse.ArgumentError, MisconfigurationException) as e:
-        raise UsageError(checks.plain_parser_error(str(e))) from None
+        raise UsageError(checks.plain_parser_error(str(e), args)) from None
 
 
 def run(args=None) -> None:
     """Build, prepare (every check runs before Lightning writes into the run directory, so a refused start leaves
     what is on disk as it was), fit, report."""
-    with _lightning_notes_on_stdout(), _parser_errors_as_usage_errors():
+    with _lightning_notes_on_stdout(), _parser_errors_as_usage_errors(sys.argv[1:] if args is None else args):
         _run(args)
 
 
