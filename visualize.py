@@ -51,6 +51,8 @@ def _check(args) -> None:
 
 def _check_out(path: str) -> None:
     """Refuse before any work to replace a file that is not a page of ours, or to write where nothing can be."""
+    if not os.path.basename(path):  # '' or a directory's path ending in /
+        raise UsageError(f"--out {path!r} names no file; pass a file name, e.g. --out page.html")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UsageError(f"--out {path}: directory {directory} does not exist")

@@ -37,10 +37,12 @@ def resolve(path: str) -> str:
     if os.path.isdir(path):
         found = rundir.newest_last_checkpoint(path)
         if found is None:
-            raise UsageError(f"no {rundir.LAST} found under {path}; pass a .ckpt file or a run directory")
+            best = rundir.newest_last_checkpoint(path, rundir.BEST)
+            hint = f"; {best} is there: pass it" if best else "; pass a .ckpt file or a run directory"
+            raise UsageError(f"no {rundir.LAST} found under {path}{hint}")
         return found
     if not os.path.exists(path):
-        raise UsageError(f"checkpoint {path} does not exist")
+        raise UsageError(f"checkpoint {path} {files.missing(path)}")
     files.regular_file(path, "checkpoint")
     return path
 

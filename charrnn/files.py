@@ -4,6 +4,7 @@ A write goes to a hidden temporary file beside the target that is flushed, fsync
 process killed at any moment leaves either the old file or the new one, never half of one.
 """
 
+import errno
 import glob
 import os
 import stat
@@ -49,6 +50,19 @@ def remove_temporaries(path: str) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+def missing(path: str) -> str:
+    """Why ``path``, which cannot be opened, is not there, in words: it does not exist, or it is a symbolic link
+    that loops or points nowhere (``os.path.exists`` says False for all three)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symbolic link that loops (too many levels of links)"
+        if os.path.islink(path):
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+    return "does not exist"
 
 
 def regular_file(path: str, what: str) -> None:

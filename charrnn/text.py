@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError
-from .files import regular_file
+from .files import missing, regular_file
 
 BUILTIN_TEXT = "pydoc_data.topics"  # the text a fresh clone trains on: Python's reference documentation
 _CHUNK_BYTES = 1 << 23
@@ -102,7 +102,7 @@ def pydoc_text() -> str:
 
 def check_text_file(path: str) -> None:
     if not os.path.exists(path):
-        raise UsageError(f"data file {path} does not exist; pass --data.path with a UTF-8 text file")
+        raise UsageError(f"data file {path} {missing(path)}; pass --data.path with a UTF-8 text file")
     if os.path.isdir(path):
         raise UsageError(f"data path {path} is a directory; pass --data.path with a UTF-8 text file")
     if not os.access(path, os.R_OK):

@@ -38,12 +38,20 @@ def world(tmp_path_factory):
     torch.save({"weights": torch.zeros(3)}, d / "foreign.ckpt")
     torch.save({k: ckpt[k] for k in ("state_dict", "charrnn", "global_step")}, d / "weights-only.ckpt")
     torch.save({**ckpt, "payload": Malicious(d / "marker")}, d / "evil.ckpt")
+    (d / "loop.txt").symlink_to(d / "loop.txt")
+    (d / "dangling.txt").symlink_to(d / "gone.txt")
+    (d / "best-only/checkpoints").mkdir(parents=True)
+    (d / "best-only/checkpoints/best.ckpt").write_bytes(ckpt_path.read_bytes())
     return d, root
 
 
 CASES = {
     # data file
     "missing file": (["--data.path", "{d}/missing.txt"], "does not exist"),
+    "a symbolic link loop": (["--data.path", "{d}/loop.txt"], "loop.txt is a symbolic link that loops"),
+    "a dangling symbolic link": (["--data.path", "{d}/dangling.txt"], "is a symbolic link to", "which does not exist"),
+    "a fraction holding no character": (["--data.val_fraction", 1e-9], "--data.val_fraction 1e-09 of the 800",
+                                        "holds 0, and validation needs 2; use --data.val_fraction 0.0025 or more"),
     "directory": (["--data.path", "{d}/no-checkpoints"], "is a directory"),
     "empty file": (["--data.path", "{d}/empty.txt"], "is empty"),
     "shorter than one window per stream": (["--data.path", "{d}/short.txt", "--data.val_fraction", 0], "too few for 2"),
@@ -106,6 +114,9 @@ CASES = {
     "resume: other batch size": (["--data.batch_size", 3, "--ckpt_path", "last"], "different data layout"),
     # checkpoint paths
     "ckpt_path does not exist": (["--ckpt_path", "{d}/missing.ckpt"], "does not exist"),
+    "ckpt_path a symbolic link loop": (["--ckpt_path", "{d}/loop.txt"], "is a symbolic link that loops"),
+    "ckpt_path a run holding only best.ckpt": (["--ckpt_path", "{d}/best-only"],
+                                               "no last.ckpt found under", "best-only/checkpoints/best.ckpt is there"),
     "ckpt_path truncated": (["--ckpt_path", "{d}/truncated.ckpt"], "not a checkpoint file, or it is truncated"),
     "ckpt_path a text file": (["--ckpt_path", "{d}/junk.ckpt"], "not a checkpoint file, or it is truncated"),
     "ckpt_path a foreign torch file": (["--ckpt_path", "{d}/foreign.ckpt"], "not a charrnn checkpoint"),

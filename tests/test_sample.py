@@ -299,3 +299,16 @@ def test_one_flipped_bit_anywhere_is_refused_where_a_checkpoint_is_read(capsysbi
     code, _, err = run_script("visualize.py", [flipped, "--out", tmp_path / "page.html"])
     assert code == 2 and not (tmp_path / "page.html").exists()
     assert_one_line_error(err, str(flipped), "checksum")
+
+
+def test_a_prime_that_is_not_utf8_and_a_run_holding_only_best_ckpt_are_said_plainly(capsysbinary, ckpt, tmp_path):
+    # A command line's bytes ed a0 80 (not UTF-8) reach sys.argv as lone surrogates.
+    code, out, err = run_main(capsysbinary, ckpt, "--prime", b"\xed\xa0\x80".decode("utf-8", "surrogateescape"))
+    assert_refused(code, out, err, "--prime is not valid UTF-8 (its bytes: ed a0 80)")
+    assert "\\udc" not in err
+    best = tmp_path / "run/lightning_logs/version_3/checkpoints/best.ckpt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(Path(ckpt).read_bytes())
+    assert_refused(*run_main(capsysbinary, tmp_path / "run"), "no last.ckpt found under", f"{best} is there: pass it")
+    (tmp_path / "loop.ckpt").symlink_to(tmp_path / "loop.ckpt")
+    assert_refused(*run_main(capsysbinary, tmp_path / "loop.ckpt"), "loop.ckpt is a symbolic link that loops")
