@@ -26,7 +26,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from None
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
-        return checkpoint.load(str(path), map_location=map_location or "cpu")
+        return checkpoint.read(str(path), map_location=map_location or "cpu")
 
 
 class LastCheckpoint(L.Callback):

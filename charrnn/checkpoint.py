@@ -64,6 +64,15 @@ def load(path: str, map_location="cpu", advice: str = "pass a last.ckpt written 
     """Load a charrnn checkpoint safely; anything else (corrupt, truncated, foreign, malicious) is a UsageError that
     ends with ``advice``."""
     path = resolve(path)
+    ckpt = read(path, map_location, advice)
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("charrnn"), dict) and "state_dict" in ckpt):
+        raise UsageError(f"{path} is not a charrnn checkpoint (written by train.py); {advice}")
+    return ckpt
+
+
+def read(path: str, map_location="cpu", advice: str = "pass a last.ckpt written by train.py"):
+    """What ``torch.save`` wrote to ``path`` (a charrnn checkpoint or any of Lightning's), read safely: checksums
+    checked, no code run."""
     if not zipfile.is_zipfile(path):
         raise UsageError(f"{path} is not a checkpoint file, or it is truncated; {advice}")
     _check_checksums(path, advice)
@@ -84,8 +93,6 @@ def load(path: str, map_location="cpu", advice: str = "pass a last.ckpt written 
         reason = str(e).split("Could this error message be improved?")[0].strip().splitlines()
         reason = reason[0][:200] if reason else type(e).__name__
         raise UsageError(f"{path} is damaged, truncated or not a checkpoint ({reason}); {advice}") from None
-    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("charrnn"), dict) and "state_dict" in checkpoint):
-        raise UsageError(f"{path} is not a charrnn checkpoint (written by train.py); {advice}")
     return checkpoint
 
 

@@ -22,7 +22,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from . import checks, optim, resume, runlock, summary
+from . import checks, distributed, entry, optim, resume, runlock, summary
 from .callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, OptimizerFromFlags, ProgressBar
 from .command import exit_code
 from .data import CharDataModule, choose_windows_per_batch
@@ -192,8 +192,15 @@ def _steps(trainer, data: CharDataModule) -> int | None:
 def _fit(trainer, model, data, ckpt_path: str | None, last: LastCheckpoint, rate_flag: str) -> None:
     """``rate_flag``: the flag that sets this run's learning rate, named when it diverges."""
     lock = runlock.claim(trainer, last.path) if trainer.is_global_zero else None
+    launcher = trainer.strategy.launcher
+    distributed.start_ranks_quietly(launcher)
+    entry.at_forced_exit(lambda: distributed.stop_started_ranks(launcher))
     try:
-        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        except BaseException:
+            distributed.stop_started_ranks(launcher)  # DDP's other ranks, if it started them
+            raise
     except Diverged as e:
         kept = _kept(last, trainer, ckpt_path, e.step)
         raise UsageError(f"{e}; {kept}; {e.advice or f'lower {rate_flag} (or --model.clip) and train again'}") from None
