@@ -57,6 +57,8 @@ def missing(path: str) -> str:
     that loops or points nowhere (``os.path.exists`` says False for all three)."""
     try:
         os.stat(path)
+    except ValueError:  # a NUL in the path
+        pass
     except OSError as e:
         if e.errno == errno.ELOOP:
             return "is a symbolic link that loops (too many levels of links)"

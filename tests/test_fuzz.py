@@ -228,6 +228,7 @@ sample_flags = st.lists(
 
 @FUZZ
 @given(target=st.one_of(st.sampled_from(["{ckpt}", "{d}/runs", *SPECIAL_PATHS]), damaged_file(), values), flags=sample_flags)
+@example(target="\x00", flags=[])
 @example(target="/dev/zero", flags=[])
 @example(target="{d}/fifo", flags=[])
 @example(target="{ckpt}", flags=[("--top-k", str(2**70)), ("--seed", str(2**70))])
