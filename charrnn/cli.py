@@ -6,7 +6,7 @@
 Exit codes: 0 when training finished, or stopped by Ctrl-C / SIGTERM with ``last.ckpt`` saved; 2 with one line
 ``error: ...`` on stderr for a bad input or a diverged run (nothing on disk overwritten); 130 for Ctrl-C / SIGTERM
 outside training, or a second one during it (README.md lists every case). Resuming takes the learning rate from the
-flags, everything else from the checkpoint.
+flags, everything else from the checkpoint (the precision must be repeated: another one is refused).
 """
 
 import argparse
@@ -184,7 +184,7 @@ def _group_windows(trainer, data: CharDataModule, every_n_steps: int) -> None:
 def _steps(trainer, data: CharDataModule) -> int | None:
     """How many optimizer steps the run trains from step 0 (None: no limit), once the data is set up."""
     batches = data.train_dataloader()
-    epochs = trainer.max_epochs * len(batches) * batches.per_batch if trainer.max_epochs > 0 else None
+    epochs = trainer.max_epochs * len(batches) * batches.per_batch if (trainer.max_epochs or 0) > 0 else None
     limits = [n for n in (trainer.max_steps, epochs) if n is not None and n > 0]
     return min(limits) if limits else None
 

@@ -27,12 +27,13 @@ STARTED_RANK = os.environ.get("LOCAL_RANK", "0") != "0"
 _PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 _GRACE = 1.0  # seconds the main thread has to handle a signal before the watch thread ends the process
 _handled = 0  # signals the main thread's handlers (below) have run for
-_stoppers = []  # what ends the ranks this process started, before it exits at a signal (cli registers it)
+_stop_started = None  # what ends the ranks this process started, before it exits at a signal (cli sets it)
 
 
 def at_forced_exit(stop) -> None:
     """Call ``stop()`` before the process is ended at a signal its main thread could not handle."""
-    _stoppers.append(stop)
+    global _stop_started
+    _stop_started = stop
 
 
 def _interrupt(signum, frame):
@@ -139,8 +140,8 @@ def _watch_signals() -> None:
             handled = _handled
             time.sleep(_GRACE)
             if _handled == handled:
-                for stop in _stoppers:
-                    stop()
+                if _stop_started is not None:
+                    _stop_started()
                 say(f"interrupted by {signal.Signals(signum).name}")
                 os._exit(130)
 
