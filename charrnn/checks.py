@@ -333,19 +333,18 @@ def values_not_flags(args: list[str]) -> list[str]:
     ``-1e-3``, ``-inf`` or ``-1e300`` for a flag of its own, and says the flag before it lacks a value."""
     out = []
     for arg in map(str, args):
-        if out and out[-1].startswith("--") and "=" not in out[-1] and arg.startswith("-") and _is_number(arg):
+        if out and out[-1].startswith("--") and "=" not in out[-1] and arg.startswith("-") and _number(arg) is not None:
             out[-1] = f"{out[-1]}={arg}"
         else:
             out.append(arg)
     return out
 
 
-def _is_number(text: str) -> bool:
+def _number(text: str) -> float | None:
     try:
-        float(text)
-        return True
+        return float(text)
     except ValueError:
-        return False
+        return None
 
 
 def _class_problem(message: str) -> tuple[str, str] | None:
@@ -416,7 +415,4 @@ def plain_parser_error(message: str, args=()) -> str:
 
 
 def _is_non_finite(text: str) -> bool:
-    try:
-        return not math.isfinite(float(text))
-    except ValueError:
-        return False
+    return _number(text) is not None and not math.isfinite(_number(text))
