@@ -1,5 +1,6 @@
 """Property-based fuzzing of train.py and sample.py, in-process: random flags with hostile values (wrong types,
-signs, extremes, NaN and infinities, Unicode, huge numbers, special files) and randomly damaged files.
+signs, extremes, NaN and infinities, Unicode, huge numbers, special files), randomly damaged files, and any of
+torch's optimizers and schedules with valid and invalid arguments, new or resumed.
 
 The property, for every input: the exit code is 0, 2 or 130; a failure is exactly one line ``error: ...`` on
 stderr with no traceback; no warning reaches the user; and no file that existed before is changed or lost.
@@ -320,7 +321,8 @@ def test_optimizers_and_schedules_keep_the_promise(flags, steps, resume):
         trained = code == 0 or "training diverged at step" in err or "training stopped at step" in err
         if trained:
             before = {name: value for name, value in before.items()
-                      if not (name.startswith(os.path.basename(root)) and (code == 0 or not name.endswith(".ckpt")))}  # fmt: skip
+                      if not (name.startswith(os.path.basename(root))
+                              and (code == 0 or not name.endswith(".ckpt")))}  # fmt: skip
         _check(code, err, caught, before)
         if code == 0:
             ckpt = torch.load(rundir.newest_last_checkpoint(root), weights_only=True)
