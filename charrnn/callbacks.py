@@ -6,7 +6,6 @@ import signal
 import time
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -27,7 +26,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from None
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        return checkpoint.read(str(path), map_location=map_location or "cpu")
 
 
 class LastCheckpoint(L.Callback):

@@ -37,19 +37,45 @@ def resolve(path: str) -> str:
     if os.path.isdir(path):
         found = rundir.newest_last_checkpoint(path)
         if found is None:
-            raise UsageError(f"no {rundir.LAST} found under {path}; pass a .ckpt file or a run directory")
+            best = rundir.newest_last_checkpoint(path, rundir.BEST)
+            hint = f"; {best} is there: pass it" if best else "; pass a .ckpt file or a run directory"
+            raise UsageError(f"no {rundir.LAST} found under {path}{hint}")
         return found
     if not os.path.exists(path):
-        raise UsageError(f"checkpoint {path} does not exist")
+        raise UsageError(f"checkpoint {path} {files.missing(path)}")
     files.regular_file(path, "checkpoint")
     return path
 
 
-def load(path: str, map_location="cpu") -> dict:
-    """Load a charrnn checkpoint safely; anything else (corrupt, truncated, foreign, malicious) is a UsageError."""
+def _check_checksums(path: str, advice: str) -> None:
+    """Refuse a checkpoint whose bytes changed after torch.save wrote them: torch.load reads the zip members without
+    checking the CRC-32 torch.save stored for each, so a flipped bit in a weight would load as another weight."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()  # reads every member and compares its CRC-32
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as e:
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UsageError(f"{path} is damaged, truncated or not a checkpoint ({reason}); {advice}") from None
+    if bad is not None:
+        raise UsageError(f"{path} is damaged: its part {bad} does not match the checksum written with it; {advice}")
+
+
+def load(path: str, map_location="cpu", advice: str = "pass a last.ckpt written by train.py") -> dict:
+    """Load a charrnn checkpoint safely; anything else (corrupt, truncated, foreign, malicious) is a UsageError that
+    ends with ``advice``."""
     path = resolve(path)
+    ckpt = read(path, map_location, advice)
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("charrnn"), dict) and "state_dict" in ckpt):
+        raise UsageError(f"{path} is not a charrnn checkpoint (written by train.py); {advice}")
+    return ckpt
+
+
+def read(path: str, map_location="cpu", advice: str = "pass a last.ckpt written by train.py"):
+    """What ``torch.save`` wrote to ``path`` (a charrnn checkpoint or any of Lightning's), read safely: checksums
+    checked, no code run."""
     if not zipfile.is_zipfile(path):
-        raise UsageError(f"{path} is not a checkpoint file, or it is truncated; pass a last.ckpt written by train.py")
+        raise UsageError(f"{path} is not a checkpoint file, or it is truncated; {advice}")
+    _check_checksums(path, advice)
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise before the one-line error
             warnings.simplefilter("ignore")
@@ -60,15 +86,13 @@ def load(path: str, map_location="cpu") -> dict:
         refs = f" (it references {found.group(1)})" if found else ""
         raise UsageError(
             f"refused to load {path}: it holds objects other than tensors and plain data{refs}, and loading them "
-            "could run code; pass a checkpoint written by train.py"
+            f"could run code; {advice}"
         ) from None
     except Exception as e:
         # torch's own wording, without its closing appeal to report the message as a bug
         reason = str(e).split("Could this error message be improved?")[0].strip().splitlines()
         reason = reason[0][:200] if reason else type(e).__name__
-        raise UsageError(f"{path} is damaged, truncated or not a checkpoint ({reason})") from None
-    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("charrnn"), dict) and "state_dict" in checkpoint):
-        raise UsageError(f"{path} is not a charrnn checkpoint (written by train.py)")
+        raise UsageError(f"{path} is damaged, truncated or not a checkpoint ({reason}); {advice}") from None
     return checkpoint
 
 

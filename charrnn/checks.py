@@ -5,11 +5,14 @@ the machine's memory, a file that can be read as one), so a value that would cra
 leave a half-made run directory, is one line ``error: ...`` at the start instead.
 """
 
+import contextlib
 import importlib
+import inspect
 import math
 import os
 import re
 import stat
+import warnings
 
 import torch
 import yaml
@@ -18,6 +21,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from .errors import UsageError
 from .files import regular_file
 from .network import Architecture
+from .optim import rate_problem
 
 MAX_SEED = 2**32 - 1  # the seeding (NumPy's) accepts 0 .. 2**32 - 1
 VALIDATION_METRICS = ("val/loss", "val/bpc")  # logged after each validation (module.py); lower is better
@@ -34,6 +38,9 @@ _WANTED = {
     "trainer.precision": "one of 32-true, 64-true",
     "seed_everything": f"an integer from 0 to {MAX_SEED}, or true for a random seed",
 }
+# The most steps of a schedule stepped before training (about a quarter of a second for torch's schedules); a
+# longer run's later steps are checked as training reaches them (module.CharRNN).
+DRY_RUN_STEPS = 100_000
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
 
 
@@ -124,6 +131,88 @@ def _optimization(optimizer, scheduler, precision: str) -> None:
     if arguments.get("initial_accumulator_value") is not None:  # charrnn's Adagrad and torch's
         flag = "--optimizer.initial_accumulator_value"
         zero_or_positive_float(flag, arguments["initial_accumulator_value"], precision)
+    if optimizer:
+        with _aside():  # LightningCLI builds both when it builds the model: here, before the text is read
+            _build_optimization(optimizer, scheduler, precision)
+
+
+def _build_optimization(optimizer, scheduler, precision: str):
+    """``(optimizer, schedule or None)`` as ``--optimizer`` and ``--lr_scheduler`` build them, on a throwaway weight
+    the optimizer has stepped a few times: an argument torch refuses (at building or at the first step) is one
+    line naming the flag group, for any class a user can name."""
+    flag = f"--optimizer {optimizer['class_path']}"
+    weight = torch.zeros(2, dtype=DTYPES[precision], requires_grad=True)
+    try:
+        built = _class(optimizer)([weight], **(optimizer.get("init_args") or {}))
+        for _ in range(3):  # a gradient of 1 and one of 0 (where an eps of 0 divides 0 by 0)
+            weight.grad = torch.tensor([1.0, 0.0], dtype=weight.dtype)
+            built.step()
+    except Exception as e:  # whatever this class raises with these arguments
+        raise UsageError(f"{flag}: {_reason(e)}{_suspects(optimizer)}") from None
+    if not weight.isfinite().all():
+        raise UsageError(f"{flag}: its steps turn the weights non-finite{_suspects(optimizer)}")
+    if not scheduler:
+        return built, None
+    try:
+        return built, _class(scheduler)(built, **(scheduler.get("init_args") or {}))
+    except Exception as e:
+        raise UsageError(f"--lr_scheduler {scheduler['class_path']}: {_reason(e)}{_suspects(scheduler)}") from None
+
+
+@contextlib.contextmanager
+def _aside():
+    """Quiet (a schedule stepped without a real optimizer step warns), and the run's random numbers untouched."""
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def dry_run(config, steps: int | None) -> None:
+    """Step ``--lr_scheduler`` through the run's ``steps`` (None: no limit; at most DRY_RUN_STEPS) on a throwaway
+    optimizer, watching the rate: a schedule that fails at step 6 of 20, or a rate that turns negative, non-finite
+    or stays 0, is one line before anything is written instead of a traceback mid-run. Needs the run's length, so
+    it runs once the text is read (flags() has built the classes already)."""
+    scheduler = config["lr_scheduler"]
+    if not scheduler:
+        return
+    flag, suspects = f"--lr_scheduler {scheduler['class_path']}", _suspects(scheduler)
+    steps = min(steps or DRY_RUN_STEPS, DRY_RUN_STEPS)
+    precision = str(config["trainer"]["precision"] or "32-true")
+    with _aside():
+        built, schedule = _build_optimization(config["optimizer"], scheduler, precision)
+        tiny, zero_since = torch.finfo(DTYPES[precision]).tiny, None
+        for step in range(steps):  # the rate of step ``step``: the schedule steps after every optimizer step
+            rates = [group["lr"] for group in built.param_groups]
+            for rate, problem in zip(rates, map(rate_problem, rates)):
+                if problem:
+                    raise UsageError(f"{flag}: the learning rate at step {step} is {rate}, {problem}{suspects}")
+            zero_since = (step if zero_since is None else zero_since) if max(rates) < tiny else None
+            try:
+                schedule.step()
+            except Exception as e:
+                raise UsageError(f"{flag} fails at step {step + 1} of {steps}: {_reason(e)}{suspects}") from None
+    if zero_since is not None and zero_since < steps - 1:  # a rate of 0 at the last step alone ends a schedule
+        raise UsageError(
+            f"{flag}: the learning rate is 0 (in {precision}) from step {zero_since} "
+            f"through step {steps - 1}, so those steps would train nothing{suspects or '; check its arguments'}"
+        )
+
+
+def _reason(e: Exception) -> str:
+    """torch's message on one line (its type when it has none); a division by 0 said as the cause."""
+    if isinstance(e, ZeroDivisionError):
+        return "an argument of 0 divides (a step count, a period or a factor)"
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def _suspects(chosen) -> str:
+    """The numeric arguments set at 0 or below (not the class's defaults), the usual cause when a class refuses
+    its arguments or its rate goes wrong (eps -1, a negative eta_min, gamma 0, T_max 0)."""
+    defaults = inspect.signature(_class(chosen)).parameters
+    found = [f"{name} {value}" for name, value in dict(chosen.get("init_args") or {}).items()
+             if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > 0
+             and (name not in defaults or defaults[name].default != value)]  # fmt: skip
+    return f" (set at 0 or below: {', '.join(found)})" if found else ""
 
 
 def _early_stopping(callbacks, val_fraction: float) -> None:
@@ -269,13 +358,72 @@ def _settings(path: str, flag: str):
     return settings
 
 
-def plain_parser_error(message: str) -> str:
-    """The parser's refusal in the user's words: ``--KEY must be <what it accepts>, got VALUE`` instead of
-    Python type reprs (``<class 'float'>``, ``typing.Literal[...]``)."""
-    message = " ".join(message.split())
+def values_not_flags(args: list[str]) -> list[str]:
+    """``args`` with a negative number after a flag joined to it (``--optimizer.lr=-1e-3``): argparse takes
+    ``-1e-3``, ``-inf`` or ``-1e300`` for a flag of its own, and says the flag before it lacks a value."""
+    out = []
+    for arg in map(str, args):
+        if out and out[-1].startswith("--") and "=" not in out[-1] and arg.startswith("-") and _number(arg) is not None:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _class_problem(message: str) -> tuple[str, str] | None:
+    """``(class path, what is wrong with its arguments)`` when the parser refuses a class setting's arguments
+    (``--optimizer torch.optim.SGD --optimizer.nesterov 12``): its message nests the argument's own refusal."""
+    lines = message.splitlines()
+    for i, line in enumerate(lines):
+        found = re.search(r"Problem with given class_path '([^']+)':", line)
+        if found:
+            indent, body = len(line) - len(line.lstrip()), []
+            for nested in lines[i + 1 :]:
+                if nested.strip() and len(nested) - len(nested.lstrip()) <= indent:
+                    break
+                body.append(nested)
+            return found.group(1), "\n".join(body)
+    return None
+
+
+def _given(flag: str, args) -> str | None:
+    """The value ``flag`` has on the command line, as typed (``"2"`` with its quotes), if it is there."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"{flag}="):
+            value = arg[len(flag) + 1 :]
+    return value
+
+
+def plain_parser_error(message: str, args=()) -> str:
+    """The parser's refusal in the user's words: ``--KEY must be <what it accepts>, got VALUE`` (the value as
+    typed in ``args``, the command line, when it is there) instead of Python type reprs (``<class 'float'>``,
+    ``typing.Literal[...]``) or the parser's own objects (``NestedArg(...)``, ``Namespace(...)``)."""
+    args = [str(arg) for arg in args]
     if "--> data.vocab" in message:  # the link's target (cli.py): no flag of its own
         return "--data.vocab is no flag: the vocabulary is the text's, led by --init_from's checkpoint's"
     key = re.search(r'Parser key "([^"]+)"', message)
+    problem = _class_problem(message) if key else None
+    if problem:
+        group, (path, body) = key.group(1), problem
+        required = re.search(r"the following arguments are required: (.+)", body)
+        if required:
+            needed = " and ".join(f"--{group}.{name.strip()}" for name in required.group(1).split(","))
+            return f"--{group} {path} needs {needed}"
+        if re.search(r'Parser key "', body):
+            said = plain_parser_error(re.sub(r'Parser key "', f'Parser key "{group}.', body, count=1), args)
+            return said.replace("python train.py --help", f"python train.py --{group}.help {path}")
+        return f"--{group} {path}: {' '.join(body.split())}"
+    message = " ".join(message.split())
     parts = re.split(r"(?:Got|Given) value:", message)
     if not key:
         return message
@@ -286,7 +434,9 @@ def plain_parser_error(message: str) -> str:
             return plain_parser_error(f'Parser key "trainer.callbacks.{inner.group(1)}": {inner.group(2)}')
         return f"--trainer.callbacks {problem.group(1).rsplit('.', 1)[-1]}: {problem.group(2)}"
     value = re.split(r" - | Given value type:", parts[-1])[0].strip() if len(parts) > 1 else None
-    flag, got = f"--{key.group(1)}", None if value is None else value or "an empty value"
+    flag = f"--{key.group(1)}"
+    value = _given(flag, args) if value is not None and _given(flag, args) is not None else value
+    got = None if value is None else value or "an empty value"
     wanted = _WANTED.get(key.group(1))
     if wanted is None and not re.search(r"<class '[\w]+\.[\w.]+'>|import path", message):  # only plain types
         words = [_TYPE_WORDS[name] for name in re.findall(r"Expected a <class '(\w+)'>", message) if name in _TYPE_WORDS]
@@ -303,7 +453,4 @@ def plain_parser_error(message: str) -> str:
 
 
 def _is_non_finite(text: str) -> bool:
-    try:
-        return not math.isfinite(float(text))
-    except ValueError:
-        return False
+    return _number(text) is not None and not math.isfinite(_number(text))

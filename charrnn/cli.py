@@ -6,7 +6,7 @@
 Exit codes: 0 when training finished, or stopped by Ctrl-C / SIGTERM with ``last.ckpt`` saved; 2 with one line
 ``error: ...`` on stderr for a bad input or a diverged run (nothing on disk overwritten); 130 for Ctrl-C / SIGTERM
 outside training, or a second one during it (README.md lists every case). Resuming takes the learning rate from the
-flags, everything else from the checkpoint.
+flags, everything else from the checkpoint (the precision must be repeated: another one is refused).
 """
 
 import argparse
@@ -23,7 +23,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from . import checks, cores, finetune, optim, resume, runlock, summary
+from . import checks, cores, distributed, entry, finetune, optim, resume, runlock, summary
 from .callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, OptimizerFromFlags, ProgressBar
 from .cells import parallel
 from .command import exit_code
@@ -203,7 +203,7 @@ def _build(args):
         CharRNN,
         CharDataModule,
         run=False,
-        args=checks.config_files(sys.argv[1:] if args is None else args),
+        args=checks.config_files(checks.values_not_flags(sys.argv[1:] if args is None else args)),
         parser_kwargs={"exit_on_error": False, "default_config_files": [DEFAULT_CONFIG]},
         save_config_kwargs={"overwrite": True},
         # Lightning's model summary sees no submodules in charrnn ("0 Modules", "n/a"): summary.lines says more.
@@ -239,13 +239,29 @@ def _group_windows(trainer, data: CharDataModule, every_n_steps: int) -> None:
         trainer.val_check_interval = val_every // data.windows_per_batch
 
 
-def _fit(trainer, model, data, ckpt_path: str | None, last: LastCheckpoint) -> None:
+def _steps(trainer, data: CharDataModule) -> int | None:
+    """How many optimizer steps the run trains from step 0 (None: no limit), once the data is set up."""
+    batches = data.train_dataloader()
+    epochs = trainer.max_epochs * len(batches) * batches.per_batch if (trainer.max_epochs or 0) > 0 else None
+    limits = [n for n in (trainer.max_steps, epochs) if n is not None and n > 0]
+    return min(limits) if limits else None
+
+
+def _fit(trainer, model, data, ckpt_path: str | None, last: LastCheckpoint, rate_flag: str) -> None:
+    """``rate_flag``: the flag that sets this run's learning rate, named when it diverges."""
     lock = runlock.claim(trainer, last.path) if trainer.is_global_zero else None
+    launcher = trainer.strategy.launcher
+    distributed.start_ranks_quietly(launcher)
+    entry.at_forced_exit(lambda: distributed.stop_started_ranks(launcher))
     try:
-        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        except BaseException:
+            distributed.stop_started_ranks(launcher)  # DDP's other ranks, if it started them
+            raise
     except Diverged as e:
         kept = _kept(last, trainer, ckpt_path, e.step)
-        raise UsageError(f"{e}; {kept}; lower --model.learning_rate (or --model.clip) and train again") from None
+        raise UsageError(f"{e}; {kept}; {e.advice or f'lower {rate_flag} (or --model.clip) and train again'}") from None
     except Interrupted as e:
         raise Interrupted(f"{e}; {_kept(last, trainer, ckpt_path)}") from None
     finally:
@@ -278,18 +294,18 @@ def _report(trainer, last: LastCheckpoint) -> None:
 
 
 @contextlib.contextmanager
-def _parser_errors_as_usage_errors():
+def _parser_errors_as_usage_errors(args):
     """The parser's and Lightning's refusals, said as every other bad input (checks.plain_parser_error)."""
     try:
         yield
     except (argparse.ArgumentError, MisconfigurationException) as e:
-        raise UsageError(checks.plain_parser_error(str(e))) from None
+        raise UsageError(checks.plain_parser_error(str(e), args)) from None
 
 
 def run(args=None) -> None:
     """Build, prepare (every check runs before Lightning writes into the run directory, so a refused start leaves
     what is on disk as it was), fit, report."""
-    with _lightning_notes_on_stdout(), _parser_errors_as_usage_errors():
+    with _lightning_notes_on_stdout(), _parser_errors_as_usage_errors(sys.argv[1:] if args is None else args):
         _run(args)
 
 
@@ -302,12 +318,14 @@ def _run(args) -> None:
     ckpt_path, finished = resume.prepare(cli.config["ckpt_path"], trainer, model, data, last.path(trainer))
     if finished:
         return
+    checks.dry_run(cli.config, _steps(trainer, data))
     _check_writable(trainer.default_root_dir)
     if trainer.is_global_zero:
         print("\n".join(summary.lines(model, data, trainer.world_size)))
         if cli.init_network is not None:
             print(finetune.summary(cli.config["init_from"], cli.init_network, data.chars))
-    _fit(trainer, model, data, ckpt_path, last)
+    rate_flag = "--optimizer.lr" if cli.config["optimizer"] else "--model.learning_rate"
+    _fit(trainer, model, data, ckpt_path, last, rate_flag)
     _report(trainer, last)
 
 

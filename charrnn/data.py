@@ -140,9 +140,10 @@ class CharDataModule(L.LightningDataModule):
         n_val = int(len(ids) * val_fraction)
         self.train_ids, self.val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
         if val_fraction > 0 and len(self.val_ids) < 2:
+            least = f"--data.val_fraction {2 / len(ids):.2g} or more, " if 2 / len(ids) < 1 else ""
             raise UsageError(
-                f"{self.source} is too short for a validation split ({len(ids)} characters); use a longer text or "
-                "--data.val_fraction 0"
+                f"--data.val_fraction {val_fraction} of the {len(ids)} characters of {self.source} holds {n_val}, and "
+                f"validation needs 2; use {least}a longer text, or --data.val_fraction 0 for no validation"
             )
         self.train_inputs, self.train_targets = train_streams(self.train_ids, batch_size, seq_length, per_process=True)
         self.train_crc32 = zlib.crc32(self.train_ids.numpy())

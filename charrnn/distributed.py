@@ -2,11 +2,20 @@
 
 DDP averages gradients from hooks inside autograd's backward. charrnn's gradients are written by hand and never
 pass through autograd, so under DDP each rank would silently train its own model. ``mean_over_ranks`` does the
-averaging explicitly, with the process group Lightning set up.
+averaging explicitly, with the process group Lightning set up. With ``--trainer.strategy ddp`` rank 0 starts the
+other ranks (train.py run again) and stops them if it ends before they do (``start_ranks_quietly``,
+``stop_started_ranks``).
 """
+
+import os
+import signal
+import subprocess
+import time
 
 import torch
 import torch.distributed as dist
+
+from .entry import RANK_ZERO_PID  # tells a started rank which process it must not outlive
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -55,3 +64,47 @@ def block_of_rank(rows, rank: int, world: int):
 def rows_of_rank(rows: torch.Tensor) -> torch.Tensor:
     """This process's share of ``rows`` (stream order): the inverse of ``gather_rows``."""
     return block_of_rank(rows, *rank_and_world())
+
+
+def stop_started_ranks(launcher) -> None:
+    """End the ranks Lightning started for this process (train.py run again per rank) when it stops before they
+    finish: before this process exits and closes the sockets they wait on (they would print a traceback). Two
+    signals (a started rank waits for a second one, entry._leave_to_rank_zero), then SIGKILL for a rank blocked in C.
+    Lightning's observer thread watches the same list: emptied first, so a rank that ends here is not taken for a
+    crash ("Forcefully terminating" this process)."""
+    ranks = list(getattr(launcher, "procs", ()))
+    if not ranks:
+        return
+    launcher.procs.clear()
+    for _ in range(2):
+        for rank in ranks:
+            if rank.poll() is None:
+                rank.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+    for rank in ranks:
+        try:
+            rank.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            rank.kill()
+            rank.wait()
+
+
+def start_ranks_quietly(launcher) -> None:
+    """Make ``launcher`` (Lightning's, which runs train.py again for each other rank) start its ranks with SIGINT
+    and SIGTERM blocked, and telling them rank 0's process id. A Ctrl-C in a rank's first moments, before
+    entry.start can handle it, would print Python's own KeyboardInterrupt traceback (or a SIGTERM end it at once,
+    which rank 0's Lightning takes for a crash); blocked, it waits for entry.start, which unblocks it. Rank 0's own
+    signals wait for those few milliseconds, too."""
+    start = getattr(launcher, "_call_children_scripts", None)
+    if start is None:  # not a launcher that starts processes
+        return
+
+    def held():
+        os.environ[RANK_ZERO_PID] = str(os.getpid())
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    launcher._call_children_scripts = held

@@ -20,8 +20,21 @@ class Diverged(UsageError):
     """Training produced a non-finite or exploding loss, or non-finite parameters: the learning rate (or clip) is
     too high for this model."""
 
+    advice = None  # what to change, when it is not the learning rate
+
     def __init__(self, step: int, reason: str = "the loss or the parameters are not finite"):
         super().__init__(f"training diverged at step {step}: {reason}")
+        self.step = step
+
+
+class ScheduleFailed(Diverged):
+    """The learning-rate schedule failed, or set a negative or non-finite rate, for ``step``: the run stops before
+    training that step, its last checkpoint intact."""
+
+    advice = "fix the --lr_scheduler arguments and train again"
+
+    def __init__(self, step: int, reason: str):
+        UsageError.__init__(self, f"training stopped at step {step}: {reason}")
         self.step = step
 
 

@@ -4,6 +4,7 @@ A write goes to a hidden temporary file beside the target that is flushed, fsync
 process killed at any moment leaves either the old file or the new one, never half of one.
 """
 
+import errno
 import glob
 import os
 import stat
@@ -52,6 +53,21 @@ def remove_temporaries(path: str) -> None:
             pass
 
 
+def missing(path: str) -> str:
+    """Why ``path``, which cannot be opened, is not there, in words: it does not exist, or it is a symbolic link
+    that loops or points nowhere (``os.path.exists`` says False for all three)."""
+    try:
+        os.stat(path)
+    except ValueError:  # a NUL in the path
+        pass
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symbolic link that loops (too many levels of links)"
+        if os.path.islink(path):
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+    return "does not exist"
+
+
 def regular_file(path: str, what: str) -> None:
     """Refuse a pipe, device, socket or directory where a file is expected: reading one would block forever
     (a FIFO), never end (``/dev/zero``) or fail half-way."""
@@ -67,6 +83,8 @@ def regular_file(path: str, what: str) -> None:
 def check_out(path: str, ours: Callable[[str], bool], command: str) -> None:
     """A UsageError unless ``path`` can be written: its directory exists, and it is absent or a regular file that
     ``ours(path)`` recognises as written by ``command``."""
+    if not os.path.basename(path):  # '' or a directory's path ending in /
+        raise UsageError(f"--out {path!r} names no file; pass a file name, e.g. --out page.html")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UsageError(f"--out {path}: directory {directory} does not exist")

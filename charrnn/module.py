@@ -10,8 +10,8 @@ import torch
 
 from . import checkpoint, distributed, network
 from .cells import CELLS
-from .errors import Diverged
-from .optim import Adagrad
+from .errors import Diverged, ScheduleFailed
+from .optim import Adagrad, rate_problem
 from .sampling import generate
 
 SMOOTHING = 0.999  # min-char-rnn's smoothed loss: smooth = 0.999 * smooth + 0.001 * loss
@@ -115,8 +115,7 @@ class CharRNN(L.LightningModule):
             self.arch, self.params, self.optimizers(), inputs, targets, self.h, self.hparams.clip,
             mean=distributed.mean_over_ranks if self.trainer.world_size > 1 else None, masks=masks,
         )  # fmt: skip
-        for scheduler in self._schedulers:
-            scheduler.step()
+        self._step_schedules(step + 1)
         torch.minimum(self.first_bad_step, torch.where(loss.isfinite(), NO_STEP, step + 1), out=self.first_bad_step)
 
         self.smooth_loss.mul_(SMOOTHING).add_(loss, alpha=(1 - SMOOTHING) / (B * T))  # per character
@@ -126,6 +125,25 @@ class CharRNN(L.LightningModule):
         if printing:
             # min-char-rnn prints the smoothed loss summed over a window; nats/char follows in parentheses.
             print(f"iter {step}, loss: {float(self.smooth_loss) * T:f} ({float(self.smooth_loss):.4f} nats/char)")
+
+    def _step_schedules(self, next_step: int):
+        """Step the schedules after an optimizer step, and check the rate they set for ``next_step`` (Python floats:
+        no host sync). train.py's dry run (checks.dry_run) checked the first steps of a fresh schedule; a longer run,
+        or a resumed schedule, is checked here, before a bad rate trains a step."""
+        if not self._schedulers:
+            return
+        try:
+            for scheduler in self._schedulers:
+                scheduler.step()
+        except Exception as e:  # e.g. OneCycleLR stepped past its total_steps
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise ScheduleFailed(next_step, f"the --lr_scheduler fails: {reason}") from None
+        if 0 < self.trainer.max_steps <= next_step:
+            return  # the rate after the last step trains nothing (a schedule may end below 0)
+        for group in self.optimizers().param_groups:
+            problem = rate_problem(group["lr"])
+            if problem:
+                raise ScheduleFailed(next_step, f"the --lr_scheduler sets the learning rate {group['lr']}, {problem}")
 
     def check_finite(self):
         """Raise Diverged if a loss so far was not finite, or the parameters no longer are (a NaN gradient: the

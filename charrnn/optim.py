@@ -10,6 +10,8 @@ almost every weight by ``lr * sign(g)``, whatever the gradient's size; with ``me
 are ``lr * g / sqrt(A + g^2)``, proportional to the gradient while ``g^2`` is small against A.
 """
 
+import math
+
 import torch
 
 ADAGRAD = f"{__name__}.Adagrad"  # the optimizer without --optimizer, by the class path --optimizer would name it
@@ -17,6 +19,11 @@ ADAGRAD = f"{__name__}.Adagrad"  # the optimizer without --optimizer, by the cla
 
 class Adagrad(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 0.1, eps: float = 1e-8, initial_accumulator_value: float = 0.0):
+        # As torch's optimizers refuse theirs: a negative eps makes sqrt(mem + eps) NaN wherever mem < -eps.
+        given = {"learning rate": lr, "epsilon value": eps, "initial_accumulator_value": initial_accumulator_value}
+        for name, value in given.items():
+            if not value >= 0:
+                raise ValueError(f"Invalid {name}: {value}")
         super().__init__(params, {"lr": lr, "eps": eps, "initial_accumulator_value": initial_accumulator_value})
 
     @torch.no_grad()
@@ -57,3 +64,13 @@ def take_base_rates(optimizer: torch.optim.Optimizer, schedulers, base_rates) ->
             group["initial_lr"] = base
             for scheduler in schedulers:
                 scheduler.base_lrs[i] = base
+
+
+def rate_problem(lr: float) -> str | None:
+    """Why a learning rate cannot train, or None: a negative rate climbs the loss (gradient ascent) and a
+    non-finite one turns every weight it touches non-finite."""
+    if not math.isfinite(lr):
+        return "not finite"
+    if lr < 0:
+        return "negative (it would climb the loss)"
+    return None

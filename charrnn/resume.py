@@ -6,9 +6,10 @@ Lightning's private loop state in a checkpoint (``loops``).
 
 import os
 
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from . import checkpoint, rundir
+from . import checkpoint, checks, rundir
 from .callbacks import OptimizerFromFlags
 from .errors import UsageError
 
@@ -26,6 +27,7 @@ def resolve(ckpt_path: str | None, root: str) -> str | None:
 def check_resumable(ckpt: dict, path: str, model, data, trainer) -> None:
     """Everything Lightning would otherwise find wrong only after it has started writing into the run directory."""
     checkpoint.check_resumable_by(checkpoint.read_metadata(ckpt, path), model.arch, model.vocab, path)
+    _check_precision(ckpt, path, model.arch, str(trainer.precision))
     for callback in trainer.callbacks:
         if isinstance(callback, OptimizerFromFlags):
             callback.check_resumable(ckpt, path)
@@ -36,6 +38,26 @@ def check_resumable(ckpt: dict, path: str, model, data, trainer) -> None:
     data.trainer = trainer  # the stream layout depends on the number of processes
     data.setup("fit")
     data.train_dataloader().load_state_dict(layouts[0])
+
+
+def _check_precision(ckpt: dict, path: str, arch, precision: str) -> None:
+    """A run continues in the precision it was trained in: a resume in another would silently convert its weights
+    (and its last.ckpt and best.ckpt with them). Refused like another architecture, naming the flag to repeat."""
+    state = ckpt.get("state_dict")
+    dtypes = {state[name].dtype for name in arch.param_shapes() if isinstance(state.get(name), torch.Tensor)}
+    trained = [name for name, dtype in checks.DTYPES.items() if dtype in dtypes and name.endswith("-true")]
+    if trained and checks.DTYPES[precision] not in dtypes:
+        raise UsageError(f"{path} was trained in {trained[0]}; resume with --trainer.precision {trained[0]}")
+
+
+def _check_best(trainer, path: str) -> None:
+    """The ``best.ckpt`` a resumed run reads (the loss to beat, callbacks.BestCheckpoint) must load too, or the
+    refusal would come only after the run directory has been written into."""
+    best = rundir.checkpoint_path(trainer, rundir.BEST)
+    if os.path.exists(best) and not os.path.samefile(best, path):
+        advice = (f"resuming {path} reads it for the best validation loss so far: move it away to resume (the "
+                  "run then keeps the best of its validations from here on)")  # fmt: skip
+        checkpoint.load(best, advice=advice)
 
 
 def prepare(ckpt_path: str | None, trainer, model, data, last_path: str) -> tuple[str | None, bool]:
@@ -64,4 +86,5 @@ def prepare(ckpt_path: str | None, trainer, model, data, last_path: str) -> tupl
     version = rundir.log_version(path, root)
     if version is not None and isinstance(trainer.logger, TensorBoardLogger):
         trainer.loggers = [TensorBoardLogger(root, name=rundir.LOGS, version=version, default_hp_metric=False)]
+    _check_best(trainer, path)
     return path, False

@@ -15,14 +15,9 @@ CHECKPOINTS = "checkpoints"
 LOGS = "lightning_logs"
 _VERSION = re.compile(r"version_(\d+)")
 
-# Where a run keeps last.ckpt, relative to the directory a user names: the run's root (train.py's
+# Where a run keeps its checkpoints, relative to the directory a user names: the run's root (train.py's
 # --trainer.default_root_dir), its lightning_logs, one version_N, or the checkpoints folder itself.
-_LAYOUTS = (
-    LAST,
-    os.path.join(CHECKPOINTS, LAST),
-    os.path.join("version_*", CHECKPOINTS, LAST),
-    os.path.join(LOGS, "version_*", CHECKPOINTS, LAST),
-)
+_LAYOUTS = ("", CHECKPOINTS, os.path.join("version_*", CHECKPOINTS), os.path.join(LOGS, "version_*", CHECKPOINTS))
 
 
 def checkpoint_path(trainer, name: str) -> str:
@@ -45,10 +40,10 @@ def version_number(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def newest_last_checkpoint(directory: str) -> str | None:
-    """The ``last.ckpt`` of the highest ``version_N`` of a run directory, if any (no deep search: naming
-    a large unrelated folder must neither be slow nor pick up someone else's run)."""
-    found = [p for layout in _LAYOUTS for p in glob.glob(os.path.join(glob.escape(directory), layout))]
+def newest_last_checkpoint(directory: str, name: str = LAST) -> str | None:
+    """The ``last.ckpt`` (or checkpoint ``name``) of the highest ``version_N`` of a run directory, if any (no deep
+    search: naming a large unrelated folder must neither be slow nor pick up someone else's run)."""
+    found = [p for layout in _LAYOUTS for p in glob.glob(os.path.join(glob.escape(directory), layout, name))]
 
     def version(path: str) -> int:
         numbers = [version_number(part) for part in os.path.relpath(path, directory).split(os.sep)]

@@ -41,7 +41,16 @@ _MATRIX_KINDS = {np.float64: 0, np.float32: 1, np.float16: 2}  # lstm_generate's
 
 
 def encode_prime(vocab: list[str], text: str, source: str = "--prime") -> list[int]:
-    """Ids of ``text``; characters the model never saw are a UsageError that names them (and ``source``)."""
+    """Ids of ``text``; characters the model never saw, or bytes that are not UTF-8 (a command line's bytes that do
+    not decode arrive as lone surrogates), are a UsageError that names them (and ``source``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")  # the bytes as given
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogatepass")
+        raise UsageError(f"{source} is not valid UTF-8 (its bytes: {raw.hex(' ')}); pass UTF-8 text") from None
     index = {c: i for i, c in enumerate(vocab)}
     missing = sorted(set(text) - index.keys())
     if missing:

@@ -12,13 +12,14 @@ padded.
 import codecs
 import contextlib
 import fnmatch
+import io
 import os
 
 import numpy as np
 import torch
 
 from .errors import UsageError
-from .files import regular_file
+from .files import missing, regular_file
 
 BUILTIN_TEXT = "pydoc_data.topics"  # the text a fresh clone trains on: Python's reference documentation
 _CHUNK_BYTES = 1 << 23
@@ -26,55 +27,68 @@ VAL_STREAMS = 64
 VAL_CHUNK = 256  # characters of every stream per forward pass: validation's batches, and the API's score
 
 
-def _decoded_chunks(path: str, what: str = "data file", chunk_bytes: int | None = None):
-    """Yield the file's text in chunks: UTF-8 checked, BOM dropped, CRLF (and lone CR) turned into LF. ``what``
-    names the file in errors.
+def _decoded_chunks(stream, path: str, what: str = "data file", chunk_bytes: int | None = None):
+    """Yield the text of a binary ``stream`` (the file ``path``) in chunks: UTF-8 checked, BOM dropped, CRLF (and
+    lone CR) turned into LF. ``what`` names the file in errors.
 
     Line ends are normalised so a file saved on Windows trains the same model as on Unix and no '\\r' reaches
     the vocabulary or the samples.
     """
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     offset, carry, at_start = 0, "", True
+    while True:
+        raw = stream.read(chunk_bytes or _CHUNK_BYTES)
+        pending = len(decoder.getstate()[0])  # bytes of a character split by the previous chunk
+        try:
+            text = decoder.decode(raw, final=not raw)
+        except UnicodeDecodeError as e:
+            at = offset - pending + e.start  # in the file, BOM included
+            source = "utf-16" if at == 0 and raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"
+            raise UsageError(
+                f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {at}); "
+                f"convert it first, e.g. iconv -f {source} -t utf-8"
+            ) from None
+        offset += len(raw)
+        if at_start and text:
+            text, at_start = text.removeprefix("\ufeff"), False
+        text = carry + text
+        # Hold back a trailing CR: its LF may start the next chunk.
+        carry = text[-1:] if raw and text.endswith("\r") else ""
+        text = text[: len(text) - len(carry)]
+        if "\r" in text:  # a scan is much cheaper than two replaces on the common Unix text
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if text:
+            yield text
+        if not raw:
+            return
+
+
+def _unreadable(e: OSError, path: str, what: str) -> UsageError:  # e.g. /proc/self/mem, or a disk failing
+    return UsageError(f"cannot read {what} {path} ({e.strerror})")
+
+
+def _read_bytes(path: str, what: str = "data file") -> bytes:
+    """The whole file in one read: every later pass works on these bytes, so a file that changes while charrnn
+    starts is read as one version of it, never as a mix of two."""
     try:
         with open(path, "rb") as f:
-            while True:
-                raw = f.read(chunk_bytes or _CHUNK_BYTES)
-                pending = len(decoder.getstate()[0])  # bytes of a character split by the previous chunk
-                try:
-                    text = decoder.decode(raw, final=not raw)
-                except UnicodeDecodeError as e:
-                    at = offset - pending + e.start  # in the file, BOM included
-                    source = "utf-16" if at == 0 and raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"
-                    raise UsageError(
-                        f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {at}); "
-                        f"convert it first, e.g. iconv -f {source} -t utf-8"
-                    ) from None
-                offset += len(raw)
-                if at_start and text:
-                    text, at_start = text.removeprefix("\ufeff"), False
-                text = carry + text
-                # Hold back a trailing CR: its LF may start the next chunk.
-                carry = text[-1:] if raw and text.endswith("\r") else ""
-                text = text[: len(text) - len(carry)]
-                if "\r" in text:  # a scan is much cheaper than two replaces on the common Unix text
-                    text = text.replace("\r\n", "\n").replace("\r", "\n")
-                if text:
-                    yield text
-                if not raw:
-                    return
-    except OSError as e:  # e.g. /proc/self/mem, or a disk failing
-        raise UsageError(f"cannot read {what} {path} ({e.strerror})") from None
+            return f.read()
+    except OSError as e:
+        raise _unreadable(e, path, what) from None
 
 
 def read_start(path: str, limit: int, what: str) -> tuple[str, bool]:
     """The first ``limit`` characters of a text file read as training reads it, and whether it holds more. Reads
     about as far as needed: a character is at most 4 bytes."""
     text = ""
-    with contextlib.closing(_decoded_chunks(path, what, 4 * limit + 8)) as chunks:
-        for chunk in chunks:
-            text += chunk
-            if len(text) > limit:
-                break
+    try:
+        with open(path, "rb") as f, contextlib.closing(_decoded_chunks(f, path, what, 4 * limit + 8)) as chunks:
+            for chunk in chunks:
+                text += chunk
+                if len(text) > limit:
+                    break
+    except OSError as e:
+        raise _unreadable(e, path, what) from None
     return text[:limit], len(text) > limit
 
 
@@ -83,7 +97,7 @@ def read_text(path: str, what: str) -> str:
     if not os.path.lexists(path):
         raise UsageError(f"{what} {path} does not exist")
     regular_file(path, what)
-    return "".join(_decoded_chunks(path, what))
+    return "".join(_decoded_chunks(io.BytesIO(_read_bytes(path, what)), path, what))
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -98,7 +112,7 @@ def pydoc_text() -> str:
 
 def check_text_file(path: str) -> None:
     if not os.path.exists(path):
-        raise UsageError(f"data file {path} does not exist; pass --data.path with a UTF-8 text file or a directory")
+        raise UsageError(f"data file {path} {missing(path)}; pass --data.path with a UTF-8 text file or a directory")
     if not os.access(path, os.R_OK):
         raise UsageError(f"data file {path} is not readable")
     regular_file(path, "data file")
@@ -143,12 +157,13 @@ def _unreadable_directory(error: OSError) -> None:
     raise UsageError(f"cannot read data directory {error.filename} ({error.strerror})")
 
 
-def _joined_chunks(files: list[str]):
-    """The files' text one after the other, with a newline before a file's text when the text before it does not
-    end with one (so the last line of one file and the first of the next never run together)."""
+def _joined_chunks(files: list[str], raws: list[bytes]):
+    """The text of the files (their bytes ``raws``) one after the other, with a newline before a file's text when the
+    text before it does not end with one (so the last line of one file and the first of the next never run
+    together)."""
     ends_line = True
-    for path in files:
-        for i, chunk in enumerate(_decoded_chunks(path)):
+    for path, raw in zip(files, raws):
+        for i, chunk in enumerate(_decoded_chunks(io.BytesIO(raw), path)):
             if i == 0 and not ends_line:
                 yield "\n"
             yield chunk
@@ -190,17 +205,18 @@ def vocabulary(chars, leading: list[str] | None = None) -> Vocab:
 
 
 def read_corpus(paths: str | list[str], leading: list[str] | None = None):
-    """Read and encode text files (``_joined_chunks``) in two streaming passes, without a Python object per
-    character. ``leading``: the vocabulary's first characters (``vocabulary``).
+    """Read text files, each once and whole, and encode them in two passes over those bytes (``_joined_chunks``),
+    without a Python object per character. ``leading``: the vocabulary's first characters (``vocabulary``).
 
     Returns ``(vocab, ids)`` with ids a compact integer numpy array.
     """
     files = [paths] if isinstance(paths, str) else list(paths)
     for path in files:
         check_text_file(path)
+    raws = [_read_bytes(path) for path in files]
     seen = np.zeros(0x110000, dtype=bool)  # every Unicode code point; a presence table is cheaper than counting
     length = 0
-    for text in _joined_chunks(files):
+    for text in _joined_chunks(files, raws):
         cps = _code_points(text)
         seen[cps] = True
         length += len(cps)
@@ -212,7 +228,7 @@ def read_corpus(paths: str | list[str], leading: list[str] | None = None):
     table = vocab.lookup_table(id_dtype(len(vocab)))
     ids = np.empty(length, dtype=table.dtype)
     pos = 0
-    for text in _joined_chunks(files):
+    for text in _joined_chunks(files, raws):
         cps = _code_points(text)
         ids[pos : pos + len(cps)] = table[cps]
         pos += len(cps)

@@ -1,5 +1,6 @@
 """Vocabulary, encoding, train/validation split and the stream layout."""
 
+import io
 import os
 
 import numpy as np
@@ -154,3 +155,29 @@ def test_several_files_train_and_resume_on_the_same_joined_text_only(tmp_path, c
     capsys.readouterr()
     assert train(tiny_args(texts, tmp_path / "dir", "--ckpt_path", "last", steps=30)) == 2
     assert "another text" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change", ["append", "truncate"])
+def test_a_file_changing_while_it_is_read_is_read_as_one_version(tmp_path, monkeypatch, change):
+    """Each time charrnn opens the file, it changes right after: text from two versions would crash the encoding
+    (appended) or train on characters the file never held (truncated)."""
+    import builtins
+
+    import charrnn.text as text_io
+
+    path = write(tmp_path, UNICODE)
+    opened = []
+
+    def open_then_change(file, mode="r", *args, **kwargs):
+        if str(file) != path:
+            return builtins.open(file, mode, *args, **kwargs)
+        opened.append(file)
+        with builtins.open(path, "rb") as f:
+            now = io.BytesIO(f.read())  # what this open reads, however the file changes next
+        with builtins.open(path, "a" if change == "append" else "w", encoding="utf-8") as f:
+            f.write("appended: ÆØÅ\n" if change == "append" else "")
+        return now
+
+    monkeypatch.setattr(text_io, "open", open_then_change, raising=False)  # the module's open, not the builtin
+    vocab, ids = read_corpus(path)
+    assert vocab.decode(ids) == UNICODE and len(opened) == 1

@@ -9,6 +9,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -24,7 +26,7 @@ from charrnn.text import pydoc_text
 from charrnn.distributed import mean_over_ranks
 from charrnn.module import CharRNN
 from charrnn.sampling import generate
-from tests.train_helpers import quiet_trainer, run_train_py
+from tests.train_helpers import ROOT, quiet_trainer, run_train_py
 
 STREAMS, T, H, STEPS, MID = 4, 8, 16, 24, 12  # 17 windows per epoch: both runs cross an epoch boundary
 TOL = 1e-9
@@ -205,6 +207,39 @@ def test_two_rank_checkpoint_resumes_on_one_process_with_all_the_streams(single,
     trainer.fit(model, datamodule=data, ckpt_path=os.path.join(out, "mid.ckpt"), weights_only=True)
     assert_close({k: v.cpu() for k, v in model.state_dict().items()}, single["params"])
     assert torch.allclose(model.h, single["h"], rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("to", ["rank 0", "every rank"])
+def test_ctrl_c_while_ranks_start_is_one_line_and_exit_130_for_every_rank(tmp_path, to):
+    """Ctrl-C right after "Initializing distributed", to rank 0 alone or, as a terminal sends it, to the process
+    group: rank 0 says one line and exits 130; the rank it started neither prints (a traceback when rank 0's sockets
+    close) nor outlives it, nor exits first (Lightning would kill rank 0: "Forcefully terminating", exit 137)."""
+    args = ["--data.path", write_text(tmp_path), "--data.batch_size", 2, "--data.seq_length", T, "--model.hidden_size",
+            H, "--trainer.max_steps", 100000, "--trainer.enable_progress_bar", "false", "--trainer.devices", 2,
+            "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
+            "--trainer.default_root_dir", tmp_path / "runs"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)  # its own group, as a terminal's job
+    try:
+        out = b""
+        while b"Initializing distributed" not in out:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            assert chunk, proc.communicate()
+            out += chunk
+        if to == "rank 0":
+            proc.send_signal(signal.SIGINT)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)  # a started rank holding the pipes open would time out here
+    finally:
+        leftover = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        for pid in leftover:
+            os.kill(int(pid), signal.SIGKILL)
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert len(err.decode().splitlines()) == 1 and err.decode().startswith("interrupted by SIGINT"), err.decode()
+    assert b"Forcefully terminating" not in out + rest
+    assert not leftover
 
 
 def _train_briefly_and_exit(rank, port):

@@ -1,5 +1,6 @@
 """Property-based fuzzing of train.py, sample.py and score.py, in-process: random flags with hostile values (wrong
-types, signs, extremes, NaN and infinities, Unicode, huge numbers, special files) and randomly damaged files.
+types, signs, extremes, NaN and infinities, Unicode, huge numbers, special files), randomly damaged files, and any of
+torch's optimizers and schedules with valid and invalid arguments, new or resumed.
 
 The property, for every input: the exit code is 0, 2 or 130; a failure is exactly one line ``error: ...`` on
 stderr with no traceback; no warning reaches the user; and no file that existed before is changed or lost.
@@ -10,6 +11,7 @@ CI runs a few hundred fixed (derandomized) examples. For a long run, e.g. 5000 e
 
 import contextlib
 import io
+import math
 import os
 import pickle
 import shutil
@@ -24,7 +26,7 @@ from hypothesis import strategies as st
 
 import sample
 import score
-from charrnn import cli
+from charrnn import cli, rundir
 from tests.train_helpers import corpus, snapshot, tiny_args, train
 
 LONG = int(os.environ.get("CHARRNN_FUZZ_EXAMPLES", "0"))
@@ -176,7 +178,7 @@ def _check(code, err, caught, before):
     if code != 0:
         lines = err.splitlines()
         assert len(lines) == 1 and (lines[0].startswith("error: ") or code == 130), err
-        for jargon in ("<class '", "typing.", "Could this error message be improved"):
+        for jargon in ("<class '", "typing.", "Could this error message be improved", "NestedArg(", "Namespace("):
             assert jargon not in err, err
     after = snapshot(WORLD)
     assert {name: after.get(name) for name in before} == before, "a file that existed before was changed or lost"
@@ -269,6 +271,7 @@ sample_flags = st.lists(st.sampled_from(SAMPLE_FLAGS).flatmap(lambda f: st.tuple
 
 @FUZZ
 @given(target=st.one_of(st.sampled_from(["{ckpt}", "{d}/runs", *SPECIAL_PATHS]), damaged_file(), values), flags=sample_flags)
+@example(target="\x00", flags=[])
 @example(target="/dev/zero", flags=[])
 @example(target="{d}/fifo", flags=[])
 @example(target="{ckpt}", flags=[("--top-k", str(2**70)), ("--seed", str(2**70))])
@@ -307,3 +310,96 @@ def test_score_py_keeps_its_promise(target, files, flags):
     extra = [arg for flag, value in flags for arg in ((flag,) if value is None else (flag, value))]
     args = [_fill(target, WORLD), *(_fill(f, WORLD) for f in files), *extra]
     _check(*_run(score.main, args), before)
+
+
+
+# Optimizers and schedules: any torch.optim class a user can name, with valid and invalid arguments.
+OPTIMIZERS = {
+    "torch.optim.Adam": ["lr", "eps", "weight_decay", "betas", "amsgrad"],
+    "torch.optim.AdamW": ["lr", "eps", "weight_decay", "betas"],
+    "torch.optim.SGD": ["lr", "momentum", "dampening", "weight_decay", "nesterov"],
+    "torch.optim.RMSprop": ["lr", "alpha", "eps", "momentum", "centered"],
+    "torch.optim.Adagrad": ["lr", "lr_decay", "eps", "initial_accumulator_value"],
+    "charrnn.optim.Adagrad": ["lr", "eps", "initial_accumulator_value"],
+    "torch.optim.Adamax": ["lr", "eps", "betas"],
+    "torch.optim.NAdam": ["lr", "momentum_decay", "betas"],
+    "torch.optim.RAdam": ["lr", "eps", "betas"],
+    "torch.optim.Adadelta": ["lr", "rho", "eps"],
+    "torch.optim.Rprop": ["lr", "etas", "step_sizes"],
+    "torch.optim.ASGD": ["lr", "lambd", "alpha", "t0"],
+    "torch.optim.LBFGS": ["lr"],
+}
+SCHEDULES = {
+    "StepLR": ["step_size", "gamma"],
+    "MultiStepLR": ["milestones", "gamma"],
+    "ExponentialLR": ["gamma"],
+    "CosineAnnealingLR": ["T_max", "eta_min"],
+    "CosineAnnealingWarmRestarts": ["T_0", "T_mult", "eta_min"],
+    "LinearLR": ["start_factor", "end_factor", "total_iters"],
+    "ConstantLR": ["factor", "total_iters"],
+    "PolynomialLR": ["total_iters", "power"],
+    "OneCycleLR": ["max_lr", "total_steps", "pct_start", "div_factor"],
+    "CyclicLR": ["base_lr", "max_lr", "step_size_up"],
+    "LambdaLR": ["lr_lambda"],
+}
+NUMBERS = ["-1", "0", "-0.0", "1e-9", "1e-3", "0.01", "0.5", "0.9", "1", "2", "3", "5", "7", "12", "20", "1.5", "nan",
+           "inf", "-inf", "1e300", "-1e300", "x", "", "true", "[1.5,0.999]", "[0.9,0.999]", "[0.5,1.2]", "[2,4]", "[]"]
+argument_values = st.one_of(st.sampled_from(NUMBERS), st.floats(-10, 10).map(repr), st.integers(-3, 30).map(str))
+
+
+@st.composite
+def optimization_flags(draw) -> list[str]:
+    optimizer = draw(st.sampled_from(sorted(OPTIMIZERS)))
+    flags = ["--optimizer", optimizer]
+    for name in draw(st.lists(st.sampled_from(OPTIMIZERS[optimizer]), max_size=3, unique=True)):
+        flags += [f"--optimizer.{name}", draw(argument_values)]
+    if draw(st.booleans()):
+        schedule = draw(st.sampled_from(sorted(SCHEDULES)))
+        flags += ["--lr_scheduler", f"torch.optim.lr_scheduler.{schedule}"]
+        for name in draw(st.lists(st.sampled_from(SCHEDULES[schedule]), max_size=3, unique=True)):
+            flags += [f"--lr_scheduler.{name}", draw(argument_values)]
+    return flags
+
+
+@settings(FUZZ, max_examples=LONG or 60)  # about two runs of train.py an example
+@given(flags=optimization_flags(), steps=st.sampled_from([3, 12]), resume=st.booleans())
+@example(flags=["--optimizer", "torch.optim.Adam", "--optimizer.betas", "[1.5,0.999]"], steps=3, resume=False)
+@example(flags=["--optimizer", "torch.optim.SGD", "--optimizer.lr", "-1e-3"], steps=3, resume=False)
+@example(flags=["--optimizer", "torch.optim.SGD", "--lr_scheduler", "torch.optim.lr_scheduler.StepLR",
+                "--lr_scheduler.step_size", "2", "--lr_scheduler.gamma", "-1"], steps=12, resume=False)  # fmt: skip
+@example(flags=["--optimizer", "torch.optim.SGD", "--lr_scheduler", "torch.optim.lr_scheduler.OneCycleLR",
+                "--lr_scheduler.max_lr", "0.1", "--lr_scheduler.total_steps", "5"], steps=12, resume=False)  # fmt: skip
+@example(flags=["--optimizer", "torch.optim.Adam", "--lr_scheduler", "torch.optim.lr_scheduler.LambdaLR",
+                "--lr_scheduler.lr_lambda", "1"], steps=3, resume=False)  # fmt: skip
+@example(flags=["--optimizer", "torch.optim.SGD", "--lr_scheduler", "torch.optim.lr_scheduler.StepLR",
+                "--lr_scheduler.step_size", "2"], steps=12, resume=True)  # fmt: skip
+def test_optimizers_and_schedules_keep_the_promise(flags, steps, resume):
+    """Exit 0 with a checkpoint whose rate trains, or one line ``error:``; with ``resume``, the same flags continue
+    a run of 3 steps, which must be left as it was when refused."""
+    root = tempfile.mkdtemp(dir=WORLD, prefix="root-")
+    try:
+        args = tiny_args(f"{WORLD}/input.txt", root, "--model.hidden_size", 8, *flags, steps=steps)
+        if resume:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                first = cli.main(tiny_args(f"{WORLD}/input.txt", root, "--model.hidden_size", 8, *flags, steps=3))
+            resume = first == 0
+            args += ["--ckpt_path", "last"]
+        before = snapshot(WORLD)
+        code, err, caught = _run(cli.main, args)
+        event(f"exit code {code}{' (resumed)' if resume else ''}")
+        # A resume that ran rightly changed its own run (a diverged one all but its checkpoints); a refused one
+        # must leave it as it was.
+        trained = code == 0 or "training diverged at step" in err or "training stopped at step" in err
+        if trained:
+            before = {name: value for name, value in before.items()
+                      if not (name.startswith(os.path.basename(root))
+                              and (code == 0 or not name.endswith(".ckpt")))}  # fmt: skip
+        _check(code, err, caught, before)
+        if code == 0:
+            ckpt = torch.load(rundir.newest_last_checkpoint(root), weights_only=True)
+            assert ckpt["global_step"] == steps
+            rates = [group["lr"] for state in ckpt["optimizer_states"] for group in state["param_groups"]]
+            assert all(rate >= 0 and math.isfinite(rate) for rate in rates), rates
+            assert all(t.isfinite().all() for t in ckpt["state_dict"].values())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

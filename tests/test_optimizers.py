@@ -123,3 +123,85 @@ def test_adagrads_sums_of_squares_start_at_the_initial_accumulator(text, tmp_pat
     # After one step mem = 0.5 + g^2: at least 0.5 everywhere, above it where the gradient was not 0.
     mems = torch.cat([state["mem"].flatten() for state in optimizer["state"].values()])
     assert mems.min() >= 0.5 and (mems > 0.5).any()
+
+
+SCHEDULE = "torch.optim.lr_scheduler."
+SGD = ("--optimizer", "torch.optim.SGD", "--optimizer.lr", 0.1)
+
+
+def schedule(name, *arguments):
+    return ("--lr_scheduler", SCHEDULE + name, *arguments)
+
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (("--optimizer", "torch.optim.Adam", "--optimizer.betas", "[1.5,0.999]"),
+         ["--optimizer torch.optim.Adam: Invalid beta parameter at index 0: 1.5"]),
+        ((*ADAM, "--optimizer.weight_decay", -1), ["--optimizer torch.optim.Adam: Invalid weight_decay", "weight_decay -1"]),
+        ((*ADAM, "--optimizer.eps", -1), ["Invalid epsilon value", "eps -1"]),
+        ((*ADAM, "--optimizer.eps", 0), ["turn the weights non-finite", "eps 0"]),
+        ((*SGD, "--optimizer.momentum", -1), ["--optimizer torch.optim.SGD: Invalid momentum value: -1"]),
+        (("--optimizer", "charrnn.optim.Adagrad", "--optimizer.eps", -1), ["charrnn.optim.Adagrad: Invalid epsilon"]),
+        (("--optimizer", "torch.optim.LBFGS"), ["--optimizer torch.optim.LBFGS", "closure"]),
+        ((*SGD, *schedule("OneCycleLR", "--lr_scheduler.max_lr", 0.1)), ["OneCycleLR: You must define either total_steps"]),
+        ((*SGD, *schedule("OneCycleLR", "--lr_scheduler.max_lr", 0.1, "--lr_scheduler.total_steps", 0)),
+         ["OneCycleLR: Expected positive integer total_steps"]),
+        ((*SGD, *schedule("OneCycleLR", "--lr_scheduler.max_lr", 0.1, "--lr_scheduler.total_steps", 5)),
+         ["OneCycleLR fails at step 6 of 20: Tried to step 6 times"]),
+        ((*SGD, *schedule("LinearLR", "--lr_scheduler.end_factor", -1)), ["LinearLR: Ending multiplicative factor"]),
+        ((*SGD, *schedule("StepLR", "--lr_scheduler.step_size", 0)), ["StepLR fails at step 1 of 20", "step_size 0"]),
+        ((*SGD, *schedule("CosineAnnealingLR", "--lr_scheduler.T_max", 0)), ["CosineAnnealingLR fails", "T_max 0"]),
+        ((*SGD, *schedule("ConstantLR", "--lr_scheduler.factor", 0)), ["ConstantLR fails at step 5", "factor 0"]),
+        ((*SGD, *schedule("StepLR", "--lr_scheduler.step_size", 2, "--lr_scheduler.gamma", -1)),
+         ["StepLR: the learning rate at step 2 is -0.1, negative", "gamma -1"]),
+        ((*SGD, *schedule("CosineAnnealingLR", "--lr_scheduler.T_max", 20, "--lr_scheduler.eta_min", -1)),
+         ["CosineAnnealingLR: the learning rate at step 4 is -", "eta_min -1"]),
+        ((*SGD, *schedule("StepLR", "--lr_scheduler.step_size", 5, "--lr_scheduler.gamma", 0)),
+         ["StepLR: the learning rate is 0 (in 32-true) from step 5 through step 19", "gamma 0"]),
+        ((*SGD, *schedule("ExponentialLR", "--lr_scheduler.gamma", 1e200)), ["the learning rate at step 2 is inf, not finite"]),
+    ],
+    ids=["betas", "weight_decay", "eps", "eps-0", "momentum", "charrnn-eps", "lbfgs", "onecycle-no-total",
+         "onecycle-total-0", "onecycle-short", "linear-end", "step_size-0", "T_max-0", "constant-factor-0",
+         "gamma-negative", "eta_min-negative", "gamma-0", "gamma-inf"],
+)  # fmt: skip
+def test_optimizer_and_schedule_arguments_are_tried_before_anything_is_written(text, tmp_path, capsys, flags, fragments):
+    assert train(tiny_args(text, tmp_path, *flags, steps=20)) == 2
+    assert_one_line_error(capsys.readouterr().err, *fragments)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        schedule("CosineAnnealingLR", "--lr_scheduler.T_max", 19),  # 0 at the last step: a schedule's end
+        schedule("OneCycleLR", "--lr_scheduler.max_lr", 0.1, "--lr_scheduler.total_steps", 20),
+        # An epoch of 44 windows is 5 trainer batches of 10 (data.TrainBatches): 50 steps.
+        schedule("OneCycleLR", "--lr_scheduler.max_lr", 0.1, "--lr_scheduler.total_steps", 50,
+                 "--trainer.max_steps", -1, "--trainer.max_epochs", 1),
+    ],
+    ids=["cosine-to-0", "onecycle", "onecycle-by-epochs"],
+)  # fmt: skip
+def test_schedules_that_fit_the_run_train(text, tmp_path, flags):
+    assert train(tiny_args(text, tmp_path, *SGD, *flags, steps=20)) == 0
+    assert newest(tmp_path)["global_step"] in (20, 50)
+
+
+def test_a_rate_turning_negative_in_training_stops_before_that_step(text, tmp_path, capsys, monkeypatch):
+    """Beyond the steps tried up front (here 3) the rate is checked as training reaches it."""
+    from charrnn import checks
+
+    monkeypatch.setattr(checks, "DRY_RUN_STEPS", 3)
+    flags = (*SGD, *schedule("StepLR", "--lr_scheduler.step_size", 5, "--lr_scheduler.gamma", -1), "--checkpoint_every", 2)
+    assert train(tiny_args(text, tmp_path, *flags, "--trainer.log_every_n_steps", 50, steps=20)) == 2
+    line = assert_one_line_error(capsys.readouterr().err, "training stopped at step 5: the --lr_scheduler sets the "
+                                 "learning rate -0.1, negative", "(step 4) is the last good checkpoint", "--lr_scheduler")
+    assert "lower" not in line
+    ckpt = newest(tmp_path)
+    assert ckpt["global_step"] == 4 and ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == 0.1
+
+
+def test_a_diverged_run_with_an_optimizer_names_its_rate_flag(text, tmp_path, capsys):
+    assert train(tiny_args(text, tmp_path, "--optimizer", "torch.optim.SGD", "--optimizer.lr", 1e30, steps=20)) == 2
+    line = assert_one_line_error(capsys.readouterr().err, "diverged at step", "lower --optimizer.lr")
+    assert "--model.learning_rate" not in line

@@ -103,3 +103,39 @@ def test_dropout_masks_follow_the_seed_and_the_checkpoint_keeps_it(text, tmp_pat
     assert seeds["a"] == seeds["b"] != seeds["c"] and seeds["no-dropout"] is None
     # The same seed and first weights: dropout is what makes these two runs differ.
     assert not torch.equal(runs["a"]["state_dict"]["Whh"], runs["no-dropout"]["state_dict"]["Whh"])
+
+
+def test_a_resume_in_another_precision_is_refused_and_the_same_one_continues(text, tmp_path, capsys):
+    assert train(tiny_args(text, tmp_path, "--trainer.precision", "64-true", steps=6)) == 0
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert train(tiny_args(text, tmp_path, "--ckpt_path", "last", steps=9)) == 2
+    assert_one_line_error(capsys.readouterr().err, "was trained in 64-true; resume with --trainer.precision 64-true")
+    assert snapshot(tmp_path) == before
+    assert train(tiny_args(text, tmp_path, "--trainer.precision", "64", "--ckpt_path", "last", steps=9)) == 0
+    ckpt = newest(tmp_path)
+    assert ckpt["global_step"] == 9 and ckpt["state_dict"]["Whh"].dtype == torch.float64
+    best = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/best.ckpt", weights_only=True)
+    assert best["state_dict"]["Whh"].dtype == torch.float64
+    # And the other way round.
+    assert train(tiny_args(text, tmp_path / "32", steps=3)) == 0
+    assert train(tiny_args(text, tmp_path / "32", "--trainer.precision", "64-true", "--ckpt_path", "last")) == 2
+    assert_one_line_error(capsys.readouterr().err, "was trained in 32-true; resume with --trainer.precision 32-true")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped bit"])
+def test_a_damaged_best_checkpoint_refuses_the_resume_before_anything_is_written(text, tmp_path, capsys, damage):
+    assert train(tiny_args(text, tmp_path, steps=12)) == 0
+    best = tmp_path / "lightning_logs/version_0/checkpoints/best.ckpt"
+    good = best.read_bytes()
+    middle = len(good) // 2
+    best.write_bytes(good[:middle] if damage == "truncated" else good[:middle] + bytes([good[middle] ^ 4]) + good[middle + 1 :])
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert train(tiny_args(text, tmp_path, "--ckpt_path", "last", steps=15)) == 2
+    line = assert_one_line_error(capsys.readouterr().err, str(best), "move it away to resume")
+    assert "pass a last.ckpt" not in line
+    assert snapshot(tmp_path) == before  # no config.yaml rewritten, no events file added
+    best.unlink()
+    assert train(tiny_args(text, tmp_path, "--ckpt_path", "last", steps=15)) == 0
+    assert newest(tmp_path)["global_step"] == 15

@@ -354,3 +354,50 @@ def test_a_vocabulary_with_the_separator_needs_json(capsysbinary, ckpt, tmp_path
     assert_refused(*run_main(capsysbinary, tmp_path / "rs.ckpt", "--num-samples", 2), "\\x1e", "--json")
     code, out, _ = run_main(capsysbinary, tmp_path / "rs.ckpt", "--num-samples", 2, "--json", "--length", 5)
     assert code == 0 and len(out.splitlines()) == 2
+
+
+def test_torch_save_writes_checksums_that_hold(ckpt):
+    """The check below rests on this: every member of an undamaged checkpoint matches its CRC-32."""
+    with zipfile.ZipFile(ckpt) as z:
+        assert z.testzip() is None and len(z.infolist()) > 3
+
+
+def test_one_flipped_bit_anywhere_is_refused_where_a_checkpoint_is_read(capsysbinary, ckpt, run_dir, tmp_path):
+    good = Path(ckpt).read_bytes()
+    whh = torch.load(ckpt, weights_only=True)["state_dict"]["Whh"]
+    at_whh = good.find(whh.numpy().tobytes())
+    assert at_whh > 0
+    names = {info.filename: info for info in zipfile.ZipFile(ckpt).infolist()}
+    pickle_at = names[next(n for n in names if n.endswith("data.pkl"))].header_offset + 100
+    # Inside Whh's data (a weight loads as another weight: torch.load does not check), inside the pickle, in the
+    # first member's name and in the central directory. (The sizes in a member's own header repeat the central
+    # directory's, which is what is read: a bit flipped there changes nothing loaded.)
+    for at in (at_whh + whh.numel() * 2, pickle_at, 31, len(good) - 60):
+        for bit in (0, 6):
+            damaged = tmp_path / f"flipped-{at}-{bit}.ckpt"
+            damaged.write_bytes(good[:at] + bytes([good[at] ^ (1 << bit)]) + good[at + 1 :])
+            assert_refused(*run_main(capsysbinary, damaged, "--length", 10), str(damaged))
+    flipped = tmp_path / f"flipped-{at_whh + whh.numel() * 2}-0.ckpt"
+    assert_refused(*run_main(capsysbinary, flipped, "--length", 10), "is damaged: its part", "checksum")
+    before = Path(ckpt).read_bytes()
+    code, out, err = run_train_py(["--ckpt_path", flipped, "--data.path", run_dir.parent / "unicode.txt",
+                                   "--trainer.default_root_dir", tmp_path / "resumed"])  # fmt: skip
+    assert code == 2, err
+    assert_one_line_error(err, str(flipped), "checksum")
+    assert not (tmp_path / "resumed").exists() and Path(ckpt).read_bytes() == before
+    code, _, err = run_script("visualize.py", [flipped, "--out", tmp_path / "page.html"])
+    assert code == 2 and not (tmp_path / "page.html").exists()
+    assert_one_line_error(err, str(flipped), "checksum")
+
+
+def test_a_prime_that_is_not_utf8_and_a_run_holding_only_best_ckpt_are_said_plainly(capsysbinary, ckpt, tmp_path):
+    # A command line's bytes ed a0 80 (not UTF-8) reach sys.argv as lone surrogates.
+    code, out, err = run_main(capsysbinary, ckpt, "--prime", b"\xed\xa0\x80".decode("utf-8", "surrogateescape"))
+    assert_refused(code, out, err, "--prime is not valid UTF-8 (its bytes: ed a0 80)")
+    assert "\\udc" not in err
+    best = tmp_path / "run/lightning_logs/version_3/checkpoints/best.ckpt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(Path(ckpt).read_bytes())
+    assert_refused(*run_main(capsysbinary, tmp_path / "run"), "no last.ckpt found under", f"{best} is there: pass it")
+    (tmp_path / "loop.ckpt").symlink_to(tmp_path / "loop.ckpt")
+    assert_refused(*run_main(capsysbinary, tmp_path / "loop.ckpt"), "loop.ckpt is a symbolic link that loops")

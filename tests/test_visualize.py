@@ -278,6 +278,9 @@ def test_bad_inputs_are_one_line_errors_and_touch_nothing(capsys, run, tmp_path)
         ([good, "--out", d / "folder"], "not a regular file"),
         ([good, "--out", d / "fifo"], "not a regular file"),
         ([good, "--out", d / "nowhere" / "page.html"], "does not exist"),
+        ([good, "--out", ""], "--out '' names no file"),  # refused before any work, not after it
+        ([good, "--out", f"{d}/"], "names no file"),
+        ([good, "--prime", "\udced\udca0\udc80"], "--prime is not valid UTF-8 (its bytes: ed a0 80)"),
         ([], "CHECKPOINT"),
     ]
     before = snapshot(d)
