@@ -74,7 +74,7 @@ def test_resumed_with_early_stopping_it_keeps_its_count(text, tmp_path, straight
             "check_on_train_epoch_end must be false",
         ),
         (("--trainer.callbacks.monitor", "val/loss", "--data.val_fraction", 0), "--data.val_fraction 0 turns off"),
-        ((), "EarlyStopping: the following arguments are required: monitor"),
+        ((), "EarlyStopping needs --trainer.callbacks.monitor"),
         (
             ("--trainer.callbacks.monitor", "val/loss", "--trainer.callbacks.min_delta", "nan"),
             "--trainer.callbacks.min_delta must be a finite number, got nan",
