@@ -38,18 +38,32 @@ _SIMPLE = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\"}
 def _parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .ckpt file, or a run directory (its newest last.ckpt)")
-    p.add_argument("--length", metavar="N", type=int, default=1000,
-                   help="new characters after the prime, at most (default 1000; 0 prints the prime only)")
+    p.add_argument(
+        "--length",
+        metavar="N",
+        type=int,
+        default=1000,
+        help="new characters after the prime, at most (default 1000; 0 prints the prime only)",
+    )
     prime = p.add_mutually_exclusive_group()
     prime.add_argument("--prime", metavar="TEXT", default="", help="text fed through the network first, and printed")
-    prime.add_argument("--prime-file", metavar="FILE",
-                       help="the prime from a UTF-8 file, read as training reads text (BOM dropped, CRLF as LF)")
-    p.add_argument("--temperature", metavar="T", type=float, default=None,
-                   help="divides the logits (default 1; 0 is --greedy)")
+    prime.add_argument(
+        "--prime-file",
+        metavar="FILE",
+        help="the prime from a UTF-8 file, read as training reads text (BOM dropped, CRLF as LF)",
+    )
+    p.add_argument(
+        "--temperature", metavar="T", type=float, default=None, help="divides the logits (default 1; 0 is --greedy)"
+    )
     p.add_argument("--top-k", metavar="K", type=int, default=None, help="draw only among the K most likely characters")
     p.add_argument("--greedy", action="store_true", help="always the most likely character")
-    p.add_argument("--seed", metavar="S", type=int, default=None,
-                   help="same checkpoint, flags and seed: the same text (sample i of --num-samples: S + i)")
+    p.add_argument(
+        "--seed",
+        metavar="S",
+        type=int,
+        default=None,
+        help="same checkpoint, flags and seed: the same text (sample i of --num-samples: S + i)",
+    )
     p.add_argument("--stop", metavar="STR", action="append", default=[],
                    help="end a sample right after STR (repeatable; the first to occur wins; it may start in the "
                         "prime). Backslash escapes \\n \\t \\r \\\\ \\xNN \\uNNNN \\UNNNNNNNN are "
@@ -63,13 +77,23 @@ def _parser() -> ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help='one JSON object per sample and line: {"text": the new text, "log_prob": its natural '
                         'log-probability given the prime, "nats_per_char", "seed"}')  # fmt: skip
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
-                   help=f"where the network runs (default auto: cuda from hidden size {AUTO_CUDA_HIDDEN} if available)")
-    p.add_argument("--half", action="store_true",
-                   help="on the CPU, weights in float16 and float32 sums: 1.5-3x faster, each probability within "
-                        "about 0.01 of the exact one (default: exact, float64 sums)")
-    p.add_argument("--verbose", action="store_true",
-                   help="say on stderr which loop generates (native.c's or NumPy's), in which precision, and why")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="auto",
+        help=f"where the network runs (default auto: cuda from hidden size {AUTO_CUDA_HIDDEN} if available)",
+    )
+    p.add_argument(
+        "--half",
+        action="store_true",
+        help="on the CPU, weights in float16 and float32 sums: 1.5-3x faster, each probability within "
+        "about 0.01 of the exact one (default: exact, float64 sums)",
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="say on stderr which loop generates (native.c's or NumPy's), in which precision, and why",
+    )
     return p
 
 

@@ -41,9 +41,14 @@ def _parser() -> ArgumentParser:
     p.add_argument("--log-probs", action="store_true",
                    help="with --json, each file's per-character natural log-probabilities too, one for each "
                         "character after its first (null where not in the vocabulary)")  # fmt: skip
-    p.add_argument("--streams", metavar="S", type=int, default=1,
-                   help="score S contiguous pieces in parallel, each from the zero state, laid out as validation "
-                        "lays out its text (faster; 64 gives a run's val/loss on its held-out text; default 1)")
+    p.add_argument(
+        "--streams",
+        metavar="S",
+        type=int,
+        default=1,
+        help="score S contiguous pieces in parallel, each from the zero state, laid out as validation "
+        "lays out its text (faster; 64 gives a run's val/loss on its held-out text; default 1)",
+    )
     return p
 
 

@@ -41,12 +41,22 @@ def _parser() -> ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine "
                                                        "only; 0.0.0.0 for every network)")  # fmt: skip
     p.add_argument("--port", type=int, default=8000, help="the TCP port (default 8000; 0: any free one, printed)")
-    p.add_argument("--threads", metavar="N", type=int, default=cores.available(),
-                   help="worker threads that generate and score (default: the cores this process may use)")
+    p.add_argument(
+        "--threads",
+        metavar="N",
+        type=int,
+        default=cores.available(),
+        help="worker threads that generate and score (default: the cores this process may use)",
+    )
     for name, metavar, what in LIMIT_FLAGS:
         default = getattr(DEFAULTS, name)
-        p.add_argument(f"--{name.replace('_', '-')}", metavar=metavar, type=type(default), default=default,
-                       help=f"{what} (default {default})")
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            metavar=metavar,
+            type=type(default),
+            default=default,
+            help=f"{what} (default {default})",
+        )
     p.add_argument("--access-log", action="store_true", help="one line on stderr per request")
     return p
 

@@ -16,9 +16,9 @@ if __name__ == "__main__":
 
 from charrnn import api, files
 from charrnn.command import ArgumentParser, exit_code
-from charrnn.text import read_start
 from charrnn.errors import UsageError
 from charrnn.sampling import encode_prime, generate
+from charrnn.text import read_start
 from charrnn.visualize import GENERATOR, page, trace
 
 MAX_CHARS = 5000  # more makes a page of several megabytes per hundred units that browsers colour slowly
@@ -30,10 +30,19 @@ def _parser() -> ArgumentParser:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .ckpt file, or a run directory (its newest last.ckpt)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--text", metavar="FILE", help="show the start of this UTF-8 text file")
-    source.add_argument("--prime", metavar="TEXT", default="",
-                        help="show this text followed by the model's continuation (default: its own sample)")
-    p.add_argument("--length", metavar="N", type=int, default=2000,
-                   help=f"characters of --text, or generated after --prime (default 2000; at most {MAX_CHARS} shown)")
+    source.add_argument(
+        "--prime",
+        metavar="TEXT",
+        default="",
+        help="show this text followed by the model's continuation (default: its own sample)",
+    )
+    p.add_argument(
+        "--length",
+        metavar="N",
+        type=int,
+        default=2000,
+        help=f"characters of --text, or generated after --prime (default 2000; at most {MAX_CHARS} shown)",
+    )
     p.add_argument("--seed", metavar="S", type=int, default=0, help="seed of the generated text (default 0)")
     p.add_argument("--out", metavar="FILE", default=DEFAULT_OUT,
                    help=f"the page to write (default {DEFAULT_OUT}); an existing file is replaced only if "

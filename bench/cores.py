@@ -19,8 +19,6 @@ work, lower it from N). Goals on 2 cores: aN/a1 >= 1.6 for the LSTM and the GRU 
 busy process, aN/cN >= 1.0.
 """
 
-import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
-
 import argparse
 import os
 import statistics
@@ -30,6 +28,7 @@ import tempfile
 
 import torch
 
+import bench.threads  # noqa: F401  (first: sizes the thread pools before NumPy and torch load)
 from bench.common import print_table, shakespeare_path, start
 from bench.throughput import charrnn_train_py, torch_rnn_lightning
 from charrnn.cells import CELLS

@@ -102,8 +102,9 @@ def main():
         [[f"{r['read_encode_s']:.2f}", f"{r['layout_s']:.2f}", f"{total:.2f}", "<= 10 (goal 5)",
           f"{r['peak_above_start_mb']:.0f}", "<= 1500"]],
     )  # fmt: skip
-    print(f"(of the peak: {r['arrays_mb']:.0f} MB are the results themselves: the ids and the int64 validation "
-          "streams)")
+    print(
+        f"(of the peak: {r['arrays_mb']:.0f} MB are the results themselves: the ids and the int64 validation streams)"
+    )
 
 
 if __name__ == "__main__":

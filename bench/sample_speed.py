@@ -104,8 +104,10 @@ def main() -> None:
         net = checkpoint.load_network(ckpt)
         params, vocab = net.params, net.vocab
         blas_threads = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
-        print(f"model: hidden {HIDDEN}, vocabulary {len(vocab)}; cpu_count {os.cpu_count()}, "
-              f"torch threads {torch.get_num_threads()}, OPENBLAS_NUM_THREADS={blas_threads}")
+        print(
+            f"model: hidden {HIDDEN}, vocabulary {len(vocab)}; cpu_count {os.cpu_count()}, "
+            f"torch threads {torch.get_num_threads()}, OPENBLAS_NUM_THREADS={blas_threads}"
+        )
 
         baseline_cmd = [sys.executable, "-c", "import torch"]
         sample_cmd = [sys.executable, "sample.py", ckpt, "--length", "200", "--seed", "1"]
@@ -115,11 +117,16 @@ def main() -> None:
             base.append(wall(baseline_cmd))
             run.append(wall(sample_cmd))
         b, s = statistics.median(base), statistics.median(run)
-        print(f"start-up: sample.py --length 200 {s:.3f}s, import torch {b:.3f}s, ratio {s / b:.2f}x "
-              f"(median of {args.repeats}; goal <= 1.5x)")
+        print(
+            f"start-up: sample.py --length 200 {s:.3f}s, import torch {b:.3f}s, ratio {s / b:.2f}x "
+            f"(median of {args.repeats}; goal <= 1.5x)"
+        )
 
-        for label, kwargs in (("temperature 1", {}), ("temperature 0.8, top-k 10", {"temperature": 0.8, "top_k": 10}),
-                              ("greedy", {"temperature": 0.0})):
+        for label, kwargs in (
+            ("temperature 1", {}),
+            ("temperature 0.8, top-k 10", {"temperature": 0.8, "top_k": 10}),
+            ("greedy", {"temperature": 0.0}),
+        ):
             rate = chars_per_second("rnn", params, args.chars, min(args.repeats, 3), **kwargs)
             print(f"generation, {label}: {rate:,.0f} chars/s (best of {min(args.repeats, 3)} x {args.chars:,})")
         for cell, H, L, goal in NETWORKS:
@@ -127,22 +134,28 @@ def main() -> None:
             n = max(1000, args.chars // (H * L // 128))
             rate, half = (chars_per_second(cell, weights, n, min(args.repeats, 3), half=h) for h in (False, True))
             goal = f"; goal >= {goal:,}" if goal else ""
-            print(f"generation, {cell} {L} x {H}: {rate:,.0f} chars/s, --half {half:,.0f} "
-                  f"(best of {min(args.repeats, 3)} x {n:,}{goal})")
+            print(
+                f"generation, {cell} {L} x {H}: {rate:,.0f} chars/s, --half {half:,.0f} "
+                f"(best of {min(args.repeats, 3)} x {n:,}{goal})"
+            )
 
         n = 5 * args.chars
         cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         seconds = wall([sys.executable, "sample.py", ckpt, "--length", str(n), "--seed", "1"])
         cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
-        print(f"whole process, sample.py --length {n:,} > /dev/null: {seconds:.2f}s wall, {n / seconds:,.0f} chars/s "
-              f"including start-up ({cpu:.2f}s CPU, {n / cpu:,.0f} chars per CPU second); "
-              "required >= 20,000, goal 50,000")
+        print(
+            f"whole process, sample.py --length {n:,} > /dev/null: {seconds:.2f}s wall, {n / seconds:,.0f} chars/s "
+            f"including start-up ({cpu:.2f}s CPU, {n / cpu:,.0f} chars per CPU second); "
+            "required >= 20,000, goal 50,000"
+        )
 
     for path in args.checkpoint:
         exact, half, gap = heldout_losses(path, args.heldout)
-        print(f"{path}: held-out loss over {args.heldout:,} characters {exact:.5f} nats/char exact, {half:.5f} with "
-              f"--half ({half - exact:+.1e}); largest change of a true character's probability {gap:.1e}")
+        print(
+            f"{path}: held-out loss over {args.heldout:,} characters {exact:.5f} nats/char exact, {half:.5f} with "
+            f"--half ({half - exact:+.1e}); largest change of a true character's probability {gap:.1e}"
+        )
 
 
 if __name__ == "__main__":

@@ -137,8 +137,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
     parser.add_argument("--length", type=int, default=200, help="characters each request generates (default 200)")
     parser.add_argument("--duration", type=float, default=60, help="seconds of load measured (default 60)")
-    parser.add_argument("--requests", type=int, default=10_000,
-                        help="requests served between the two memory readings (default 10000)")
+    parser.add_argument(
+        "--requests", type=int, default=10_000, help="requests served between the two memory readings (default 10000)"
+    )
     parser.add_argument("--server-threads", type=int, default=None, help="serve.py --threads (default: its default)")
     parser.add_argument("--baseline-length", type=int, default=200_000, help="sample.py --length of the baseline")
     parser.add_argument("--checkpoint", help="a checkpoint to serve instead of the random 1 x 256 LSTM")
@@ -156,9 +157,11 @@ def main() -> None:
         whole, whole_cpu = wall(sample + [str(args.baseline_length)])
         alone = args.baseline_length / (whole - startup)
         alone_cpu = args.baseline_length / (whole_cpu - startup_cpu)
-        print(f"baseline: sample.py --length {args.baseline_length} {whole:.2f} s, {args.baseline_length / whole:,.0f} "
-              f"chars/s as a whole process; start-up {startup:.2f} s; generation alone {alone:,.0f} chars/s, "
-              f"{alone_cpu:,.0f} chars per CPU second")
+        print(
+            f"baseline: sample.py --length {args.baseline_length} {whole:.2f} s, {args.baseline_length / whole:,.0f} "
+            f"chars/s as a whole process; start-up {startup:.2f} s; generation alone {alone:,.0f} chars/s, "
+            f"{alone_cpu:,.0f} chars per CPU second"
+        )
 
         flags = [] if args.server_threads is None else ["--threads", str(args.server_threads)]
         log = open(os.path.join(tmp, "serve.stderr"), "w+")
@@ -191,22 +194,32 @@ def main() -> None:
         one, many = (product_row_seconds(net.arch.hidden_size, len(net.vocab), rows) for rows in (1, args.clients))
     requests, served, chars, latencies, errors = measured
     rate = chars / seconds
-    print(f"load: {args.clients} clients x {args.length} characters for {seconds:.1f} s: {served / seconds:,.1f} "
-          f"requests/s, {rate:,.0f} chars/s, latency p50 {statistics.median(latencies) * 1000:.0f} ms, "
-          f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, errors {errors} of {requests}")
+    print(
+        f"load: {args.clients} clients x {args.length} characters for {seconds:.1f} s: {served / seconds:,.1f} "
+        f"requests/s, {rate:,.0f} chars/s, latency p50 {statistics.median(latencies) * 1000:.0f} ms, "
+        f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, errors {errors} of {requests}"
+    )
     if load.errors:
         print(f"first error: {load.errors[0]!r}")
-    print(f"CPU: the server used {server_cpu / seconds:.2f} cores, {chars / server_cpu:,.0f} chars per CPU second "
-          f"({chars / server_cpu / alone_cpu:.2f}x sample.py's; the clients' own CPU not counted)")
-    print(f"memory: server RSS {rss_before:.1f} MB after warm-up, {rss_after:.1f} MB after {load.requests:,} more "
-          f"requests ({rss_after - rss_before:+.1f} MB)")
-    print(f"batching: a layer's product (NumPy, float64) {one * 1e6:.1f} us per row alone, {many * 1e6:.1f} us per "
-          f"row with {args.clients} rows in one product ({one / many:.1f}x less); one sample.py character, all "
-          f"included, {1e6 / alone_cpu:.1f} us of CPU")
-    print(f"summary: {rate:,.0f} chars/s served = {rate / alone:.2f}x one sample.py's generation ({alone:,.0f}; "
-          f"{rate / (args.baseline_length / whole):.2f}x its whole process), {served / seconds:,.1f} req/s, "
-          f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {percentile(latencies, 0.99) * 1000:.0f} ms, "
-          f"errors {len(load.errors)}, RSS {rss_before:.1f} -> {rss_after:.1f} MB")
+    print(
+        f"CPU: the server used {server_cpu / seconds:.2f} cores, {chars / server_cpu:,.0f} chars per CPU second "
+        f"({chars / server_cpu / alone_cpu:.2f}x sample.py's; the clients' own CPU not counted)"
+    )
+    print(
+        f"memory: server RSS {rss_before:.1f} MB after warm-up, {rss_after:.1f} MB after {load.requests:,} more "
+        f"requests ({rss_after - rss_before:+.1f} MB)"
+    )
+    print(
+        f"batching: a layer's product (NumPy, float64) {one * 1e6:.1f} us per row alone, {many * 1e6:.1f} us per "
+        f"row with {args.clients} rows in one product ({one / many:.1f}x less); one sample.py character, all "
+        f"included, {1e6 / alone_cpu:.1f} us of CPU"
+    )
+    print(
+        f"summary: {rate:,.0f} chars/s served = {rate / alone:.2f}x one sample.py's generation ({alone:,.0f}; "
+        f"{rate / (args.baseline_length / whole):.2f}x its whole process), {served / seconds:,.1f} req/s, "
+        f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {percentile(latencies, 0.99) * 1000:.0f} ms, "
+        f"errors {len(load.errors)}, RSS {rss_before:.1f} -> {rss_after:.1f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -132,8 +132,9 @@ def mm_gflops(n=2048, seconds=2.0):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=1.0,
-                        help="measured seconds per round and entry, after warm-up")
+    parser.add_argument(
+        "--seconds", type=float, default=1.0, help="measured seconds per round and entry, after warm-up"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all variants; each entry is its best round")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, here and in train.py")
     parser.add_argument("--hidden", type=int, nargs="+", default=[100, 512])

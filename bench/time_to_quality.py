@@ -43,8 +43,18 @@ import time
 import yaml
 
 from bench.baselines import preset_twin, twin_trainer, validation_loss
-from bench.common import (ROOT, SEQ_LENGTH, QualityClock, first_point, first_reaching, machine_line, print_table,
-                          run_train, shakespeare_path, start)  # fmt: skip
+from bench.common import (
+    ROOT,
+    SEQ_LENGTH,
+    QualityClock,
+    first_point,
+    first_reaching,
+    machine_line,
+    print_table,
+    run_train,  # fmt: skip
+    shakespeare_path,
+    start,
+)
 from bench.min_char_rnn import MinCharRNN
 from charrnn.data import CharDataModule
 
@@ -170,12 +180,16 @@ def main():
     parser.add_argument("--max-seconds", type=float, help="stop each run after this much training (the default "
                         "comparison: 180; presets: their whole step budget)")  # fmt: skip
     parser.add_argument("--train-args", default="", help="more train.py flags, e.g. '--data.batch_size 8' (a sweep)")
-    parser.add_argument("--numpy-seconds", type=float, default=150,
-                        help="min-char-rnn: stop after this much training (0: skip)")
+    parser.add_argument(
+        "--numpy-seconds", type=float, default=150, help="min-char-rnn: stop after this much training (0: skip)"
+    )
     parser.add_argument("--numpy-eval", type=float, default=5, help="min-char-rnn: seconds between validations")
-    parser.add_argument("--presets", nargs="+", choices=PRESETS,
-                        help="time these configs/NAME.yaml instead of the default comparison (no min-char-rnn, "
-                        "no --train-args)")
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        choices=PRESETS,
+        help="time these configs/NAME.yaml instead of the default comparison (no min-char-rnn, no --train-args)",
+    )
     parser.add_argument("--autograd-lstm", action="store_true", help="with --presets ... lstm: and its autograd twin")
     args = parser.parse_args()
     if args.autograd_lstm and "lstm" not in (args.presets or []):

@@ -162,10 +162,14 @@ def read_metadata(ckpt: dict, source: str) -> Metadata:
 def check_resumable_by(meta: Metadata, arch: Architecture, vocab: list[str] | None, source: str) -> None:
     """A UsageError unless a run of ``arch`` on a text of ``vocab`` can continue the checkpoint ``meta`` came from."""
     if meta.vocab != vocab:
-        raise UsageError(f"{source} was trained on a text with a different vocabulary; resume with the same --data.path")
+        raise UsageError(
+            f"{source} was trained on a text with a different vocabulary; resume with the same --data.path"
+        )
     differ = {name: saved for name, saved in meta.arch.as_dict().items() if saved != getattr(arch, name)}
     if differ:
-        has = ", ".join(f"{name.replace('_', ' ')} {saved} (not {getattr(arch, name)})" for name, saved in differ.items())
+        has = ", ".join(
+            f"{name.replace('_', ' ')} {saved} (not {getattr(arch, name)})" for name, saved in differ.items()
+        )
         flags = " ".join(f"--model.{name} {saved}" for name, saved in differ.items())
         raise UsageError(f"{source} has {has}; resume with {flags}")
 

@@ -324,7 +324,9 @@ def config_files(args: list[str]) -> list[str]:
         except OSError:  # not a path
             continue
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            raise UsageError(f"{flag} {value} is not a regular file (a pipe, a device or a socket); pass a regular file")
+            raise UsageError(
+                f"{flag} {value} is not a regular file (a pipe, a device or a socket); pass a regular file"
+            )
     out, i = [], 0
     while i < len(args):
         flag, _, value = args[i].partition("=")
@@ -349,12 +351,16 @@ def _settings(path: str, flag: str):
     try:
         settings = yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise UsageError(f"{flag} file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+        raise UsageError(
+            f"{flag} file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+        ) from None
     except yaml.YAMLError as e:
         where = f" (line {e.problem_mark.line + 1})" if getattr(e, "problem_mark", None) else ""
         raise UsageError(f"{flag} file {path} is not valid YAML{where}") from None
     if settings is not None and not isinstance(settings, dict):
-        raise UsageError(f"{flag} file {path} must hold settings as YAML (name: value lines, like configs/default.yaml)")
+        raise UsageError(
+            f"{flag} file {path} must hold settings as YAML (name: value lines, like configs/default.yaml)"
+        )
     return settings
 
 
@@ -439,8 +445,13 @@ def plain_parser_error(message: str, args=()) -> str:
     got = None if value is None else value or "an empty value"
     wanted = _WANTED.get(key.group(1))
     if wanted is None and not re.search(r"<class '[\w]+\.[\w.]+'>|import path", message):  # only plain types
-        words = [_TYPE_WORDS[name] for name in re.findall(r"Expected a <class '(\w+)'>", message) if name in _TYPE_WORDS]
-        words += ["one of " + ", ".join(re.findall(r"'([^']*)'", literal)) for literal in re.findall(r"Expected a typing\.Literal\[(.*?)\]", message)]
+        words = [
+            _TYPE_WORDS[name] for name in re.findall(r"Expected a <class '(\w+)'>", message) if name in _TYPE_WORDS
+        ]
+        words += [
+            "one of " + ", ".join(re.findall(r"'([^']*)'", literal))
+            for literal in re.findall(r"Expected a typing\.Literal\[(.*?)\]", message)
+        ]
         if "a number" in words and got is not None and _is_non_finite(got):
             words = ["a finite number"]
         wanted = " or ".join(dict.fromkeys(words))

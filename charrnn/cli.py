@@ -1,7 +1,8 @@
 """``train.py``: LightningCLI without subcommands, and its one-line errors.
 
 ``python train.py [--config configs/X.yaml] [--data.*] [--model.*] [--trainer.*] [--optimizer CLASS]
-[--lr_scheduler CLASS] [--ckpt_path last|PATH] [--seed_everything N]``. Values come from ``configs/default.yaml`` unless a config file or flag overrides them.
+[--lr_scheduler CLASS] [--ckpt_path last|PATH] [--seed_everything N]``. Values come from ``configs/default.yaml``
+unless a config file or flag overrides them.
 
 Exit codes: 0 when training finished, or stopped by Ctrl-C / SIGTERM with ``last.ckpt`` saved; 2 with one line
 ``error: ...`` on stderr for a bad input or a diverged run (nothing on disk overwritten); 130 for Ctrl-C / SIGTERM
@@ -34,8 +35,10 @@ from .module import CharRNN
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.yaml")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 # The default optimizer's settings as --model flags: (name, what it is, the --optimizer argument that replaces it).
-DEFAULT_OPTIMIZER_FLAGS = (("learning_rate", "rate", "lr"),
-                           ("initial_accumulator_value", "initial accumulator", "initial_accumulator_value"))
+DEFAULT_OPTIMIZER_FLAGS = (
+    ("learning_rate", "rate", "lr"),
+    ("initial_accumulator_value", "initial accumulator", "initial_accumulator_value"),
+)
 
 # main(args) is also called in-process (tests), where sys.argv holds the caller's own arguments.
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -112,7 +115,10 @@ class CharRNNCLI(LightningCLI):
         if self.config["optimizer"]:
             for name, what, twin in DEFAULT_OPTIMIZER_FLAGS:
                 if given.get(f"model.{name}") is not None:
-                    raise UsageError(f"--model.{name} is the {what} of the default optimizer; with --optimizer set --optimizer.{twin}")
+                    raise UsageError(
+                        f"--model.{name} is the {what} of the default optimizer; "
+                        f"with --optimizer set --optimizer.{twin}"
+                    )
 
     def after_instantiate_classes(self):
         if self.init_network is not None:
@@ -162,7 +168,9 @@ def _check_writable(directory: str) -> None:
             pass
         os.unlink(probe)
     except OSError as e:
-        raise UsageError(f"cannot write to output directory {directory} ({e.strerror}); pass a writable --trainer.default_root_dir") from None
+        raise UsageError(
+            f"cannot write to output directory {directory} ({e.strerror}); pass a writable --trainer.default_root_dir"
+        ) from None
 
 
 # Where a container's CPU quota is: cgroup v2's "QUOTA PERIOD" (QUOTA "max": none), or cgroup v1's two files.
@@ -207,7 +215,11 @@ def _build(args):
         parser_kwargs={"exit_on_error": False, "default_config_files": [DEFAULT_CONFIG]},
         save_config_kwargs={"overwrite": True},
         # Lightning's model summary sees no submodules in charrnn ("0 Modules", "n/a"): summary.lines says more.
-        trainer_defaults={"enable_checkpointing": False, "check_val_every_n_epoch": None, "enable_model_summary": False},
+        trainer_defaults={
+            "enable_checkpointing": False,
+            "check_val_every_n_epoch": None,
+            "enable_model_summary": False,
+        },
     )
     trainer = cli.trainer
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # not a trainer default: jsonargparse cannot dump it
@@ -288,7 +300,10 @@ def _report(trainer, last: LastCheckpoint) -> None:
         return
     where = last.path(trainer)
     if last.stop_signal:
-        print(f"stopped by {last.stop_signal} at step {trainer.global_step}; saved {where}; continue with --ckpt_path last")
+        print(
+            f"stopped by {last.stop_signal} at step {trainer.global_step}; saved {where}; "
+            "continue with --ckpt_path last"
+        )
     elif os.path.exists(where):
         print(f"finished at step {trainer.global_step}; saved {where}")
 

@@ -83,7 +83,8 @@ class TrainBatches:
     def load_state_dict(self, state):
         if state != self.state_dict():
             raise UsageError(
-                f"the checkpoint was trained on a different data layout ({state}) than this run's ({self.state_dict()}); "
+                f"the checkpoint was trained on a different data layout ({state}) "
+                f"than this run's ({self.state_dict()}); "
                 "resume with the same text, --data.seq_length and number of streams (--data.batch_size times processes)"
             )
 

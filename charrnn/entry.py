@@ -10,8 +10,8 @@ raise StreamError, which ends the run with one line and exit code 2 instead of a
 
 import ctypes
 import errno
-import logging
 import io
+import logging
 import os
 import signal
 import sys

@@ -128,7 +128,9 @@ def page(arch, params: dict, vocab: list[str], title: str) -> str:
     return pages.fill(template, GENERATOR, title, data)
 
 
-_PAGE = pages.HEAD + """<style>
+_PAGE = (
+    pages.HEAD
+    + """<style>
 body { max-width: 60em; }
 .note { color: #555; margin: .2em 0 .6em; }
 .controls { display: flex; gap: .8em; align-items: end; flex-wrap: wrap; margin-bottom: .6em; }
@@ -328,6 +330,7 @@ window.charrnn = (() => {
 </body>
 </html>
 """
+)
 
 
 def export(arch, params: dict, vocab: list[str], fmt: str, title: str) -> bytes:

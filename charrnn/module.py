@@ -78,8 +78,11 @@ class CharRNN(L.LightningModule):
         return {name: getattr(self, name) for name in self.arch.param_shapes()}
 
     def configure_optimizers(self):
-        return Adagrad(self.parameters(), lr=self.hparams.learning_rate,
-                       initial_accumulator_value=self.hparams.initial_accumulator_value)
+        return Adagrad(
+            self.parameters(),
+            lr=self.hparams.learning_rate,
+            initial_accumulator_value=self.hparams.initial_accumulator_value,
+        )
 
     def on_train_start(self):
         self._loss_sum = torch.zeros((), device=self.device)  # training loss summed since the last logging step

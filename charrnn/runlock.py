@@ -58,5 +58,7 @@ def claim(trainer, last_path) -> RunLock:
     if isinstance(logger, TensorBoardLogger) and isinstance(logger.version, int) and not os.path.isdir(logger.log_dir):
         version = _claim_version(logger.root_dir, logger.version)
         if version != logger.version:
-            trainer.loggers = [TensorBoardLogger(logger.save_dir, name=logger.name, version=version, default_hp_metric=False)]
+            trainer.loggers = [
+                TensorBoardLogger(logger.save_dir, name=logger.name, version=version, default_hp_metric=False)
+            ]
     return RunLock(rundir.run_dir(last_path(trainer)))

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from .cells import CELLS, native
-from .stack import layer_params, num_layers
 from .errors import UsageError
+from .stack import layer_params, num_layers
 
 _BLOCK = 4096  # uniforms drawn at a time; the stream is the same whatever the block size
 _CHUNK = 256  # characters per call of the C loop (so the first ones are printed without waiting for a block)
@@ -121,7 +121,9 @@ class Sampler:
         then advance, on this sampler's own buffers)."""
         generate, net = native.kernel(self.cell.C_GENERATOR), self.network
         L, V, H = len(net.h1), len(self.cdf), len(net.c[0])
-        pointers = [(ctypes.c_void_p * L)(*(a.ctypes.data for a in arrays)) for arrays in (net.weights, net.h1, net.c, net.outs)]
+        pointers = [
+            (ctypes.c_void_p * L)(*(a.ctypes.data for a in arrays)) for arrays in (net.weights, net.h1, net.c, net.outs)
+        ]
         rows = (ctypes.c_long * L)(*(len(w) for w in net.weights))
         kinds = (ctypes.c_int * L)(*(_MATRIX_KINDS[w.dtype.type] for w in net.weights))
         chars = np.empty(_CHUNK, np.int64)
@@ -222,7 +224,9 @@ class NumpyStack:
         layers = [{name: array(p) for name, p in layer_params(params, layer).items()} for layer in range(L)]
         self.inputs = np.ascontiguousarray(((layers[0]["Wxh"] + layers[0]["bh"]) * scale).T, dtype=dtype)
         rec_biases = [cell.recurrent_bias(layer_params(params, layer)) for layer in range(L)]
-        self.h1, self.c, self.outs, self.weights, self.matvecs, self.recs, self.aboves, self.steps = ([] for _ in range(8))
+        self.h1, self.c, self.outs, self.weights, self.matvecs, self.recs, self.aboves, self.steps = (
+            [] for _ in range(8)
+        )
         self.scratch = np.empty(H + 1, np.float32)  # x in float32 for the float16 product
         half = half and device is None and dtype == np.float64 and native.half_available()
         for layer in range(L):

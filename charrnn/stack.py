@@ -95,9 +95,7 @@ def _layers_forward(cell, params: dict, inputs: torch.Tensor, state: torch.Tenso
 
 def logits_of(params: dict, h: torch.Tensor) -> torch.Tensor:
     """Unnormalised next-character scores (..., V) for top-layer outputs (..., H)."""
-    return torch.addmm(params["by"].view(-1), h.reshape(-1, h.shape[-1]), params["Why"].t()).view(
-        *h.shape[:-1], -1
-    )
+    return torch.addmm(params["by"].view(-1), h.reshape(-1, h.shape[-1]), params["Why"].t()).view(*h.shape[:-1], -1)
 
 
 def forward(cell, params: dict, inputs: torch.Tensor, state: torch.Tensor):
@@ -110,8 +108,9 @@ def forward(cell, params: dict, inputs: torch.Tensor, state: torch.Tensor):
     return logits_of(params, xs[-1].transpose(0, 1)), new_state, acts
 
 
-def loss_and_grads(cell, params: dict, inputs: torch.Tensor, targets: torch.Tensor, state: torch.Tensor,
-                   dropout_masks=None):
+def loss_and_grads(
+    cell, params: dict, inputs: torch.Tensor, targets: torch.Tensor, state: torch.Tensor, dropout_masks=None
+):
     """Cross-entropy over a (B, T) batch and its gradients, by hand-written backpropagation through time.
 
     Returns ``(loss, grads, new_state)``: ``loss`` summed over all B * T characters
@@ -168,8 +167,18 @@ def _hash32(x):
     return x
 
 
-def dropout_masks(p: float, seed: int, step: int, first_stream: int, B: int, T: int, num_layers: int, H: int,
-                  dtype=torch.float32, device=None):
+def dropout_masks(
+    p: float,
+    seed: int,
+    step: int,
+    first_stream: int,
+    B: int,
+    T: int,
+    num_layers: int,
+    H: int,
+    dtype=torch.float32,
+    device=None,
+):
     """Inverted-dropout masks (L, T, B, H) for streams ``first_stream ... first_stream + B - 1``: 0 where a unit is
     dropped, 1 / (1 - p) where kept; None when ``p`` is 0.
 

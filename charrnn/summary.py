@@ -76,7 +76,9 @@ def _class_and_arguments(group: str, chosen) -> dict:
     if chosen is None:
         return {group: "none"}
     chosen = _plain(chosen)
-    arguments = {f"{group}.{name}": value for name, value in (chosen.get("init_args") or {}).items() if value is not None}
+    arguments = {
+        f"{group}.{name}": value for name, value in (chosen.get("init_args") or {}).items() if value is not None
+    }
     return {group: chosen["class_path"], **arguments}
 
 
@@ -95,4 +97,3 @@ class HParams(L.Callback):
                 writer = logger.experiment._get_file_writer()  # as Lightning's own log_hyperparams writes them
                 for event in hparams(self.settings, dict.fromkeys(METRICS, 0.0)):
                     writer.add_summary(event)
-

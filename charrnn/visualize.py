@@ -130,8 +130,10 @@ def page_data(tr: Trace, ids, vocab: list[str], title: str, log_probs) -> dict:
         "title": title,
         "text": text,
         "vocab": vocab,
-        "groups": [{"name": name, "range": list(tr.ranges[name]), "values": _rounded(acts.T)}
-                   for name, acts in tr.groups.items()],  # fmt: skip
+        "groups": [
+            {"name": name, "range": list(tr.ranges[name]), "values": _rounded(acts.T)}
+            for name, acts in tr.groups.items()
+        ],  # fmt: skip
         "ranking": [{**row, "r": round(row["r"], DECIMALS)} for row in ranking],
         "absent": [name for name, values in features.items() if values.min() == values.max()],
         "surprise": [None, *np.round(-np.asarray(log_probs, dtype=np.float64), SURPRISE_DECIMALS).tolist()],
@@ -145,7 +147,9 @@ def page(tr: Trace, ids, vocab: list[str], title: str, log_probs) -> str:
     return pages.fill(_PAGE, GENERATOR, title, page_data(tr, ids, vocab, title, log_probs))
 
 
-_PAGE = pages.HEAD + """<style>
+_PAGE = (
+    pages.HEAD
+    + """<style>
 body { max-width: 72em; } h2 { font-size: 1.1em; margin: 1.2em 0 .3em; }
 .note { color: #555; margin: .2em 0 .5em; }
 .text { font: 13px/1.7 ui-monospace, "DejaVu Sans Mono", monospace; white-space: pre-wrap; word-break: break-all;
@@ -300,3 +304,4 @@ fromHash();
 </body>
 </html>
 """
+)

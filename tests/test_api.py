@@ -7,10 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 import charrnn
 import sample
 from charrnn import api, rundir
-from charrnn.network import Architecture
 from charrnn.sampling import encode_prime, generate
 from tests.train_helpers import ROOT, corpus, tiny_args, train
 
@@ -53,7 +52,8 @@ def test_score_of_the_held_out_tail_is_the_logged_val_loss(runs, name):
     assert scored.nats == pytest.approx(m.val_loss, abs=1e-5)
     assert abs(m.score(tail).nats - m.val_loss) > 1e-4  # the layout matters: one stream is another number
     assert scored.bits == pytest.approx(scored.nats / math.log(2)) and scored.perplexity == pytest.approx(
-        math.exp(scored.nats))
+        math.exp(scored.nats)
+    )
 
 
 def test_sample_is_sample_pys_code_path(runs, capsysbinary):

@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from charrnn import text as text_io
-from tests.train_helpers import Malicious, assert_one_line_error, corpus, newest, snapshot, start_train_py, tiny_args, train
+from tests.train_helpers import (
+    Malicious,
+    assert_one_line_error,
+    corpus,
+    newest,
+    snapshot,
+    start_train_py,
+    tiny_args,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +101,14 @@ CASES = {
     "max_steps 0": (["--trainer.max_steps", 0], "--trainer.max_steps must be a positive integer, or -1"),
     "max_steps -7": (["--trainer.max_steps", -7], "--trainer.max_steps must be a positive integer, or -1"),
     "max_epochs 0": (["--trainer.max_epochs", 0], "--trainer.max_epochs must be a positive integer, or -1"),
-    "log_every_n_steps 0": (["--trainer.log_every_n_steps", 0], "--trainer.log_every_n_steps must be a positive whole number of steps"),
-    "val_check_interval 0": (["--trainer.val_check_interval", 0], "--trainer.val_check_interval must be a positive whole number of steps"),
+    "log_every_n_steps 0": (
+        ["--trainer.log_every_n_steps", 0],
+        "--trainer.log_every_n_steps must be a positive whole number of steps",
+    ),
+    "val_check_interval 0": (
+        ["--trainer.val_check_interval", 0],
+        "--trainer.val_check_interval must be a positive whole number of steps",
+    ),
     "val_check_interval 0.5": (["--trainer.val_check_interval", 0.5], "whole number of steps"),
     "checkpoint_every 0": (["--checkpoint_every", 0], "--checkpoint_every must be a positive integer"),
     "sample_length 0": (["--model.sample_length", 0], "--model.sample_length must be a positive integer"),
@@ -109,12 +124,18 @@ CASES = {
     "negative rate in exponent form": (["--optimizer", "torch.optim.Adam", "--optimizer.lr", "-1e-3"],
                                        "--optimizer.lr must be a finite positive number, got -0.001"),
     "negative infinity": (["--model.clip", "-inf"], "--model.clip must be a finite positive number, got -inf"),
-    "optimizer argument of the wrong type": (["--optimizer", "torch.optim.SGD", "--optimizer.nesterov", 12],
-                                             "--optimizer.nesterov must be true or false, got 12"),
-    "optimizer argument not a number": (["--optimizer", "torch.optim.Adam", "--optimizer.lr", "x"],
-                                        "--optimizer.lr cannot be x; python train.py --optimizer.help torch.optim.Adam"),
-    "schedule argument of the wrong type": (["--optimizer", "torch.optim.Adam", "--lr_scheduler", "CosineAnnealingLR",
-                                             "--lr_scheduler.T_max", 2.5], "--lr_scheduler.T_max must be an integer, got 2.5"),
+    "optimizer argument of the wrong type": (
+        ["--optimizer", "torch.optim.SGD", "--optimizer.nesterov", 12],
+        "--optimizer.nesterov must be true or false, got 12",
+    ),
+    "optimizer argument not a number": (
+        ["--optimizer", "torch.optim.Adam", "--optimizer.lr", "x"],
+        "--optimizer.lr cannot be x; python train.py --optimizer.help torch.optim.Adam",
+    ),
+    "schedule argument of the wrong type": (
+        ["--optimizer", "torch.optim.Adam", "--lr_scheduler", "CosineAnnealingLR", "--lr_scheduler.T_max", 2.5],
+        "--lr_scheduler.T_max must be an integer, got 2.5",
+    ),
     "schedule missing an argument": (["--optimizer", "torch.optim.Adam", "--lr_scheduler", "StepLR"],
                                      "--lr_scheduler torch.optim.lr_scheduler.StepLR needs --lr_scheduler.step_size"),
     "schedule without its function": (["--optimizer", "torch.optim.Adam", "--lr_scheduler", "LambdaLR"],

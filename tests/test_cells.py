@@ -3,7 +3,6 @@ and against finite differences in float64; the dropout masks; the NumPy sampling
 (The one-layer rnn trains bit-identically to charrnn's earlier model: tests/test_old_checkpoints.py.)"""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -274,8 +273,16 @@ def test_lstm_kernel_equals_torch_loop(dtype, tolerance, kernel_calls):
         assert (ours[k] - expected).abs().max() <= tolerance * max(1.0, expected.abs().max()), k
 
 
-@pytest.mark.parametrize("dtype,path", [(torch.float32, "reference"), (torch.float64, "reference"),
-                                        (torch.float32, "steps"), (torch.float64, "steps"), (torch.float32, "windows")])
+@pytest.mark.parametrize(
+    "dtype,path",
+    [
+        (torch.float32, "reference"),
+        (torch.float64, "reference"),
+        (torch.float32, "steps"),
+        (torch.float64, "steps"),
+        (torch.float32, "windows"),
+    ],
+)
 def test_lstm_propagates_nan(dtype, path, kernel_calls):
     """A NaN pre-activation reaches the state and the gradients (the divergence guard looks for it there), on every
     path; the C paths prove their kernel ran."""
@@ -296,8 +303,10 @@ def test_compute_path_without_native_is_plain_torch(without_native, monkeypatch)
     """With CHARRNN_NATIVE=0 every cell trains with its reference loops, and the path says so."""
     for name, cell in CELLS.items():
         chosen = fast.path(cell, torch.float32, "cpu")
-        assert (chosen.name, chosen.why) == ("plain torch", "no C loop for this cell" if cell is rnn else
-                                             "CHARRNN_NATIVE=0")
+        assert (chosen.name, chosen.why) == (
+            "plain torch",
+            "no C loop for this cell" if cell is rnn else "CHARRNN_NATIVE=0",
+        )
         ran = []
         monkeypatch.setattr(cell, "forward", lambda *a, real=cell.forward: ran.append("forward") or real(*a))
         monkeypatch.setattr(cell, "backward", lambda *a, real=cell.backward: ran.append("backward") or real(*a))

@@ -22,8 +22,13 @@ window_kernels = pytest.mark.skipif(native.kernel("product_f32") is None,
 
 def fixed_examples(n: int):
     """The same ``n`` examples every run; each example sets the threads it needs through the fixture."""
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ from lightning.pytorch.strategies import DDPStrategy
 from charrnn import checkpoint, network
 from charrnn.callbacks import AtomicCheckpointIO, LastCheckpoint
 from charrnn.data import CharDataModule
-from charrnn.text import pydoc_text
 from charrnn.distributed import mean_over_ranks
 from charrnn.module import CharRNN
 from charrnn.sampling import generate
+from charrnn.text import pydoc_text
 from tests.train_helpers import ROOT, quiet_trainer, run_train_py
 
 STREAMS, T, H, STEPS, MID = 4, 8, 16, 24, 12  # 17 windows per epoch: both runs cross an epoch boundary
@@ -214,12 +214,35 @@ def test_ctrl_c_while_ranks_start_is_one_line_and_exit_130_for_every_rank(tmp_pa
     """Ctrl-C right after "Initializing distributed", to rank 0 alone or, as a terminal sends it, to the process
     group: rank 0 says one line and exits 130; the rank it started neither prints (a traceback when rank 0's sockets
     close) nor outlives it, nor exits first (Lightning would kill rank 0: "Forcefully terminating", exit 137)."""
-    args = ["--data.path", write_text(tmp_path), "--data.batch_size", 2, "--data.seq_length", T, "--model.hidden_size",
-            H, "--trainer.max_steps", 100000, "--trainer.enable_progress_bar", "false", "--trainer.devices", 2,
-            "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
-            "--trainer.default_root_dir", tmp_path / "runs"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)  # its own group, as a terminal's job
+    args = [
+        "--data.path",
+        write_text(tmp_path),
+        "--data.batch_size",
+        2,
+        "--data.seq_length",
+        T,
+        "--model.hidden_size",
+        H,
+        "--trainer.max_steps",
+        100000,
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.devices",
+        2,
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.default_root_dir",
+        tmp_path / "runs",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # its own group, as a terminal's job
     try:
         out = b""
         while b"Initializing distributed" not in out:

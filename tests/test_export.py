@@ -29,7 +29,7 @@ from tests.train_helpers import ROOT, corpus, run_script, snapshot, tiny_args, t
 TOLERANCE = 1e-5  # float32 against charrnn's float32 forward pass
 
 
-VOCAB = list('ab</s>&"\n\u2028\U0001F642')  # characters that could end a script block, a line, a string
+VOCAB = list('ab</s>&"\n\u2028\U0001f642')  # characters that could end a script block, a line, a string
 
 
 def make_network(cell: str, L: int, H: int = 8, seed: int = 0):
@@ -70,8 +70,9 @@ def test_exports_compute_charrnns_forward_pass(cell, L, tmp_path):
     runtimes = {
         "nn.Module": lambda ids, s: torch_network(cell, params)(ids, s),
         "TorchScript": lambda ids, s: scripted(ids, s),
-        "onnxruntime": lambda ids, s: [torch.from_numpy(a) for a in session.run(None, {"ids": ids.numpy(),
-                                                                                          "state": s.numpy()})],
+        "onnxruntime": lambda ids, s: [
+            torch.from_numpy(a) for a in session.run(None, {"ids": ids.numpy(), "state": s.numpy()})
+        ],
     }
     for name, run in runtimes.items():
         s = state
@@ -171,8 +172,11 @@ def test_bad_inputs_are_one_line_errors_and_touch_nothing(capsys, trained, tmp_p
         ([good, "--format", "onnx"], "--out"),
         ([d / "missing.ckpt", "--format", "onnx", "--out", d / "x"], "does not exist"),
         ([d / "notes.html", "--format", "onnx", "--out", d / "x"], "not a checkpoint"),
-        *[([good, "--format", fmt, "--out", d / name], "not written by export.py") for fmt in FORMATS
-          for name in ("notes.html", "model.onnx", "model.pt", "archive.zip")],
+        *[
+            ([good, "--format", fmt, "--out", d / name], "not written by export.py")
+            for fmt in FORMATS
+            for name in ("notes.html", "model.onnx", "model.pt", "archive.zip")
+        ],
         ([good, "--format", "html", "--out", d / "folder"], "not a regular file"),
         ([good, "--format", "html", "--out", d / "fifo"], "not a regular file"),
         ([good, "--format", "html", "--out", d / "nowhere" / "page.html"], "does not exist"),

@@ -7,7 +7,9 @@ from tests.train_helpers import newest, run_train_py
 
 
 def test_default_run_is_quiet_and_says_what_it_trains(tmp_path):
-    code, out, err = run_train_py(["--trainer.max_steps", 30, "--trainer.default_root_dir", tmp_path / "D"], cwd=tmp_path)
+    code, out, err = run_train_py(
+        ["--trainer.max_steps", 30, "--trainer.default_root_dir", tmp_path / "D"], cwd=tmp_path
+    )
     assert code == 0, err[-3000:]
     assert err == "", f"stderr of a default run should be empty:\n{err}"
     for noise in ("litlogger", "Tip:", "Modules in train mode", "Total Flops", "Warning", "warn"):

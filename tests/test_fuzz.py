@@ -74,12 +74,65 @@ def _ckpt() -> str:
 
 # Values: wrong types, signs, extremes, non-finite numbers, Unicode and special files. Huge sizes are chosen
 # far beyond any machine's memory (refused up front), never merely slow.
-WORDS = ["0", "-1", "1", "2", "3", "1.5", "-0.0", "1e300", "-1e300", "1e-320", "nan", "-nan", "inf", "-inf", "x", "",
-         " ", "true", "false", "null", "[1]", "{a: 1}", "- 1", "💥", "ß\u0301", "\x00", "4294967296", "-5",
-         str(2**63), str(2**70), str(-2**70), "9" * 40, "0x10", "1_000", "32-true", "64-true", "16-mixed", "auto"]
-SPECIAL_PATHS = ["/dev/null", "/dev/zero", "/dev/full", "/bin/ls", "/proc/self/status", "/proc/self/mem", "/",
-                 "/nonexistent/x", "{d}/fifo", "{d}/empty-dir", "{d}/input.txt", "{d}/runs", "{ckpt}", "{d}/lstm-runs",
-                 "{d}/texts", "[{d}/input.txt, {d}/texts]", "{d}/runs-8"]
+WORDS = [
+    "0",
+    "-1",
+    "1",
+    "2",
+    "3",
+    "1.5",
+    "-0.0",
+    "1e300",
+    "-1e300",
+    "1e-320",
+    "nan",
+    "-nan",
+    "inf",
+    "-inf",
+    "x",
+    "",
+    " ",
+    "true",
+    "false",
+    "null",
+    "[1]",
+    "{a: 1}",
+    "- 1",
+    "💥",
+    "ß\u0301",
+    "\x00",
+    "4294967296",
+    "-5",
+    str(2**63),
+    str(2**70),
+    str(-(2**70)),
+    "9" * 40,
+    "0x10",
+    "1_000",
+    "32-true",
+    "64-true",
+    "16-mixed",
+    "auto",
+]
+SPECIAL_PATHS = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/bin/ls",
+    "/proc/self/status",
+    "/proc/self/mem",
+    "/",
+    "/nonexistent/x",
+    "{d}/fifo",
+    "{d}/empty-dir",
+    "{d}/input.txt",
+    "{d}/runs",
+    "{ckpt}",
+    "{d}/lstm-runs",
+    "{d}/texts",
+    "[{d}/input.txt, {d}/texts]",
+    "{d}/runs-8",
+]
 values = st.one_of(
     st.sampled_from(WORDS),
     st.sampled_from(SPECIAL_PATHS),
@@ -123,15 +176,26 @@ def damaged_file(draw) -> str:
         buffer = io.BytesIO()
         with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w") as z:
             warnings.simplefilter("ignore")  # duplicate member names are part of the damage
-            for name in draw(st.lists(st.sampled_from(["archive/data.pkl", "archive/version", "x", "a/b"]), max_size=3)):
+            for name in draw(
+                st.lists(st.sampled_from(["archive/data.pkl", "archive/version", "x", "a/b"]), max_size=3)
+            ):
                 z.writestr(name, draw(st.binary(max_size=64)))
         data = buffer.getvalue()
     elif kind == "foreign pickle":
         data = pickle.dumps(draw(st.dictionaries(st.text(max_size=4), st.integers() | st.text(), max_size=3)))
     elif kind == "torch.save":
         buffer = io.BytesIO()
-        payload = draw(st.sampled_from([{}, [], {"charrnn": {}}, {"state_dict": {}, "charrnn": {"vocab": 3}},
-                                        {"charrnn": {"vocab": ["a"]}, "state_dict": {"Wxh": torch.zeros(2)}}]))
+        payload = draw(
+            st.sampled_from(
+                [
+                    {},
+                    [],
+                    {"charrnn": {}},
+                    {"state_dict": {}, "charrnn": {"vocab": 3}},
+                    {"charrnn": {"vocab": ["a"]}, "state_dict": {"Wxh": torch.zeros(2)}},
+                ]
+            )
+        )
         torch.save(payload, buffer)
         data = buffer.getvalue()
     elif kind == "random bytes":
@@ -150,7 +214,9 @@ def _flag_value(flag: str):
     if flag == "--trainer.devices":
         return st.sampled_from(SAFE_DEVICES)
     if flag == "--trainer.default_root_dir":  # anywhere but the existing run, which a resume may rightly change
-        return st.sampled_from(["{root}/sub", "{root}/é 💥", "/dev/null", "/proc", "/nonexistent/x", "{d}/input.txt", ""])
+        return st.sampled_from(
+            ["{root}/sub", "{root}/é 💥", "/dev/null", "/proc", "/nonexistent/x", "{d}/input.txt", ""]
+        )
     if flag == "--init_from":
         return st.one_of(st.sampled_from(MODEL_VALUES[flag]), values, damaged_file())
     if flag in ("--data.path", "--config", "--ckpt_path"):
@@ -160,13 +226,19 @@ def _flag_value(flag: str):
     return values
 
 
-train_flags = st.lists(st.sampled_from(TRAIN_FLAGS).flatmap(lambda f: st.tuples(st.just(f), _flag_value(f))), max_size=3)
+train_flags = st.lists(
+    st.sampled_from(TRAIN_FLAGS).flatmap(lambda f: st.tuples(st.just(f), _flag_value(f))), max_size=3
+)
 
 
 def _run(main, args) -> tuple[int, str, list]:
     """``main(args)`` with stdout and stderr captured; every warning recorded (any would reach the user)."""
     out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.StringIO()
-    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
         code = main(args)
     return code, err.getvalue(), [str(w.message) for w in caught]
 
@@ -223,10 +295,20 @@ def _fill(value: str, root: str) -> str:
 @example(flags=[("--init_from", "{d}/lstm-runs"), ("--model.cell", "gru")])
 @example(flags=[("--data.path", "{d}/texts"), ("--data.glob", "*.md")])
 @example(flags=[("--data.glob", "*.txt")])
-@example(flags=[("--trainer.callbacks", "EarlyStopping"), ("--trainer.callbacks.monitor", "val/loss"),
-                ("--trainer.callbacks.patience", "0")])
-@example(flags=[("--trainer.callbacks", "EarlyStopping"), ("--trainer.callbacks.monitor", "val/loss"),
-                ("--trainer.callbacks.mode", "x")])
+@example(
+    flags=[
+        ("--trainer.callbacks", "EarlyStopping"),
+        ("--trainer.callbacks.monitor", "val/loss"),
+        ("--trainer.callbacks.patience", "0"),
+    ]
+)
+@example(
+    flags=[
+        ("--trainer.callbacks", "EarlyStopping"),
+        ("--trainer.callbacks.monitor", "val/loss"),
+        ("--trainer.callbacks.mode", "x"),
+    ]
+)
 @example(flags=[("--trainer.callbacks", "EarlyStopping"), ("--trainer.callbacks.min_delta", "nan")])
 def test_train_py_keeps_its_promise(flags):
     root = tempfile.mkdtemp(dir=WORLD, prefix="root-")
@@ -270,7 +352,10 @@ sample_flags = st.lists(st.sampled_from(SAMPLE_FLAGS).flatmap(lambda f: st.tuple
 
 
 @FUZZ
-@given(target=st.one_of(st.sampled_from(["{ckpt}", "{d}/runs", *SPECIAL_PATHS]), damaged_file(), values), flags=sample_flags)
+@given(
+    target=st.one_of(st.sampled_from(["{ckpt}", "{d}/runs", *SPECIAL_PATHS]), damaged_file(), values),
+    flags=sample_flags,
+)
 @example(target="\x00", flags=[])
 @example(target="/dev/zero", flags=[])
 @example(target="{d}/fifo", flags=[])
@@ -312,7 +397,6 @@ def test_score_py_keeps_its_promise(target, files, flags):
     _check(*_run(score.main, args), before)
 
 
-
 # Optimizers and schedules: any torch.optim class a user can name, with valid and invalid arguments.
 OPTIMIZERS = {
     "torch.optim.Adam": ["lr", "eps", "weight_decay", "betas", "amsgrad"],
@@ -342,8 +426,37 @@ SCHEDULES = {
     "CyclicLR": ["base_lr", "max_lr", "step_size_up"],
     "LambdaLR": ["lr_lambda"],
 }
-NUMBERS = ["-1", "0", "-0.0", "1e-9", "1e-3", "0.01", "0.5", "0.9", "1", "2", "3", "5", "7", "12", "20", "1.5", "nan",
-           "inf", "-inf", "1e300", "-1e300", "x", "", "true", "[1.5,0.999]", "[0.9,0.999]", "[0.5,1.2]", "[2,4]", "[]"]
+NUMBERS = [
+    "-1",
+    "0",
+    "-0.0",
+    "1e-9",
+    "1e-3",
+    "0.01",
+    "0.5",
+    "0.9",
+    "1",
+    "2",
+    "3",
+    "5",
+    "7",
+    "12",
+    "20",
+    "1.5",
+    "nan",
+    "inf",
+    "-inf",
+    "1e300",
+    "-1e300",
+    "x",
+    "",
+    "true",
+    "[1.5,0.999]",
+    "[0.9,0.999]",
+    "[0.5,1.2]",
+    "[2,4]",
+    "[]",
+]
 argument_values = st.one_of(st.sampled_from(NUMBERS), st.floats(-10, 10).map(repr), st.integers(-3, 30).map(str))
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from bench.min_char_rnn import PARAM_NAMES, MinCharRNN
 from charrnn import network
 from charrnn.callbacks import AtomicCheckpointIO
 from charrnn.data import CharDataModule
 from charrnn.module import CharRNN
 from charrnn.optim import Adagrad
-from bench.min_char_rnn import PARAM_NAMES, MinCharRNN
 from tests.train_helpers import quiet_trainer
 
 STEPS, T, H = 50, 25, 16
@@ -75,7 +75,11 @@ def test_lightning_training_equals_min_char_rnn(tmp_path, initial_params):
         for k, v in params0.items():
             getattr(model, k).copy_(v)
     trainer = quiet_trainer(
-        max_steps=STEPS, precision="64-true", limit_val_batches=0, plugins=[AtomicCheckpointIO()], default_root_dir=tmp_path
+        max_steps=STEPS,
+        precision="64-true",
+        limit_val_batches=0,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=data)
 

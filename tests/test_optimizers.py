@@ -9,7 +9,14 @@ from tests.train_helpers import assert_one_line_error, newest, snapshot, tiny_ar
 
 N = 50
 ADAM = ("--optimizer", "torch.optim.Adam", "--optimizer.lr", 0.01)
-STEP_LR = ("--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size", 7, "--lr_scheduler.gamma", 0.5)
+STEP_LR = (
+    "--lr_scheduler",
+    "torch.optim.lr_scheduler.StepLR",
+    "--lr_scheduler.step_size",
+    7,
+    "--lr_scheduler.gamma",
+    0.5,
+)
 
 
 def assert_equal_state(a, b) -> None:
@@ -89,16 +96,36 @@ def test_a_checkpoint_resumes_only_with_its_own_optimizer_and_schedule(text, tmp
         (("--optimizer", "torch.optim.Adam", "--optimizer.lr", 1e300), ["--optimizer.lr", "cannot be represented"]),
         (("--optimizer", "torch.optim.SGD", "--optimizer.lr", -0.5), ["--optimizer.lr must be"]),
         ((*ADAM, "--model.initial_accumulator_value", 0.1), ["--model.initial_accumulator_value", "--optimizer"]),
-        (("--model.initial_accumulator_value", -0.1), ["--model.initial_accumulator_value must be 0 or a finite positive number, got -0.1"]),
+        (
+            ("--model.initial_accumulator_value", -0.1),
+            ["--model.initial_accumulator_value must be 0 or a finite positive number, got -0.1"],
+        ),
         (("--model.initial_accumulator_value", "nan"), ["--model.initial_accumulator_value must be"]),
         (("--model.initial_accumulator_value", "inf"), ["--model.initial_accumulator_value must be"]),
         (("--model.initial_accumulator_value", 1e300), ["--model.initial_accumulator_value", "cannot be represented"]),
-        (("--optimizer", "charrnn.optim.Adagrad", "--optimizer.initial_accumulator_value", -1), ["--optimizer.initial_accumulator_value must be"]),
-        (("--optimizer", "torch.optim.Adagrad", "--optimizer.initial_accumulator_value", -1), ["--optimizer.initial_accumulator_value must be"]),
+        (
+            ("--optimizer", "charrnn.optim.Adagrad", "--optimizer.initial_accumulator_value", -1),
+            ["--optimizer.initial_accumulator_value must be"],
+        ),
+        (
+            ("--optimizer", "torch.optim.Adagrad", "--optimizer.initial_accumulator_value", -1),
+            ["--optimizer.initial_accumulator_value must be"],
+        ),
     ],
-    ids=["learning_rate-with-optimizer", "scheduler-alone", "plateau", "huge-lr", "negative-lr",
-         "accumulator-with-optimizer", "negative-accumulator", "nan-accumulator", "inf-accumulator", "huge-accumulator",
-         "negative-optimizer-accumulator", "negative-torch-accumulator"],
+    ids=[
+        "learning_rate-with-optimizer",
+        "scheduler-alone",
+        "plateau",
+        "huge-lr",
+        "negative-lr",
+        "accumulator-with-optimizer",
+        "negative-accumulator",
+        "nan-accumulator",
+        "inf-accumulator",
+        "huge-accumulator",
+        "negative-optimizer-accumulator",
+        "negative-torch-accumulator",
+    ],
 )
 def test_ambiguous_or_bad_optimizer_flags_are_one_line(text, tmp_path, capsys, flags, fragments):
     assert train(tiny_args(text, tmp_path, *flags, steps=5)) == 2
@@ -114,7 +141,11 @@ def test_model_learning_rate_in_a_config_file_with_an_optimizer_is_refused(text,
 
 
 @pytest.mark.parametrize(
-    "flags", [("--model.initial_accumulator_value", 0.5), ("--optimizer", "charrnn.optim.Adagrad", "--optimizer.initial_accumulator_value", 0.5)]
+    "flags",
+    [
+        ("--model.initial_accumulator_value", 0.5),
+        ("--optimizer", "charrnn.optim.Adagrad", "--optimizer.initial_accumulator_value", 0.5),
+    ],
 )
 def test_adagrads_sums_of_squares_start_at_the_initial_accumulator(text, tmp_path, flags):
     assert train(tiny_args(text, tmp_path, *flags, steps=1)) == 0
@@ -138,13 +169,15 @@ def schedule(name, *arguments):
     [
         (("--optimizer", "torch.optim.Adam", "--optimizer.betas", "[1.5,0.999]"),
          ["--optimizer torch.optim.Adam: Invalid beta parameter at index 0: 1.5"]),
-        ((*ADAM, "--optimizer.weight_decay", -1), ["--optimizer torch.optim.Adam: Invalid weight_decay", "weight_decay -1"]),
+        ((*ADAM, "--optimizer.weight_decay", -1),
+         ["--optimizer torch.optim.Adam: Invalid weight_decay", "weight_decay -1"]),
         ((*ADAM, "--optimizer.eps", -1), ["Invalid epsilon value", "eps -1"]),
         ((*ADAM, "--optimizer.eps", 0), ["turn the weights non-finite", "eps 0"]),
         ((*SGD, "--optimizer.momentum", -1), ["--optimizer torch.optim.SGD: Invalid momentum value: -1"]),
         (("--optimizer", "charrnn.optim.Adagrad", "--optimizer.eps", -1), ["charrnn.optim.Adagrad: Invalid epsilon"]),
         (("--optimizer", "torch.optim.LBFGS"), ["--optimizer torch.optim.LBFGS", "closure"]),
-        ((*SGD, *schedule("OneCycleLR", "--lr_scheduler.max_lr", 0.1)), ["OneCycleLR: You must define either total_steps"]),
+        ((*SGD, *schedule("OneCycleLR", "--lr_scheduler.max_lr", 0.1)),
+         ["OneCycleLR: You must define either total_steps"]),
         ((*SGD, *schedule("OneCycleLR", "--lr_scheduler.max_lr", 0.1, "--lr_scheduler.total_steps", 0)),
          ["OneCycleLR: Expected positive integer total_steps"]),
         ((*SGD, *schedule("OneCycleLR", "--lr_scheduler.max_lr", 0.1, "--lr_scheduler.total_steps", 5)),
@@ -159,13 +192,16 @@ def schedule(name, *arguments):
          ["CosineAnnealingLR: the learning rate at step 4 is -", "eta_min -1"]),
         ((*SGD, *schedule("StepLR", "--lr_scheduler.step_size", 5, "--lr_scheduler.gamma", 0)),
          ["StepLR: the learning rate is 0 (in 32-true) from step 5 through step 19", "gamma 0"]),
-        ((*SGD, *schedule("ExponentialLR", "--lr_scheduler.gamma", 1e200)), ["the learning rate at step 2 is inf, not finite"]),
+        ((*SGD, *schedule("ExponentialLR", "--lr_scheduler.gamma", 1e200)),
+         ["the learning rate at step 2 is inf, not finite"]),
     ],
     ids=["betas", "weight_decay", "eps", "eps-0", "momentum", "charrnn-eps", "lbfgs", "onecycle-no-total",
          "onecycle-total-0", "onecycle-short", "linear-end", "step_size-0", "T_max-0", "constant-factor-0",
          "gamma-negative", "eta_min-negative", "gamma-0", "gamma-inf"],
 )  # fmt: skip
-def test_optimizer_and_schedule_arguments_are_tried_before_anything_is_written(text, tmp_path, capsys, flags, fragments):
+def test_optimizer_and_schedule_arguments_are_tried_before_anything_is_written(
+    text, tmp_path, capsys, flags, fragments
+):
     assert train(tiny_args(text, tmp_path, *flags, steps=20)) == 2
     assert_one_line_error(capsys.readouterr().err, *fragments)
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
@@ -192,10 +228,19 @@ def test_a_rate_turning_negative_in_training_stops_before_that_step(text, tmp_pa
     from charrnn import checks
 
     monkeypatch.setattr(checks, "DRY_RUN_STEPS", 3)
-    flags = (*SGD, *schedule("StepLR", "--lr_scheduler.step_size", 5, "--lr_scheduler.gamma", -1), "--checkpoint_every", 2)
+    flags = (
+        *SGD,
+        *schedule("StepLR", "--lr_scheduler.step_size", 5, "--lr_scheduler.gamma", -1),
+        "--checkpoint_every",
+        2,
+    )
     assert train(tiny_args(text, tmp_path, *flags, "--trainer.log_every_n_steps", 50, steps=20)) == 2
-    line = assert_one_line_error(capsys.readouterr().err, "training stopped at step 5: the --lr_scheduler sets the "
-                                 "learning rate -0.1, negative", "(step 4) is the last good checkpoint", "--lr_scheduler")
+    line = assert_one_line_error(
+        capsys.readouterr().err,
+        "training stopped at step 5: the --lr_scheduler sets the learning rate -0.1, negative",
+        "(step 4) is the last good checkpoint",
+        "--lr_scheduler",
+    )
     assert "lower" not in line
     ckpt = newest(tmp_path)
     assert ckpt["global_step"] == 4 and ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == 0.1

@@ -15,8 +15,17 @@ import torch
 
 from charrnn import checks, rundir, runlock
 from charrnn.network import Architecture
-from tests.train_helpers import ROOT, assert_one_line_error, corpus, newest, run_train_py, snapshot
-from tests.train_helpers import start_train_py, tiny_args, train
+from tests.train_helpers import (
+    ROOT,
+    assert_one_line_error,
+    corpus,
+    newest,
+    run_train_py,
+    snapshot,
+    start_train_py,
+    tiny_args,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +68,8 @@ CASES = {
         "too few for 120 streams",
     ),
     "one process's streams alone too many": (
-        ["--data.batch_size", 100000, "--trainer.devices", 2, "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"],
+        ["--data.batch_size", 100000, "--trainer.devices", 2, "--trainer.strategy", "ddp"]
+        + ["--trainer.accelerator", "cpu"],
         "too few for 100000 streams per process",
     ),
     "config not UTF-8": (["--config", "{d}/latin1.yaml"], "--config file", "is not UTF-8 text (byte 0xe9"),

@@ -1,14 +1,20 @@
 """Exact resume: a run stopped at step k and resumed to N ends bitwise where an uninterrupted run to N ends."""
 
 import os
-import re
 
 import pytest
 import torch
 
 from charrnn import checkpoint, rundir
-from tests.train_helpers import EPOCH, assert_one_line_error, assert_same_training_state, newest, snapshot
-from tests.train_helpers import tiny_args, train
+from tests.train_helpers import (
+    EPOCH,
+    assert_one_line_error,
+    assert_same_training_state,
+    newest,
+    snapshot,
+    tiny_args,
+    train,
+)
 
 N = 60
 PRINT_EVERY = 4  # samples and smoothed losses printed during training, compared line by line too
@@ -21,7 +27,9 @@ def _printed_from(stdout: str, step: int) -> str:
     return "\n".join(line for line in stdout[start:].splitlines() if not line.startswith(("finished", "stopped")))
 
 
-CELLS = {name: ("--model.cell", name, "--model.num_layers", 2, "--model.dropout", 0.2) for name in ("rnn", "lstm", "gru")}
+CELLS = {
+    name: ("--model.cell", name, "--model.num_layers", 2, "--model.dropout", 0.2) for name in ("rnn", "lstm", "gru")
+}
 
 
 @pytest.mark.parametrize(
@@ -129,7 +137,9 @@ def test_a_damaged_best_checkpoint_refuses_the_resume_before_anything_is_written
     best = tmp_path / "lightning_logs/version_0/checkpoints/best.ckpt"
     good = best.read_bytes()
     middle = len(good) // 2
-    best.write_bytes(good[:middle] if damage == "truncated" else good[:middle] + bytes([good[middle] ^ 4]) + good[middle + 1 :])
+    best.write_bytes(
+        good[:middle] if damage == "truncated" else good[:middle] + bytes([good[middle] ^ 4]) + good[middle + 1 :]
+    )
     before = snapshot(tmp_path)
     capsys.readouterr()
     assert train(tiny_args(text, tmp_path, "--ckpt_path", "last", steps=15)) == 2

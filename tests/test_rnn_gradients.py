@@ -87,4 +87,3 @@ def test_forward_pass_matches_loss_path():
     assert torch.equal(state, h_last) and torch.equal(hs[-1], h_last[:, 0])
     ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 6), targets.reshape(-1), reduction="sum")
     torch.testing.assert_close(loss, ref, rtol=1e-13, atol=0)
-

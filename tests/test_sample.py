@@ -15,8 +15,16 @@ import sample
 from charrnn import checkpoint, rundir
 from charrnn.cells import native
 from charrnn.sampling import generate
-from tests.train_helpers import ROOT, Malicious, assert_one_line_error, run_script, run_train_py, start_script
-from tests.train_helpers import tiny_args, train
+from tests.train_helpers import (
+    ROOT,
+    Malicious,
+    assert_one_line_error,
+    run_script,
+    run_train_py,
+    start_script,
+    tiny_args,
+    train,
+)
 
 TEXT = "Héllo wörld, naïve café. 你好，世界！ Emoji: 🙂😀🚀 — «quoted» ½ ∑ Ωmega.\nThe quick brown fox jumps.\n" * 40
 
@@ -97,8 +105,15 @@ def test_sample_does_not_import_lightning(ckpt):
 
 
 def test_greedy_temperature_zero_and_top1_agree(capsysbinary, ckpt):
-    outputs = [run_main(capsysbinary, ckpt, "--length", 200, *flags) for flags in
-               (["--greedy"], ["--temperature", "0"], ["--top-k", "1"], ["--greedy", "--seed", "5", "--top-k", "9"])]
+    outputs = [
+        run_main(capsysbinary, ckpt, "--length", 200, *flags)
+        for flags in (
+            ["--greedy"],
+            ["--temperature", "0"],
+            ["--top-k", "1"],
+            ["--greedy", "--seed", "5", "--top-k", "9"],
+        )
+    ]
     assert all(code == 0 for code, _, _ in outputs)
     assert len({out for _, out, _ in outputs}) == 1 and len(outputs[0][1]) == 200
 
@@ -114,7 +129,7 @@ def test_prime_comes_first_and_sets_the_state(capsysbinary, ckpt):
     params, vocab = net.params, net.vocab
     ids = [vocab.index(c) for c in prime]
     expected = "".join(vocab[i] for i in generate("rnn", params, 150, prime_ids=ids, seed=3))
-    assert out[len(prime):] == expected
+    assert out[len(prime) :] == expected
     assert expected != "".join(vocab[i] for i in generate("rnn", params, 150, seed=3))
 
 
@@ -293,8 +308,8 @@ def test_cuda_gives_the_cpu_text(capsysbinary, ckpt):
 
 def test_stop_escapes_are_decoded():
     assert sample.decode_escapes(r"\n\n") == "\n\n"
-    assert sample.decode_escapes(r"a\tb\\n\x41\u00e9\U0001F642\r") == "a\tb\\nA\u00e9\U0001F642\r"
-    assert sample.decode_escapes("caf\u00e9 \U0001F642") == "caf\u00e9 \U0001F642"  # no backslash: as typed
+    assert sample.decode_escapes(r"a\tb\\n\x41\u00e9\U0001F642\r") == "a\tb\\nA\u00e9\U0001f642\r"
+    assert sample.decode_escapes("caf\u00e9 \U0001f642") == "caf\u00e9 \U0001f642"  # no backslash: as typed
 
 
 def test_stop_ends_the_sample_after_the_first_occurrence(capsysbinary, ckpt):

@@ -297,7 +297,7 @@ def test_path_names_the_loop_that_runs(request, monkeypatch):
     assert c_loop.path == "C generator (lstm_generate), float64 weights, float64 sums"
     calls, real = [], native.kernel("lstm_generate")
     monkeypatch.setattr(c_loop, "native_loop", None)  # rebuilt below around a counting kernel
-    monkeypatch.setattr(native, "kernel", lambda name: (lambda *a: calls.append(name) or real(*a)))
+    monkeypatch.setattr(native, "kernel", lambda name: lambda *a: calls.append(name) or real(*a))
     c_loop.native_loop = c_loop._c_loop()
     list(c_loop.generate(600))
     assert calls == ["lstm_generate"] * 3  # 256-character chunks

@@ -14,8 +14,15 @@ import torch
 
 from charrnn import checkpoint, rundir
 from charrnn.data import choose_windows_per_batch
-from tests.train_helpers import assert_one_line_error, assert_same_training_state, newest, run_main_quietly
-from tests.train_helpers import start_train_py, tiny_args, train
+from tests.train_helpers import (
+    assert_one_line_error,
+    assert_same_training_state,
+    newest,
+    run_main_quietly,
+    start_train_py,
+    tiny_args,
+    train,
+)
 
 
 def _debris(root):

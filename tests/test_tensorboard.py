@@ -42,7 +42,10 @@ def hparams_writes(run_dir) -> int:
 def test_hparams_row_with_every_setting_and_the_validation_loss(text, tmp_path):
     scheduler = ("--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size", 7)
     optimizer = ("--optimizer", "torch.optim.Adam", "--optimizer.lr", 0.003)
-    assert train(tiny_args(text, tmp_path, *optimizer, *scheduler, "--seed_everything", 7, "--model.clip", 2, steps=20)) == 0
+    assert (
+        train(tiny_args(text, tmp_path, *optimizer, *scheduler, "--seed_everything", 7, "--model.clip", 2, steps=20))
+        == 0
+    )
     run_dir = tmp_path / "lightning_logs" / "version_0"
     acc = read_run(run_dir)
     row, metrics = hparams_of(acc)

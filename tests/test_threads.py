@@ -25,7 +25,9 @@ def restore_threads():
 def cores(monkeypatch):
     """A machine of 6 cores with no CPU quota, whatever this one is."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
-    monkeypatch.setattr(machine_cores, "CPU_QUOTA", ("/nonexistent/cpu.max", "/nonexistent/quota", "/nonexistent/period"))
+    monkeypatch.setattr(
+        machine_cores, "CPU_QUOTA", ("/nonexistent/cpu.max", "/nonexistent/quota", "/nonexistent/period")
+    )
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
 

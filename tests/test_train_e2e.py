@@ -21,7 +21,9 @@ def test_short_run_on_tinyshakespeare_writes_checkpoint_and_tensorboard(tmp_path
     if shakespeare is None:
         pytest.skip("tinyshakespeare.txt not present in ../shared/data")
     out = tmp_path / "D"
-    code, _, err = run_train_py(["--data.path", shakespeare, "--trainer.max_steps", 300, "--trainer.default_root_dir", out])
+    code, _, err = run_train_py(
+        ["--data.path", shakespeare, "--trainer.max_steps", 300, "--trainer.default_root_dir", out]
+    )
     assert code == 0, err[-3000:]
     run_dir = out / "lightning_logs" / "version_0"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -64,7 +66,9 @@ def test_min_char_rnn_config_prints_like_the_original(tmp_path):
     assert [line.split(",")[0] for line in iters] == ["iter 0", "iter 100", "iter 200"]
     assert lines.count("----") >= 6  # a sample framed by ---- before each iter line
     # min-char-rnn's Adagrad whatever configs/default.yaml sets: rate 0.1, sums of squares starting at 0.
-    group = checkpoint.load(glob.glob(str(tmp_path / "D" / "**" / "last.ckpt"), recursive=True)[0])["optimizer_states"][0]
+    group = checkpoint.load(glob.glob(str(tmp_path / "D" / "**" / "last.ckpt"), recursive=True)[0])["optimizer_states"][
+        0
+    ]
     assert (group["param_groups"][0]["lr"], group["param_groups"][0]["initial_accumulator_value"]) == (0.1, 0.0)
 
 

@@ -211,7 +211,9 @@ def test_generated_text_is_the_samplers(capsys, run, tmp_path):
     prime = "The (first"
     assert visualize_main(capsys, run["ckpt"], "--prime", prime, "--length", 80, "--out", out)[0] == 0
     ids = [vocab.index(c) for c in prime]
-    assert embedded(out)["text"] == prime + "".join(vocab[i] for i in generate("rnn", params, 80, prime_ids=ids, seed=0))
+    assert embedded(out)["text"] == prime + "".join(
+        vocab[i] for i in generate("rnn", params, 80, prime_ids=ids, seed=0)
+    )
 
 
 def test_long_text_is_cut_with_a_note(capsys, run, tmp_path):
@@ -224,8 +226,11 @@ def test_long_text_is_cut_with_a_note(capsys, run, tmp_path):
 
     crlf = tmp_path / "crlf.txt"
     crlf.write_bytes(b"\xef\xbb\xbf" + TEXT[:300].replace("\n", "\r\n").encode())
-    assert visualize_main(capsys, run["ckpt"], "--text", crlf, "--out", out) == (0, f"wrote {out}: 300 characters; "
-                                                                                  "open it in a browser\n", "")
+    assert visualize_main(capsys, run["ckpt"], "--text", crlf, "--out", out) == (
+        0,
+        f"wrote {out}: 300 characters; open it in a browser\n",
+        "",
+    )
     assert embedded(out)["text"] == TEXT[:300]  # read as training reads it: BOM dropped, CRLF as LF
 
 
@@ -314,8 +319,11 @@ def page_requests(netlog: Path) -> list[str]:
     """URLs a document asked the network for (Chromium's own requests carry no origin as initiator)."""
     log = json.loads(netlog.read_text())
     start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    return [e["params"]["url"] for e in log["events"]
-            if e["type"] == start and "url" in e.get("params", {}) and e["params"].get("initiator") != "not an origin"]
+    return [
+        e["params"]["url"]
+        for e in log["events"]
+        if e["type"] == start and "url" in e.get("params", {}) and e["params"].get("initiator") != "not an origin"
+    ]
 
 
 def activation_colours(dom: str) -> list[tuple[str, str]]:

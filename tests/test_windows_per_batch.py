@@ -81,7 +81,8 @@ def test_train_py_logs_the_mean_loss_against_optimizer_steps(tmp_path):
     path.write_text(TEXT)
     B, T, H, lr = 2, 5, 8, 0.1
     args = ["--data.path", str(path), "--data.batch_size", str(B), "--data.seq_length", str(T),
-            "--model.hidden_size", str(H), "--model.learning_rate", str(lr), "--trainer.max_steps", "60", "--trainer.val_check_interval", "20",
+            "--model.hidden_size", str(H), "--model.learning_rate", str(lr), "--trainer.max_steps", "60",
+            "--trainer.val_check_interval", "20",
             "--trainer.log_every_n_steps", "10", "--trainer.default_root_dir", str(tmp_path / "runs"),
             "--trainer.enable_progress_bar", "false", "--seed_everything", "7",
             "--model.initial_accumulator_value", "0"]  # fmt: skip
@@ -101,6 +102,7 @@ def test_train_py_logs_the_mean_loss_against_optimizer_steps(tmp_path):
     params = arch.init_params()
     opt = optim.Adagrad(params.values(), lr=lr)
     losses = []
+    h = arch.zero_state(B)
     for window, inputs, targets in flat_windows(TrainBatches(data.train_inputs, data.train_targets, T))[:60]:
         h = arch.zero_state(B) if window == 0 else h
         loss, h = network.train_step(arch, params, opt, inputs, targets, h)

@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import lightning as L
 import torch
-from pydoc_data.topics import topics
 
 from bench.common import find_shakespeare as shakespeare_path  # noqa: F401  (the tests' larger text, if present)
 from charrnn import checkpoint, cli, rundir

@@ -32,7 +32,8 @@ import functools
 import torch
 
 from . import parallel
-from .native_build import library as _library, turned_off as _turned_off
+from .native_build import library as _library
+from .native_build import turned_off as _turned_off
 
 
 @functools.cache
@@ -142,4 +143,3 @@ def pack_panels(W: torch.Tensor) -> torch.Tensor:
     packed = torch.empty(-(-N // PANEL) * PANEL * K, dtype=torch.float32)
     _library().pack_panels_f32(W.data_ptr(), W.stride(0), W.stride(1), packed.data_ptr(), N, K)
     return packed
-
