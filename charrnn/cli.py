@@ -261,7 +261,7 @@ def _steps(trainer, data: CharDataModule) -> int | None:
 
 def _fit(trainer, model, data, ckpt_path: str | None, last: LastCheckpoint, rate_flag: str) -> None:
     """``rate_flag``: the flag that sets this run's learning rate, named when it diverges."""
-    lock = runlock.claim(trainer, last.path) if trainer.is_global_zero else None
+    lock = runlock.claim(trainer, last.path, new_run=ckpt_path is None) if trainer.is_global_zero else None
     launcher = trainer.strategy.launcher
     distributed.start_ranks_quietly(launcher)
     entry.at_forced_exit(lambda: distributed.stop_started_ranks(launcher))

@@ -51,11 +51,12 @@ def _claim_version(logs_dir: str, version: int) -> int:
             version = max(taken) + 1
 
 
-def claim(trainer, last_path) -> RunLock:
+def claim(trainer, last_path, new_run: bool) -> RunLock:
     """Lock the directory this run writes ``last_path(trainer)`` into; a new TensorBoard run first claims its
-    ``version_N``."""
+    ``version_N`` by creating it, even when the directory is there already: another run started at the same moment
+    may have just created it (a resumed run locks the version it continues)."""
     logger = trainer.logger
-    if isinstance(logger, TensorBoardLogger) and isinstance(logger.version, int) and not os.path.isdir(logger.log_dir):
+    if isinstance(logger, TensorBoardLogger) and isinstance(logger.version, int) and new_run:
         version = _claim_version(logger.root_dir, logger.version)
         if version != logger.version:
             trainer.loggers = [
