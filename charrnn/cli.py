@@ -173,7 +173,6 @@ def _check_writable(directory: str) -> None:
         ) from None
 
 
-# Where a container's CPU quota is: cgroup v2's "QUOTA PERIOD" (QUOTA "max": none), or cgroup v1's two files.
 def _default_threads(requested: int | None, processes: int = 1) -> None:
     """The threads that train: ``--threads`` (or ``threads:`` in a config) if given; else, when OMP_NUM_THREADS is
     set, torch's threads as it says (and charrnn's one); else every available core, shared among the ``processes``
@@ -187,7 +186,7 @@ def _default_threads(requested: int | None, processes: int = 1) -> None:
     if requested is None and omp is not None:
         parallel.set_threads(1)  # torch sized its threads from OMP_NUM_THREADS
         return
-    parallel.set_threads(requested or max(1, cores.available() // processes))
+    parallel.set_threads(requested or max(1, cores.available() // processes), pin=processes == 1)
     torch.set_num_threads(1)
 
 

@@ -15,7 +15,7 @@ process of N * B streams draws, and a resumed run draws what the uninterrupted o
 
 import torch
 
-from .cells import fast, native
+from .cells import fast, native, parallel
 
 
 def param_name(name: str, layer: int) -> str:
@@ -82,8 +82,8 @@ def _layers_forward(cell, params: dict, inputs: torch.Tensor, state: torch.Tenso
     path = fast.path(cell, params["Why"].dtype, params["Why"].device)
     acts, xs, states = [], [None], []
     for layer, p in enumerate(layers):
-        if layer == 0:  # one-hot input: a column gather of Wxh (rows of a contiguous Wxh^T gather fast)
-            xw = torch.nn.functional.embedding(inputs.t(), p["Wxh"].t().contiguous()).add_(p["bh"].view(-1))
+        if layer == 0:
+            xw = _one_hot_projection(p["Wxh"], p["bh"], inputs.t().reshape(-1)).view(T, B, -1)  # (T, B, G*H)
         else:
             xw = _product(xs[layer].reshape(T * B, -1), p["Wxh"], p["bh"].view(-1)).view(T, B, -1)  # (T, B, G*H)
         a, s = path.forward(p, xw, state[:, layer * K : (layer + 1) * K])
@@ -91,6 +91,62 @@ def _layers_forward(cell, params: dict, inputs: torch.Tensor, state: torch.Tenso
         states.append(s)
         xs.append(a["h"][1:] if masks is None else a["h"][1:] * masks[layer])
     return layers, acts, xs, torch.cat(states, 1), path
+
+
+def _one_hot_projection(Wxh: torch.Tensor, bh: torch.Tensor, chars: torch.Tensor) -> torch.Tensor:
+    """``onehot(chars) Wxh^T + bh`` (rows, G*H) for the first layer: a column gather of Wxh (rows of a contiguous
+    Wxh^T gather fast), in blocks of rows on charrnn's threads."""
+    Wxh_t, bias = Wxh.t().contiguous(), bh.view(-1)
+    out = Wxh_t.new_empty((len(chars), len(bias)))
+
+    def block(rows):
+        first, end = rows
+        torch.index_select(Wxh_t, 0, chars[first:end], out=out[first:end]).add_(bias)
+
+    parallel.run(block, parallel.row_blocks(len(chars), out.device))
+    return out
+
+
+def _one_hot_grads(dxw: torch.Tensor, chars: torch.Tensor, V: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dWxh, dbh)`` of the first layer from ``dxw`` (rows, G*H) and its one-hot inputs: the gather's backward,
+    rows scattered into Wxh^T (both contiguous: index_add_ runs about 9x slower into a transposed view or from
+    strided rows), in blocks of rows on charrnn's threads, their sums added."""
+    dxw = dxw.contiguous()
+
+    def block(rows):
+        first, end = rows
+        d = dxw[first:end]
+        return d.new_zeros((V, d.shape[1])).index_add_(0, chars[first:end], d), d.sum(0)
+
+    (dWxh_t, dbh), *others = parallel.run(block, parallel.row_blocks(len(dxw), dxw.device))
+    for w, b in others:
+        dWxh_t += w
+        dbh += b
+    return dWxh_t.t().contiguous(), dbh.unsqueeze(1)
+
+
+def _output_layer(params: dict, h_out: torch.Tensor, targets: torch.Tensor, B: int):
+    """The output layer over a window's rows, in blocks of rows on charrnn's threads: ``(loss, dWhy, dby, dh)``
+    from the top outputs ``h_out`` (rows, H) and their ``targets`` (rows,): the cross-entropy summed over the rows,
+    its gradients averaged over the ``B`` streams, and dh (rows, H), the gradient w.r.t. ``h_out``."""
+    Why, by = params["Why"], params["by"].view(-1)
+    dh = torch.empty_like(h_out)
+
+    def block(rows):
+        first, end = rows
+        h, target = h_out[first:end], targets[first:end]
+        log_probs = torch.log_softmax(torch.addmm(by, h, Why.t()), dim=1)  # (rows, V)
+        loss = -log_probs.gather(1, target.unsqueeze(1)).sum()
+        dy = log_probs.exp_()  # softmax backward, scaled for the per-stream mean: dy = (p - onehot(target)) / B
+        dy[torch.arange(end - first, device=dy.device), target] -= 1.0
+        dy.mul_(1.0 / B)
+        torch.mm(dy, Why, out=dh[first:end])
+        return loss, dy.t() @ h, dy.sum(0)
+
+    (loss, dWhy, dby), *others = parallel.run(block, parallel.row_blocks(len(h_out), h_out.device))
+    for partial in others:
+        loss, dWhy, dby = loss + partial[0], dWhy.add_(partial[1]), dby.add_(partial[2])
+    return loss, dWhy, dby.unsqueeze(1), dh
 
 
 def logits_of(params: dict, h: torch.Tensor) -> torch.Tensor:
@@ -122,32 +178,19 @@ def loss_and_grads(
     masks = dropout_masks
     layers, acts, xs, new_state, path = _layers_forward(cell, params, inputs, state, masks)
     h_out = xs[-1].reshape(T * B, -1)  # time-major rows: row t * B + b
-    flat_targets = targets.t().reshape(-1)
-
-    logits = logits_of(params, h_out)
-    log_probs = torch.log_softmax(logits, dim=1)
-    loss = -log_probs.gather(1, flat_targets.unsqueeze(1)).sum()
-
-    # Softmax backward, scaled for the per-stream mean: dy = (p - onehot(target)) / B.
-    dy = log_probs.exp_()
-    dy[torch.arange(T * B, device=dy.device), flat_targets] -= 1.0
-    dy.mul_(1.0 / B)
-    grads = {"Why": dy.t() @ h_out, "by": dy.sum(0).unsqueeze(1)}
-
-    dh = (dy @ params["Why"]).view(T, B, -1)
+    loss, dWhy, dby, dh = _output_layer(params, h_out, targets.t().reshape(-1), B)
+    grads = {"Why": dWhy, "by": dby}
+    dh = dh.view(T, B, -1)
     for layer in range(len(layers) - 1, -1, -1):
         p = layers[layer]
         if masks is not None:
             dh.mul_(masks[layer])
         dxw, g = path.backward(p, acts[layer], dh)  # (T, B, G*H)
         dxw_flat = dxw.reshape(T * B, -1)
-        g["bh"] = dxw_flat.sum(0).unsqueeze(1)
-        if layer == 0:  # the gather's backward: scatter rows into Wxh^T, then view it as Wxh's shape
-            # Both contiguous: index_add_ runs about 9x slower into a transposed view or from strided rows.
-            dWxh_t = dxw_flat.new_zeros(p["Wxh"].shape[::-1])
-            dWxh_t.index_add_(0, inputs.t().reshape(-1), dxw_flat.contiguous())
-            g["Wxh"] = dWxh_t.t().contiguous()
+        if layer == 0:
+            g["Wxh"], g["bh"] = _one_hot_grads(dxw_flat, inputs.t().reshape(-1), p["Wxh"].shape[1])
         else:
+            g["bh"] = dxw_flat.sum(0).unsqueeze(1)
             g["Wxh"] = native.gradient_product(dxw_flat, xs[layer].reshape(T * B, -1))
             dh = _product(dxw_flat, p["Wxh"].t()).view(T, B, -1)  # (T, B, H)
         grads.update({param_name(name, layer): v for name, v in g.items()})

@@ -82,11 +82,12 @@ def test_run_shares_the_parts_keeps_their_order_and_raises(threads):
 
 
 def test_run_never_waits_for_a_helper_that_has_not_started(threads):
-    """A helper kept off its core (here: busy with another task) takes no part, and the caller does them all
+    """A helper kept off its core (here: busy with another job) takes no part, and the caller does them all
     without waiting for it: the window goes on at one thread's speed, not the slowest thread's."""
     threads(2)
-    release = threading.Event()
-    busy = parallel._pool(1).submit(release.wait, 10)  # the one helper of two threads
+    inside, release = threading.Event(), threading.Event()
+    parallel._team(1, parallel._cpus).post(lambda: inside.set() or release.wait(10))  # the one helper of two threads
+    assert inside.wait(10)
     try:
         started = time.perf_counter()
         ran_on = set()
@@ -94,7 +95,19 @@ def test_run_never_waits_for_a_helper_that_has_not_started(threads):
         assert ran_on == {threading.get_ident()} and time.perf_counter() - started < 5
     finally:
         release.set()
-        busy.result()
+
+
+def test_parts_run_in_the_callers_autograd_mode(threads):
+    """torch keeps grad mode per thread: a helper's part runs under the caller's ``no_grad`` or ``inference_mode``
+    (else a block writing into an inference tensor fails, and one multiplying a weight that requires grad builds a
+    graph)."""
+    threads(2)
+    w = torch.ones(3, requires_grad=True)
+    slow = lambda i: (time.sleep(0.01), (w * i).requires_grad, torch.is_inference_mode_enabled())[1:]  # noqa: E731
+    for mode, expected in ((torch.no_grad, (False, False)), (torch.inference_mode, (False, True)),
+                           (torch.enable_grad, (True, False))):  # fmt: skip
+        with mode():
+            assert set(parallel.run(slow, list(range(1, 9)))) == {expected}
 
 
 def layer_run(cell, dtype, xw, state, dh, math):
@@ -194,15 +207,15 @@ def test_products_in_blocks_of_rows_equal_whole_ones(dtype, threads):
     """A window's products on 3 threads (rows in blocks; oneDNN's in float32, torch's in float64) against the same
     products on one thread and against float64: ``x W^T + b (+ add)`` and ``D^T X``."""
     g = torch.Generator().manual_seed(2)
-    rows = 6 * native.SPLIT_ROWS + 5  # six blocks on three threads
+    rows = 6 * parallel.SPLIT_ROWS + 5  # six blocks on three threads
     x, W, b = (torch.randn(*shape, generator=g, dtype=F64) for shape in ((rows, 40), (70, 40), (70,)))
     add, D = torch.randn(rows, 70, generator=g, dtype=F64), torch.randn(rows, 30, generator=g, dtype=F64)
     exact = {"product": x @ W.t() + b + add, "gradient": D.t() @ x}
     results = {}
     for n in (1, 3):
         threads(n)
-        assert len(native._row_blocks(rows)) == (1 if n == 1 else 6)
-        assert native._row_blocks(rows, torch.device("meta")) == [(0, rows)]  # off the CPU: whole
+        assert len(parallel.row_blocks(rows)) == (1 if n == 1 else 6)
+        assert parallel.row_blocks(rows, torch.device("meta")) == [(0, rows)]  # off the CPU: whole
         product = native.weight_product(W.to(dtype), rows, b.to(dtype))
         results[n] = {"product": product(x.to(dtype), add.to(dtype)),
                       "gradient": native.gradient_product(D.to(dtype), x.to(dtype))}  # fmt: skip

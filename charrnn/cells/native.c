@@ -232,6 +232,26 @@ void gru_backward_window_f32(float *drec, float *dx_n, const float *gates, const
 }
 #endif
 
+/* charrnn's threads (parallel.py) wait for the next blocks of a window, or for the last block, here: spinning while
+   *word == value, for at most max_ns nanoseconds; returns whether it changed. ctypes lets go of Python's lock during
+   the call, and the thread stays on its CPU: one put to sleep between the window's parts and woken for the next
+   one took about a quarter of a millisecond to start on a virtual machine's idle CPU (BENCHMARKS.md, section 13). */
+#include <time.h>
+int spin_while(const volatile long *word, long value, long max_ns) {
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (long i = 1;; i++) {
+        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != value) return 1;
+        if (i % 64 == 0) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if ((now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec) > max_ns) return 0;
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+}
+
 /* Sampling's step for one stream in float64 (charrnn/sampling.py's NumpyStack): from the input pre-activation inp and
    the recurrent product rec, each 4H long with the sigmoid gates' rows halved by the caller, update c and h in place:
    sigmoid(2y) = 1 / (1 + exp(-2y)), tanh(y) = 2 / (1 + exp(-2y)) - 1. */

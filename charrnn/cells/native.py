@@ -55,18 +55,6 @@ def _onednn_usable(*tensors: torch.Tensor) -> bool:
     )
 
 
-SPLIT_ROWS = 128  # rows per block of a window's product, at least: fewer would not pay for the block's call
-
-
-def _row_blocks(rows: int, device=torch.device("cpu")) -> list[tuple[int, int]]:
-    """Blocks of a window's rows for charrnn's threads (parallel.py) on the CPU: up to ``PER_THREAD`` per thread, of
-    at least ``SPLIT_ROWS`` rows; a recurrence's per-step products (a few dozen rows) stay whole (a split per step
-    would wait for the slowest thread every step), and so does a product on a GPU."""
-    threads = parallel.threads() if device.type == "cpu" else 1
-    count = min(parallel.PER_THREAD * threads, rows // SPLIT_ROWS) if threads > 1 else 1
-    return parallel.split(rows, max(count, 1))
-
-
 def weight_product(W: torch.Tensor, rows: int, bias: torch.Tensor = None):
     """A function ``(x, add=None) -> x @ W^T + bias (+ add)`` for many products by one weight ``W`` (out, in),
     each with ``rows`` rows: through oneDNN with W packed once on the CPU in float32, else ``torch.addmm``; the rows
@@ -89,7 +77,7 @@ def weight_product(W: torch.Tensor, rows: int, bias: torch.Tensor = None):
                 return linear(x, packed, bias, "none", [], "")
             return linear.binary(x, add, packed, bias, "add")
 
-    if len(_row_blocks(rows, W.device)) == 1:
+    if len(parallel.row_blocks(rows, W.device)) == 1:
         return block_product
 
     def product(x, add=None):
@@ -99,26 +87,26 @@ def weight_product(W: torch.Tensor, rows: int, bias: torch.Tensor = None):
             first, end = part
             out[first:end] = block_product(x[first:end], None if add is None else add[first:end])
 
-        parallel.run(run, _row_blocks(len(x)))
+        parallel.run(run, parallel.row_blocks(len(x)))
         return out
 
     return product
 
 
 def gradient_product(D: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """``D^T @ X`` (contiguous), a weight's gradient from the window's rows: oneDNN computes ``X^T @ D`` about 9%
-    faster than MKL computes ``D^T @ X`` at 3200 rows (2 x 512 LSTM), the transpose back included. The rows in
-    blocks on charrnn's threads, their sums added."""
-    onednn = _onednn_usable(D, X)
+    """``D^T @ X`` (N, K), a weight's gradient summed over a window's rows ``D`` (rows, N) and ``X`` (rows, K): in
+    blocks of the result's rows (D's columns, read in place) on charrnn's threads, each block a whole sum that no
+    other block adds to. torch's ``mm`` (MKL): on an Intel Xeon core it ran faster than oneDNN's ``(X^T D)^T``, which
+    an AMD EPYC core had preferred by 9%, and split by rows oneDNN's partial sums cost a serial sum of each block's
+    whole result (BENCHMARKS.md, sections 7 and 13)."""
+    out = D.new_empty((D.shape[1], X.shape[1]))
 
-    def run(part):  # X^T D over the part's rows (oneDNN), or D^T X
-        d, x = D[part[0] : part[1]], X[part[0] : part[1]]
-        return torch.ops.mkldnn._linear_pointwise(x.t(), d.t(), None, "none", [], "") if onednn else d.t() @ x
+    def run(part):
+        first, end = part
+        torch.mm(D[:, first:end].t(), X, out=out[first:end])
 
-    first, *others = parallel.run(run, _row_blocks(len(D), D.device))
-    for other in others:
-        first += other
-    return first.t().contiguous() if onednn else first
+    parallel.run(run, parallel.row_blocks(D.shape[1], D.device))
+    return out
 
 
 def kernel(name: str):

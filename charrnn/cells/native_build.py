@@ -40,6 +40,7 @@ FUNCTIONS = [  # the C functions native.py calls and their arguments, in groups 
         **{f"lstm_backward_{suffix}": [_P] * 7 + [_N] * 2 for suffix in DTYPES.values()},
         "matvec_f32_f64": [_P] * 3 + [_N] * 2,
         "lstm_generate": [_N, _P, _P] + [_N] * 3 + [_P] * 7 + [ctypes.c_double, ctypes.c_int, _P, _P],
+        "spin_while": [_P, _N, _N],
     },
     {  # AVX-512 CPUs
         "pack_panels_f32": [_P, _N, _N, _P] + [_N] * 2,

@@ -10,13 +10,19 @@ already started: a slowed thread takes fewer blocks, and one that never gets a c
 (ctypes releases the GIL during the call) or one torch operation on torch's one thread (torch releases it too).
 """
 
-import concurrent.futures
+import ctypes
 import functools
+import os
 import threading
 
 import torch
 
+from . import native_build
+
 _threads = 1
+_cpus: tuple[int, ...] = ()  # the CPU each thread keeps to, the caller's first; () when they move freely
+_ALLOWED = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()  # the process's CPUs at start
+SPIN_NS = 500_000  # how long a thread waits spinning for the next blocks before it sleeps: the gaps inside a step
 
 
 def threads() -> int:
@@ -24,24 +30,75 @@ def threads() -> int:
     return _threads
 
 
-def set_threads(n: int) -> None:
-    """Run windows on ``n`` threads from now on (train.py: ``--threads``, by default every available core)."""
-    global _threads
+def set_threads(n: int, pin: bool = False) -> None:
+    """Run windows on ``n`` threads from now on (train.py: ``--threads``, by default every available core).
+
+    ``pin`` (train.py's one process): when ``n`` threads are as many as the CPUs the process may run on, each thread,
+    the caller's included, keeps to one of them. Left free, Linux wakes a helper on the CPU of the thread that woke
+    it often enough that, on 2 CPUs, one run in three shared one CPU between both threads for much of its windows
+    (1.1-1.3x one thread's speed instead of 1.5). Pinned, a process beside still gets its share: Linux moves it, not
+    the pinned threads, and a slowed thread takes fewer blocks (``run``). Otherwise (several processes, fewer threads
+    than CPUs) every thread moves freely, as it does after ``set_threads`` without ``pin``."""
+    global _threads, _cpus
     _threads = n
+    cpus = tuple(sorted(_ALLOWED))
+    _cpus = cpus if pin and n > 1 and len(cpus) == n else ()
+
+
+def _keep_to(cpu: int | None) -> None:
+    """Keep the calling thread on ``cpu``, or on every CPU the process had at start (None)."""
+    try:
+        os.sched_setaffinity(0, {cpu} if cpu is not None else _ALLOWED)  # 0: the calling thread (Linux)
+    except (AttributeError, OSError, ValueError):  # not Linux, or the CPU is gone: the thread moves freely
+        pass
+
+
+def _spin(word: ctypes.c_long, value: int) -> bool:
+    """Spin (native.c, without the GIL) while ``word`` holds ``value``, for at most ``SPIN_NS``: whether it changed.
+    Without the C library, False at once: the caller sleeps until woken."""
+    spin = native_build.library() and native_build.library().spin_while
+    return bool(spin and spin(ctypes.addressof(word), value, SPIN_NS))
+
+
+class _Team:
+    """The threads beside the caller's, each kept to its CPU of ``cpus`` (empty: free), started once for each thread
+    count and set of CPUs and kept for the process. ``post(job)`` has each of them run ``job()`` once; between jobs
+    a helper spins a while (``_spin``) before it sleeps, so that the next part of the window finds it running."""
+
+    def __init__(self, helpers: int, cpus: tuple[int, ...]):
+        self.posted = ctypes.c_long(0)  # how many jobs were posted: what helpers spin on
+        self.job, self.woken = None, threading.Condition()
+        for index in range(1, helpers + 1):
+            threading.Thread(target=self._serve, args=(cpus[index] if cpus else None,), daemon=True,
+                             name=f"charrnn-{index}").start()  # fmt: skip
+
+    def post(self, job) -> None:
+        with self.woken:
+            self.job = job
+            self.posted.value += 1
+            self.woken.notify_all()
+
+    def _serve(self, cpu: int | None) -> None:
+        """A helper's life: keep to its CPU, run torch's operations on torch's threads (one, as train.py sets it:
+        OpenMP and MKL keep the thread count per thread and a new thread starts from the machine's default, so
+        without this MKL and oneDNN start a team of every core inside each block: measured on 2 cores, the window's
+        weight gradient in blocks on 2 threads took twice the processor time, 12.6 against 5.4 ms); then run each
+        job posted."""
+        _keep_to(cpu)
+        torch.set_num_threads(torch.get_num_threads())
+        seen = 0
+        while True:
+            if not _spin(self.posted, seen):
+                with self.woken:
+                    self.woken.wait_for(lambda: self.posted.value != seen)
+            with self.woken:
+                seen, job = self.posted.value, self.job
+            job()
 
 
 @functools.cache
-def _pool(helpers: int) -> concurrent.futures.ThreadPoolExecutor:
-    """The threads beside the caller's: started once for each thread count, kept for the process."""
-    return concurrent.futures.ThreadPoolExecutor(helpers, thread_name_prefix="charrnn", initializer=_torch_threads)
-
-
-def _torch_threads() -> None:
-    """A helper runs torch's operations on torch's threads (one, as train.py sets it). OpenMP and MKL keep the
-    thread count per thread and a new thread starts from the machine's default, so without this MKL and oneDNN
-    start a team of every core inside each block (measured on 2 cores: the window's weight gradient in blocks on
-    2 threads took twice the processor time, 12.6 against 5.4 ms)."""
-    torch.set_num_threads(torch.get_num_threads())
+def _team(helpers: int, cpus: tuple[int, ...]) -> _Team:
+    return _Team(helpers, cpus)
 
 
 PER_THREAD = 2  # blocks per thread where the work allows: a thread slowed by another process leaves the rest
@@ -61,29 +118,71 @@ def blocks(size: int, most: int) -> list[tuple[int, int]]:
     return split(size, max(-(-size // most), min(size, PER_THREAD * _threads)))
 
 
+SPLIT_ROWS = 128  # rows per block of a window's product or output layer, at least: fewer do not pay for the block
+
+
+def row_blocks(rows: int, device=torch.device("cpu")) -> list[tuple[int, int]]:
+    """Blocks of a window's rows (T * B: a product by a weight, the output layer) on the CPU: up to ``PER_THREAD``
+    per thread, of at least ``SPLIT_ROWS`` rows; a recurrence's per-step products (a few dozen rows) stay whole (a
+    split per step would wait for the slowest thread every step), and so does work on a GPU."""
+    threads = _threads if device.type == "cpu" else 1
+    count = min(PER_THREAD * threads, rows // SPLIT_ROWS) if threads > 1 else 1
+    return split(rows, max(count, 1))
+
+
+class _Parts:
+    """One ``run``: its parts, taken one at a time by whichever thread is free, and what they gave."""
+
+    def __init__(self, work, parts: list):
+        self.work, self.parts, self.results, self.error = work, parts, [None] * len(parts), None
+        self.taken, self.finished, self.lock = 0, ctypes.c_long(0), threading.Lock()
+        self.done = threading.Condition(self.lock)
+        self.grad, self.inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def take(self) -> None:
+        """Run parts until none is left (or one failed), in the caller's autograd mode (torch keeps it per thread)."""
+        with torch.inference_mode(self.inference), torch.set_grad_enabled(self.grad):
+            while True:
+                with self.lock:
+                    if self.taken == len(self.parts) or self.error is not None:
+                        return
+                    i, self.taken = self.taken, self.taken + 1
+                try:
+                    self.results[i] = self.work(self.parts[i])
+                except BaseException as e:
+                    with self.lock:
+                        self.error = self.error or e
+                finally:
+                    with self.lock:
+                        self.finished.value += 1
+                        self.done.notify_all()
+
+    def wait(self) -> None:
+        """Until every part taken has finished (spinning first, then asleep): no part is left running anywhere.
+        Called once the caller's ``take`` returned, when no more parts are taken."""
+        target = self.taken
+        while (finished := self.finished.value) != target:
+            if not _spin(self.finished, finished):
+                with self.lock:
+                    self.done.wait_for(lambda: self.finished.value == target)
+
+
 def run(work, parts: list) -> list:
     """``[work(part) for part in parts]``, on ``threads()`` threads, each taking the next part when it is done with
-    one; the caller runs parts too and waits only for those already started elsewhere. Raises what a part raised."""
+    one; the caller runs parts too and waits only for those already started elsewhere. Parts run in the caller's
+    autograd mode. Raises what a part raised."""
     if _threads == 1 or len(parts) == 1:
         return [work(part) for part in parts]
-    results, order, lock = [None] * len(parts), iter(range(len(parts))), threading.Lock()
-
-    def take_parts():
-        while True:
-            with lock:
-                i = next(order, None)
-            if i is None:
-                return
-            results[i] = work(parts[i])
-
-    helpers = [_pool(_threads - 1).submit(take_parts) for _ in range(min(_threads, len(parts)) - 1)]
+    state = _Parts(work, parts)
+    _team(_threads - 1, _cpus).post(state.take)
+    if _cpus:
+        _keep_to(_cpus[0])
     try:
-        take_parts()
-    finally:  # even when a part failed here, no helper writes into the caller's buffers after the return
-        for helper in helpers:
-            if not helper.cancel():  # started: it may hold a part
-                concurrent.futures.wait([helper])
-    for helper in helpers:
-        if not helper.cancelled():
-            helper.result()  # raises what a part raised there
-    return results
+        state.take()
+        state.wait()  # no helper writes into the caller's buffers after the return
+    finally:
+        if _cpus:  # what the caller starts (a compiler, DataLoader workers) may use every CPU
+            _keep_to(None)
+    if state.error is not None:
+        raise state.error
+    return state.results
