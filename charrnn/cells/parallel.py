@@ -109,13 +109,13 @@ def split(size: int, count: int) -> list[tuple[int, int]]:
     return [(size * i // count, size * (i + 1) // count) for i in range(count)]
 
 
-def blocks(size: int, most: int) -> list[tuple[int, int]]:
-    """``range(size)`` in blocks for ``run``: one on one thread; else blocks of at most ``most``, and at least
-    ``PER_THREAD`` per thread while ``size`` allows, so that a thread slowed by another process (or never started)
-    leaves the others blocks to take over."""
+def blocks(size: int, least: int) -> list[tuple[int, int]]:
+    """``range(size)`` in blocks for ``run``: one on one thread; else ``PER_THREAD`` per thread, so that a thread
+    slowed by another process (or never started) leaves the others blocks to take over, but fewer where blocks would
+    hold fewer than ``least`` rows (what the work needs to run at speed), one per thread at least."""
     if _threads == 1:
         return [(0, size)]
-    return split(size, max(-(-size // most), min(size, PER_THREAD * _threads)))
+    return split(size, max(min(size, _threads), min(PER_THREAD * _threads, size // least)))
 
 
 SPLIT_ROWS = 128  # rows per block of a window's product or output layer, at least: fewer do not pay for the block
