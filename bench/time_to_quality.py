@@ -136,7 +136,8 @@ def compare_presets(args):
             every = args.val_every or PRESET_VAL_EVERY[name]
             os.makedirs(run_dir := os.path.join(tmp, name))
             label = f"charrnn {name}"
-            runs[label] = charrnn_curve(args.targets, every, args.max_seconds, [], run_dir, config_path)
+            runs[label] = charrnn_curve(args.targets, every, args.max_seconds, shlex.split(args.train_args), run_dir,
+                                         config_path)  # fmt: skip
             print(f"  {label}: {curve_line(runs[label])}", flush=True)
             if name == "lstm" and args.autograd_lstm:
                 with open(config_path) as f:
@@ -188,7 +189,8 @@ def main():
         "--presets",
         nargs="+",
         choices=PRESETS,
-        help="time these configs/NAME.yaml instead of the default comparison (no min-char-rnn, no --train-args)",
+        help="time these configs/NAME.yaml instead of the default comparison (no min-char-rnn; --train-args "
+        "applies to each, e.g. '--threads 2')",
     )
     parser.add_argument("--autograd-lstm", action="store_true", help="with --presets ... lstm: and its autograd twin")
     args = parser.parse_args()

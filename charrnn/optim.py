@@ -10,9 +10,12 @@ almost every weight by ``lr * sign(g)``, whatever the gradient's size; with ``me
 are ``lr * g / sqrt(A + g^2)``, proportional to the gradient while ``g^2`` is small against A.
 """
 
+import functools
 import math
 
 import torch
+
+from .cells import parallel
 
 ADAGRAD = f"{__name__}.Adagrad"  # the optimizer without --optimizer, by the class path --optimizer would name it
 
@@ -43,13 +46,37 @@ class Adagrad(torch.optim.Optimizer):
                     params.append(p)
                     grads.append(p.grad)
                     mems.append(state["mem"])
-            if not params:
-                continue
-            torch._foreach_addcmul_(mems, grads, grads)
-            denominators = torch._foreach_add(mems, group["eps"])
-            torch._foreach_sqrt_(denominators)
-            torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
+            if params:
+                _in_blocks(functools.partial(_update, eps=group["eps"], lr=group["lr"]), mems, grads, params)
         return loss
+
+
+def _update(mems, grads, params, eps, lr) -> None:
+    torch._foreach_addcmul_(mems, grads, grads)
+    denominators = torch._foreach_add(mems, eps)
+    torch._foreach_sqrt_(denominators)
+    torch._foreach_addcdiv_(params, grads, denominators, value=-lr)
+
+
+def _in_blocks(update, *tensors: list) -> None:
+    """``update(*tensors)``, element-wise, on charrnn's threads (cells/parallel.py): the lists' tensors laid end to
+    end and cut into blocks, each thread updating the pieces of its block. The same bits as one call."""
+    if not all(t.is_contiguous() and t.device.type == "cpu" for ts in tensors for t in ts):
+        return update(*tensors)
+    flat = [[t.view(-1) for t in ts] for ts in tensors]
+    sizes = [len(t) for t in flat[0]]
+
+    def run(block):
+        first, end, offset, pieces = *block, 0, [[] for _ in flat]
+        for i, size in enumerate(sizes):
+            lo, hi = max(first - offset, 0), min(end - offset, size)
+            if lo < hi:
+                for piece, ts in zip(pieces, flat):
+                    piece.append(ts[i][lo:hi])
+            offset += size
+        update(*pieces)
+
+    parallel.run(run, parallel.row_blocks(sum(sizes), per_thread=1))
 
 
 def take_base_rates(optimizer: torch.optim.Optimizer, schedulers, base_rates) -> None:

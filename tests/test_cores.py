@@ -149,8 +149,8 @@ def window_calls(monkeypatch):
 def test_window_loops_equal_the_reference_on_any_split(cell, threads, window_calls):
     """The float32 C window loops against the float64 reference loops (lstm.py, gru.py), at 11 streams of 37 units
     (an 8-row block and single rows; vectors and their tails) with pre-activations up to +-1000 (exp overflows): equal
-    to float32 rounding. On 1 and 3 threads (one block; three, of single rows) every stream's activations and input gradients are the
-    same bits (the same kernel on the same rows); the weight gradients, summed over blocks of rows, to rounding."""
+    to float32 rounding. On 1 and 3 threads (one block; three, of single rows) every stream's activations and input
+    gradients are the same bits (the same kernel on the same rows); the weight gradients to rounding."""
     g = torch.Generator().manual_seed(5)
     T, B, H = 7, 11, 37
     xw = torch.randn(T, B, cell.GATES * H, generator=g, dtype=F64) * 3

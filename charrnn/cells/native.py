@@ -129,5 +129,12 @@ def pack_panels(W: torch.Tensor) -> torch.Tensor:
     ``product_f32``, as a flat float32 buffer."""
     N, K = W.shape
     packed = torch.empty(-(-N // PANEL) * PANEL * K, dtype=torch.float32)
-    _library().pack_panels_f32(W.data_ptr(), W.stride(0), W.stride(1), packed.data_ptr(), N, K)
+    pack, (sn, sk), size = _library().pack_panels_f32, W.stride(), W.element_size()
+
+    def run(panels):  # panels first .. end - 1, on charrnn's threads
+        first, end = panels
+        rows = min(N, end * PANEL) - first * PANEL
+        pack(W.data_ptr() + first * PANEL * sn * size, sn, sk, packed.data_ptr() + first * PANEL * K * 4, rows, K)
+
+    parallel.run(run, parallel.blocks(-(-N // PANEL), 4))
     return packed
