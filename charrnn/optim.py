@@ -58,13 +58,20 @@ def _update(mems, grads, params, eps, lr) -> None:
     torch._foreach_addcdiv_(params, grads, denominators, value=-lr)
 
 
+# The fewest weights per block of an update on several threads. 2 x 512 LSTM (3.3 M weights), 2 threads: 6.5 -> 4.0 ms
+# a step; a GRU of 256 (270,000) in 2 blocks: 0.43 -> 0.53 ms, each block's hand-over costing more than it saves.
+BLOCK_ELEMENTS = 2**19
+
+
 def _in_blocks(update, *tensors: list) -> None:
-    """``update(*tensors)``, element-wise, on charrnn's threads (cells/parallel.py): the lists' tensors laid end to
-    end and cut into blocks, each thread updating the pieces of its block. The same bits as one call."""
-    if not all(t.is_contiguous() and t.device.type == "cpu" for ts in tensors for t in ts):
+    """``update(*tensors)``, element-wise, on charrnn's threads (cells/parallel.py), one block per thread: the lists'
+    tensors laid end to end and cut into blocks, each thread updating the pieces of its block. The same bits as one
+    call."""
+    sizes = [t.numel() for t in tensors[0]]
+    count = min(parallel.threads(), sum(sizes) // BLOCK_ELEMENTS)
+    if count < 2 or not all(t.is_contiguous() and t.device.type == "cpu" for ts in tensors for t in ts):
         return update(*tensors)
     flat = [[t.view(-1) for t in ts] for ts in tensors]
-    sizes = [len(t) for t in flat[0]]
 
     def run(block):
         first, end, offset, pieces = *block, 0, [[] for _ in flat]
@@ -76,7 +83,7 @@ def _in_blocks(update, *tensors: list) -> None:
             offset += size
         update(*pieces)
 
-    parallel.run(run, parallel.row_blocks(sum(sizes), per_thread=1))
+    parallel.run(run, parallel.split(sum(sizes), count))
 
 
 def take_base_rates(optimizer: torch.optim.Optimizer, schedulers, base_rates) -> None:
