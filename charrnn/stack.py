@@ -103,7 +103,7 @@ def _one_hot_projection(Wxh: torch.Tensor, bh: torch.Tensor, chars: torch.Tensor
         first, end = rows
         torch.index_select(Wxh_t, 0, chars[first:end], out=out[first:end]).add_(bias)
 
-    parallel.run(block, parallel.row_blocks(len(chars), out.device, per_thread=1))
+    parallel.run(block, parallel.row_blocks(len(chars), out.device))
     return out
 
 
@@ -118,7 +118,7 @@ def _one_hot_grads(dxw: torch.Tensor, chars: torch.Tensor, V: int) -> tuple[torc
         d = dxw[first:end]
         return d.new_zeros((V, d.shape[1])).index_add_(0, chars[first:end], d), d.sum(0)
 
-    (dWxh_t, dbh), *others = parallel.run(block, parallel.row_blocks(len(dxw), dxw.device, per_thread=1))
+    (dWxh_t, dbh), *others = parallel.run(block, parallel.row_blocks(len(dxw), dxw.device))
     for w, b in others:
         dWxh_t += w
         dbh += b
@@ -143,7 +143,7 @@ def _output_layer(params: dict, h_out: torch.Tensor, targets: torch.Tensor, B: i
         torch.mm(dy, Why, out=dh[first:end])
         return loss, dy.t() @ h, dy.sum(0)
 
-    (loss, dWhy, dby), *others = parallel.run(block, parallel.row_blocks(len(h_out), h_out.device, per_thread=1))
+    (loss, dWhy, dby), *others = parallel.run(block, parallel.row_blocks(len(h_out), h_out.device))
     for partial in others:
         loss, dWhy, dby = loss + partial[0], dWhy.add_(partial[1]), dby.add_(partial[2])
     return loss, dWhy, dby.unsqueeze(1), dh
