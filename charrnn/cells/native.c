@@ -234,8 +234,8 @@ void gru_backward_window_f32(float *drec, float *dx_n, const float *gates, const
 
 /* charrnn's threads (parallel.py) wait for the next blocks of a window, or for the last block, here: spinning while
    *word == value, for at most max_ns nanoseconds; returns whether it changed. ctypes lets go of Python's lock during
-   the call, and the thread stays on its CPU: one put to sleep between the window's parts and woken for the next
-   one took about a quarter of a millisecond to start on a virtual machine's idle CPU (BENCHMARKS.md, section 13). */
+   the call, and the thread stays on its CPU: with threads put to sleep between a step's parts, each part of a few
+   blocks cost about a quarter of a millisecond more than its blocks' work on a virtual machine (docs/cores.md). */
 #include <time.h>
 int spin_while(const volatile long *word, long value, long max_ns) {
     struct timespec start, now;

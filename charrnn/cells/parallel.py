@@ -1,5 +1,6 @@
-"""charrnn's own threads on the CPU: the C window loops over blocks of streams, and the window's large products over
-blocks of rows, with no synchronisation inside a block (charrnn/cells/fast.py, native.py).
+"""charrnn's own threads on the CPU: the C window loops over blocks of streams, and a step's other large work (the
+products by a weight, the weight gradients, the output layer, the first layer's gather) over blocks of rows, with no
+synchronisation inside a block (charrnn/cells/fast.py, native.py, charrnn/stack.py, docs/cores.md).
 
 Why not torch's threads: torch shares every operation among its threads and waits for all of them at its end, so a
 window of a few hundred operations waits a few hundred times for its slowest thread, and next to a busy process
@@ -7,7 +8,7 @@ window of a few hundred operations waits a few hundred times for its slowest thr
 machine an LSTM window on two torch threads ran 0.1-0.4x as fast as on one. Here a window's work is cut into more
 blocks than threads, each thread takes the next block when it is done with one, and the caller waits only for blocks
 already started: a slowed thread takes fewer blocks, and one that never gets a core takes none. The blocks run C
-(ctypes releases the GIL during the call) or one torch operation on torch's one thread (torch releases it too).
+(ctypes releases the GIL during the call) or torch operations on torch's one thread (torch releases it during each).
 """
 
 import ctypes
@@ -34,10 +35,10 @@ def set_threads(n: int, pin: bool = False) -> None:
     """Run windows on ``n`` threads from now on (train.py: ``--threads``, by default every available core).
 
     ``pin`` (train.py's one process): when ``n`` threads are as many as the CPUs the process may run on, each thread,
-    the caller's included, keeps to one of them. Left free, Linux wakes a helper on the CPU of the thread that woke
-    it often enough that, on 2 CPUs, one run in three shared one CPU between both threads for much of its windows
-    (1.1-1.3x one thread's speed instead of 1.5). Pinned, a process beside still gets its share: Linux moves it, not
-    the pinned threads, and a slowed thread takes fewer blocks (``run``). Otherwise (several processes, fewer threads
+    the caller's included, keeps to one of them while a step's parts run. Left free on 2 CPUs, in about one run in
+    three both threads shared one CPU for much of the run (1.1-1.3x one thread's speed instead of 1.5). Pinned, a
+    process beside still gets its share: Linux moves it, not the pinned threads, and a slowed thread takes fewer
+    blocks (``run``). Otherwise (several processes, fewer threads
     than CPUs) every thread moves freely, as it does after ``set_threads`` without ``pin``."""
     global _threads, _cpus
     _threads = n
