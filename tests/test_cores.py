@@ -102,12 +102,40 @@ def test_parts_run_in_the_callers_autograd_mode(threads):
     (else a block writing into an inference tensor fails, and one multiplying a weight that requires grad builds a
     graph)."""
     threads(2)
-    w = torch.ones(3, requires_grad=True)
-    slow = lambda i: (time.sleep(0.01), (w * i).requires_grad, torch.is_inference_mode_enabled())[1:]  # noqa: E731
+    w, ran_on = torch.ones(3, requires_grad=True), set()
+
+    def slow(i):
+        time.sleep(0.01)  # the caller does not take every part before the helper starts
+        ran_on.add(threading.get_ident())
+        return (w * i).requires_grad, torch.is_inference_mode_enabled()
+
     for mode, expected in ((torch.no_grad, (False, False)), (torch.inference_mode, (False, True)),
                            (torch.enable_grad, (True, False))):  # fmt: skip
         with mode():
             assert set(parallel.run(slow, list(range(1, 9)))) == {expected}
+    assert len(ran_on) == 2
+
+
+def test_adagrad_in_blocks_is_the_same_bits(threads):
+    """charrnn's Adagrad on 2 threads cuts its weights, laid end to end, into blocks (above ``BLOCK_ELEMENTS``): the
+    same element-wise update, so the same bits as one thread's, with a block boundary inside a tensor."""
+    g = torch.Generator().manual_seed(3)
+    shapes = [(700, 1000), (65, 300), (1, 7), (900, 400)]  # 1.1 M weights: two blocks, split inside the first
+    start = [torch.randn(shape, generator=g) for shape in shapes]
+    grads = [[torch.randn(shape, generator=g) for shape in shapes] for _ in range(3)]
+    results = {}
+    for n in (1, 2):
+        threads(n)
+        params = [p.clone() for p in start]
+        opt = optim.Adagrad(params, lr=0.1, initial_accumulator_value=0.03)
+        for step_grads in grads:
+            for p, grad in zip(params, step_grads):
+                p.grad = grad
+            opt.step()
+        results[n] = params
+    assert sum(p.numel() for p in start) // optim.BLOCK_ELEMENTS >= 2
+    for a, b, before in zip(results[1], results[2], start):
+        assert torch.equal(a, b) and not torch.equal(a, before)
 
 
 def layer_run(cell, dtype, xw, state, dh, math):
