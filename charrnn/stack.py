@@ -118,10 +118,7 @@ def _one_hot_grads(dxw: torch.Tensor, chars: torch.Tensor, V: int) -> tuple[torc
         d = dxw[first:end]
         return d.new_zeros((V, d.shape[1])).index_add_(0, chars[first:end], d), d.sum(0)
 
-    (dWxh_t, dbh), *others = parallel.run(block, parallel.row_blocks(len(dxw), dxw.device))
-    for w, b in others:
-        dWxh_t += w
-        dbh += b
+    dWxh_t, dbh = parallel.run_summed(block, parallel.row_blocks(len(dxw), dxw.device))
     return dWxh_t.t().contiguous(), dbh.unsqueeze(1)
 
 
@@ -129,23 +126,20 @@ def _output_layer(params: dict, h_out: torch.Tensor, targets: torch.Tensor, B: i
     """The output layer over a window's rows, in blocks of rows on charrnn's threads: ``(loss, dWhy, dby, dh)``
     from the top outputs ``h_out`` (rows, H) and their ``targets`` (rows,): the cross-entropy summed over the rows,
     its gradients averaged over the ``B`` streams, and dh (rows, H), the gradient w.r.t. ``h_out``."""
-    Why, by = params["Why"], params["by"].view(-1)
     dh = torch.empty_like(h_out)
 
     def block(rows):
         first, end = rows
         h, target = h_out[first:end], targets[first:end]
-        log_probs = torch.log_softmax(torch.addmm(by, h, Why.t()), dim=1)  # (rows, V)
+        log_probs = torch.log_softmax(logits_of(params, h), dim=1)  # (rows, V)
         loss = -log_probs.gather(1, target.unsqueeze(1)).sum()
         dy = log_probs.exp_()  # softmax backward, scaled for the per-stream mean: dy = (p - onehot(target)) / B
         dy[torch.arange(end - first, device=dy.device), target] -= 1.0
         dy.mul_(1.0 / B)
-        torch.mm(dy, Why, out=dh[first:end])
+        torch.mm(dy, params["Why"], out=dh[first:end])
         return loss, dy.t() @ h, dy.sum(0)
 
-    (loss, dWhy, dby), *others = parallel.run(block, parallel.row_blocks(len(h_out), h_out.device))
-    for partial in others:
-        loss, dWhy, dby = loss + partial[0], dWhy.add_(partial[1]), dby.add_(partial[2])
+    loss, dWhy, dby = parallel.run_summed(block, parallel.row_blocks(len(h_out), h_out.device))
     return loss, dWhy, dby.unsqueeze(1), dh
 
 

@@ -42,7 +42,7 @@ def least_streams(packed: torch.Tensor) -> int:
     """The fewest streams a block of a window loop should hold, by the packed recurrent weight it reads: the kernel's
     8 rows (native.c), or 16 where the weight is too large for a core's cache (2 MiB and more: 2 x 512 LSTM windows
     ran 16% slower in blocks of 8 than whole, 7% in blocks of 16; 256-unit ones the same in either)."""
-    return 16 if packed.numel() * packed.element_size() >= native.LARGE else 8
+    return 16 if native.large(packed) else 8
 
 
 def _window_loop(name: str, buffers: tuple, T: int, H: int, packed: torch.Tensor) -> None:

@@ -122,22 +122,27 @@ def half_available() -> bool:
 
 
 PANEL = 32  # native.c's packed weights: panels of 32 rows
-LARGE = 2**21  # bytes of a weight worth packing on several threads (2 x 512 LSTM, 2 threads: 5.1 -> 3.2 ms a step;
-# a GRU of 256, 0.8 MB: 0.21 -> 0.32 ms): also where a window loop's blocks grow (fast.least_streams)
+
+
+def large(W: torch.Tensor) -> bool:
+    """Whether a weight is worth packing on several threads (2 MiB and more; 2 x 512 LSTM, 2 threads: 5.1 -> 3.2 ms a
+    step; a GRU of 256, 0.8 MB: 0.21 -> 0.32 ms): also where a window loop's blocks grow (fast.least_streams)."""
+    return W.numel() * W.element_size() >= 2**21
 
 
 def pack_panels(W: torch.Tensor) -> torch.Tensor:
     """``W`` (N, K) float32 (any strides: a transposed view packs as fast) in native.c's panel layout for
     ``product_f32``, as a flat float32 buffer."""
     N, K = W.shape
-    packed = torch.empty(-(-N // PANEL) * PANEL * K, dtype=torch.float32)
+    panels = -(-N // PANEL)
+    packed = torch.empty(panels * PANEL * K, dtype=torch.float32)
     pack, (sn, sk), size = _library().pack_panels_f32, W.stride(), W.element_size()
 
     def run(panels):  # panels first .. end - 1, on charrnn's threads
         first, end = panels
         rows = min(N, end * PANEL) - first * PANEL
-        pack(W.data_ptr() + first * PANEL * sn * size, sn, sk, packed.data_ptr() + first * PANEL * K * 4, rows, K)
+        to = packed.data_ptr() + first * PANEL * K * packed.element_size()
+        pack(W.data_ptr() + first * PANEL * sn * size, sn, sk, to, rows, K)
 
-    panels = -(-N // PANEL)
-    parallel.run(run, parallel.blocks(panels, 4) if packed.numel() * 4 >= LARGE else [(0, panels)])
+    parallel.run(run, parallel.blocks(panels, 4) if large(packed) else [(0, panels)])
     return packed

@@ -38,8 +38,8 @@ def set_threads(n: int, pin: bool = False) -> None:
     the caller's included, keeps to one of them while a step's parts run. Left free on 2 CPUs, in about one run in
     three both threads shared one CPU for much of the run (1.1-1.3x one thread's speed instead of 1.5). Pinned, a
     process beside still gets its share: Linux moves it, not the pinned threads, and a slowed thread takes fewer
-    blocks (``run``). Otherwise (several processes, fewer threads
-    than CPUs) every thread moves freely, as it does after ``set_threads`` without ``pin``."""
+    blocks (``run``). Otherwise (several processes, fewer threads than CPUs) every thread moves freely, as it does
+    after ``set_threads`` without ``pin``."""
     global _threads, _cpus
     _threads = n
     cpus = tuple(sorted(_ALLOWED))
@@ -57,8 +57,8 @@ def _keep_to(cpu: int | None) -> None:
 def _spin(word: ctypes.c_long, value: int) -> bool:
     """Spin (native.c, without the GIL) while ``word`` holds ``value``, for at most ``SPIN_NS``: whether it changed.
     Without the C library, False at once: the caller sleeps until woken."""
-    spin = native_build.library() and native_build.library().spin_while
-    return bool(spin and spin(ctypes.addressof(word), value, SPIN_NS))
+    library = native_build.library()
+    return bool(library and library.spin_while(ctypes.addressof(word), value, SPIN_NS))
 
 
 class _Team:
@@ -190,3 +190,13 @@ def run(work, parts: list) -> list:
     if state.error is not None:
         raise state.error
     return state.results
+
+
+def run_summed(work, parts: list) -> tuple:
+    """``run``'s results added up item by item, into the first part's: ``work`` returns a tuple of tensors (a block's
+    share of sums over rows)."""
+    total, *others = run(work, parts)
+    for other in others:
+        for t, o in zip(total, other):
+            t += o
+    return total
