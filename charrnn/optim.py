@@ -83,7 +83,7 @@ def _in_blocks(update, *tensors: list) -> None:
             offset += size
         update(*pieces)
 
-    parallel.run(run, parallel.split(sum(sizes), count))
+    parallel.run(run, parallel.split(sum(sizes), count), rowwise=True)
 
 
 def take_base_rates(optimizer: torch.optim.Optimizer, schedulers, base_rates) -> None:

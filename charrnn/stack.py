@@ -103,7 +103,7 @@ def _one_hot_projection(Wxh: torch.Tensor, bh: torch.Tensor, chars: torch.Tensor
         first, end = rows
         torch.index_select(Wxh_t, 0, chars[first:end], out=out[first:end]).add_(bias)
 
-    parallel.run(block, parallel.row_blocks(len(chars), out.device))
+    parallel.run(block, parallel.row_blocks(len(chars), out.device), rowwise=True)
     return out
 
 

@@ -46,18 +46,13 @@ def threads():
 
 
 @fixed_examples(300)
-@given(size=st.integers(1, 200), least=st.integers(1, 40), n=st.integers(1, 9))
-def test_blocks_cover_every_row_once(size, least, n, threads):
+@given(size=st.integers(1, 200), n=st.integers(1, 9))
+def test_blocks_cover_every_row_once(size, n, threads):
     threads(n)
-    parts = parallel.blocks(size, least)
+    parts = parallel.blocks(size)
     assert [first for first, _ in parts] == [0] + [end for _, end in parts[:-1]] and parts[-1][1] == size
     sizes = [end - first for first, end in parts]
-    if n == 1:
-        assert parts == [(0, size)]
-    else:
-        assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
-        assert min(size, n) <= len(parts) <= max(min(size, n), parallel.PER_THREAD * n)  # every thread has one
-        assert len(parts) == min(size, n) or min(sizes) >= least  # more only while they hold ``least`` rows
+    assert len(parts) == min(size, n) and min(sizes) >= 1 and max(sizes) - min(sizes) <= 1  # every thread has one
 
 
 def test_run_shares_the_parts_keeps_their_order_and_raises(threads):
@@ -114,6 +109,43 @@ def test_parts_run_in_the_callers_autograd_mode(threads):
         with mode():
             assert set(parallel.run(slow, list(range(1, 9)))) == {expected}
     assert len(ran_on) == 2
+
+
+@pytest.fixture
+def quick_probes(monkeypatch):
+    """``_Way`` probing in stretches of 4 runs, 20 ms apart."""
+    monkeypatch.setattr(parallel._Way, "STRETCH", 4)
+    monkeypatch.setattr(parallel._Way, "PROBE_SECONDS", 0.02)
+    monkeypatch.setattr(parallel._Way, "LONGEST_SECONDS", 0.02)
+
+
+def runs_on(slow_helper: bool, runs: int) -> list[set]:
+    """For each of ``runs`` runs of 2 parts, the threads that ran them: a part takes 2 ms on the caller, and on a
+    helper 2 ms or (``slow_helper``, as a core shared with a busy process gives) 30 ms."""
+    caller, threads_of_run = threading.get_ident(), []
+
+    def work(part):
+        on_helper = threading.get_ident() != caller
+        time.sleep(0.03 if on_helper and slow_helper else 0.002)
+        ran.add(threading.get_ident())
+
+    for _ in range(runs):
+        ran = set()
+        parallel.run(work, [0, 1])
+        threads_of_run.append(ran)
+    return threads_of_run
+
+
+def test_the_faster_way_is_taken_shared_or_alone(threads, quick_probes):
+    """Where a helper is as fast as the caller, the parts stay shared (2 ms a run against 4 alone); where it is slow
+    (30 ms a part), the caller takes them alone after the first probe, and shares again once the helper is fast."""
+    threads(2)
+    shared = runs_on(slow_helper=False, runs=60)
+    assert parallel._way.shared and sum(len(ran) == 2 for ran in shared[-30:]) > 15  # probes run some alone
+    slow = runs_on(slow_helper=True, runs=60)
+    assert not parallel._way.shared and sum(len(ran) == 1 for ran in slow[-30:]) > 15
+    again = runs_on(slow_helper=False, runs=60)
+    assert parallel._way.shared and sum(len(ran) == 2 for ran in again[-30:]) > 15
 
 
 def test_adagrad_in_blocks_is_the_same_bits(threads):
@@ -235,14 +267,14 @@ def test_products_in_blocks_of_rows_equal_whole_ones(dtype, threads):
     """A window's products on 3 threads (rows in blocks; oneDNN's in float32, torch's in float64) against the same
     products on one thread and against float64: ``x W^T + b (+ add)`` and ``D^T X``."""
     g = torch.Generator().manual_seed(2)
-    rows = 6 * parallel.SPLIT_ROWS + 5  # six blocks on three threads
+    rows = 6 * parallel.SPLIT_ROWS + 5  # a block per thread on three
     x, W, b = (torch.randn(*shape, generator=g, dtype=F64) for shape in ((rows, 40), (70, 40), (70,)))
     add, D = torch.randn(rows, 70, generator=g, dtype=F64), torch.randn(rows, 30, generator=g, dtype=F64)
     exact = {"product": x @ W.t() + b + add, "gradient": D.t() @ x}
     results = {}
     for n in (1, 3):
         threads(n)
-        assert len(parallel.row_blocks(rows)) == (1 if n == 1 else 6)
+        assert len(parallel.row_blocks(rows)) == n
         assert parallel.row_blocks(rows, torch.device("meta")) == [(0, rows)]  # off the CPU: whole
         product = native.weight_product(W.to(dtype), rows, b.to(dtype))
         results[n] = {"product": product(x.to(dtype), add.to(dtype)),
@@ -279,6 +311,22 @@ def test_training_on_one_or_two_threads_is_the_same_model(cell, dtype, threads):
     assert abs(float(loss_1) - float(loss_2)) <= tolerance * abs(float(loss_1))
     for name, p in params_1.items():
         assert (params_2[name] - p).abs().max() <= tolerance * p.abs().max(), name
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_shared_or_alone_is_the_same_bits(cell, threads, monkeypatch):
+    """On 2 threads the caller may run a step's parts alone (next to a busy process, ``parallel._Way``): three
+    training steps with every part shared and with every part alone (the window loops and the gathers then in one
+    block) give the same bits."""
+    results = []
+    for shared in (True, False):
+        threads(2)
+        monkeypatch.setattr(parallel._way, "next", lambda shared=shared: shared)
+        results.append(train_steps(cell, torch.float32))
+    (loss_shared, params_shared), (loss_alone, params_alone) = results
+    assert torch.equal(loss_shared, loss_alone)
+    for name, p in params_shared.items():
+        assert torch.equal(params_alone[name], p), name
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -9,10 +9,10 @@ step's product through oneDNN; the references. Why each one pays: charrnn/cells/
 section 7. Every path computes what the reference computes (tests/test_cells.py, tests/test_cores.py).
 
 Threads: a window's streams are independent until the weight gradients sum over them, so the window loops run on
-charrnn's threads (parallel.py), each taking blocks of streams (``least_streams``), with no synchronisation inside the
-window; the weight gradients after them run in blocks of rows (native.py). The
-kernels read a block's rows in place (native.c), and each stream's results are the same bits however the streams
-are split. The torch loops of the other paths run on torch's threads.
+charrnn's threads (parallel.py), each taking a block of streams, with no synchronisation inside the window; the
+weight gradients after them run in blocks of rows (native.py). The kernels read a block's rows in place (native.c),
+and each stream's results are the same bits however the streams are split. The torch loops of the other paths run
+on torch's threads.
 """
 
 import functools
@@ -38,14 +38,7 @@ class Path(NamedTuple):
         return f"{self.name}{threads} ({self.why})" if self.why else f"{self.name}{threads}"
 
 
-def least_streams(packed: torch.Tensor) -> int:
-    """The fewest streams a block of a window loop should hold, by the packed recurrent weight it reads: the kernel's
-    8 rows (native.c), or 16 where the weight is too large for a core's cache (2 MiB and more: 2 x 512 LSTM windows
-    ran 16% slower in blocks of 8 than whole, 7% in blocks of 16; 256-unit ones the same in either)."""
-    return 16 if native.large(packed) else 8
-
-
-def _window_loop(name: str, buffers: tuple, T: int, H: int, packed: torch.Tensor) -> None:
+def _window_loop(name: str, buffers: tuple, T: int, H: int) -> None:
     """native.c's window loop ``name`` over every stream, in blocks on charrnn's threads (parallel.py). ``buffers``
     in the kernel's order: contiguous tensors with streams on dim -2 ((T, S, .) or (S, .)), each block given its
     rows, and 1-d ones (``packed``, the packed weight; biases) given whole."""
@@ -56,7 +49,7 @@ def _window_loop(name: str, buffers: tuple, T: int, H: int, packed: torch.Tensor
         rows = (b.data_ptr() + (first * b.stride(-2) * b.element_size() if b.dim() > 1 else 0) for b in buffers)
         kernel(*rows, T, end - first, H, S)
 
-    parallel.run(run, parallel.blocks(S, least_streams(packed)))
+    parallel.run(run, parallel.blocks(S), rowwise=True)
 
 
 def _addresses(x: torch.Tensor) -> list[int]:
@@ -75,7 +68,7 @@ def lstm_window_forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
     T, B, GH = xw.shape
     hs, cs, tanh_c = lstm.new_activations(xw, state)
     packed, rec = native.pack_panels(p["Whh"]), torch.empty((B, GH), dtype=xw.dtype)  # rec: a step's product
-    _window_loop("lstm_forward_window_f32", (xw, packed, hs, cs, tanh_c, rec), T, GH // lstm.GATES, packed)
+    _window_loop("lstm_forward_window_f32", (xw, packed, hs, cs, tanh_c, rec), T, GH // lstm.GATES)
     return lstm.activations(xw, hs, cs, tanh_c)
 
 
@@ -87,8 +80,7 @@ def lstm_window_backward(p: dict, acts: dict, dh_out: torch.Tensor):
     dpre = torch.empty((T, B, lstm.GATES * H), dtype=dh_out.dtype)
     dc, dh = torch.zeros_like(dh_out[0]), torch.empty_like(dh_out[0])  # (B, H): the carried gradients
     gates, packed = acts["gates"].view(T, B, -1), native.pack_panels(p["Whh"].t())
-    _window_loop("lstm_backward_window_f32", (dpre, dc, gates, acts["c"], acts["tanh_c"], dh_out, packed, dh), T, H,
-                 packed)  # fmt: skip
+    _window_loop("lstm_backward_window_f32", (dpre, dc, gates, acts["c"], acts["tanh_c"], dh_out, packed, dh), T, H)
     return dpre, lstm.recurrent_grads(dpre, acts["h"], native)
 
 
@@ -101,7 +93,7 @@ def gru_window_forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
     hs[0] = state[:, 0]
     ns, h_minus_n, rec = torch.empty_like(hs[1:]), torch.empty_like(hs[1:]), torch.empty((B, GH), dtype=xw.dtype)
     buffers = (xw, native.pack_panels(p["Whh"]), p["bhn"].reshape(-1).contiguous(), hs, ns, h_minus_n, rec)
-    _window_loop("gru_forward_window_f32", buffers, T, H, buffers[1])
+    _window_loop("gru_forward_window_f32", buffers, T, H)
     return gru.activations(xw, hs, ns, h_minus_n)
 
 
@@ -113,7 +105,7 @@ def gru_window_backward(p: dict, acts: dict, dh_out: torch.Tensor):
     dh, scratch = torch.zeros_like(dh_out[0]), torch.empty_like(dh_out[0])  # (B, H): dh_{t+1}, dh_out[t] + product
     gates, packed = acts["gates"].view(T, B, -1), native.pack_panels(p["Whh"].t())
     buffers = (drec, dx_n, gates, acts["n"], acts["h_minus_n"], dh_out, packed, dh, scratch)
-    _window_loop("gru_backward_window_f32", buffers, T, H, packed)
+    _window_loop("gru_backward_window_f32", buffers, T, H)
     grads = gru.recurrent_grads(drec, acts["h"], native)
     drec[..., gru.N * H :] = dx_n  # the input projection's gradient: r and z as the recurrent one's, n without r
     return drec, grads

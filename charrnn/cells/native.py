@@ -126,7 +126,7 @@ PANEL = 32  # native.c's packed weights: panels of 32 rows
 
 def large(W: torch.Tensor) -> bool:
     """Whether a weight is worth packing on several threads (2 MiB and more; 2 x 512 LSTM, 2 threads: 5.1 -> 3.2 ms a
-    step; a GRU of 256, 0.8 MB: 0.21 -> 0.32 ms): also where a window loop's blocks grow (fast.least_streams)."""
+    step; a GRU of 256, 0.8 MB: 0.21 -> 0.32 ms)."""
     return W.numel() * W.element_size() >= 2**21
 
 
@@ -144,5 +144,5 @@ def pack_panels(W: torch.Tensor) -> torch.Tensor:
         to = packed.data_ptr() + first * PANEL * K * packed.element_size()
         pack(W.data_ptr() + first * PANEL * sn * size, sn, sk, to, rows, K)
 
-    parallel.run(run, parallel.blocks(panels, 4) if large(packed) else [(0, panels)])
+    parallel.run(run, parallel.blocks(panels) if large(packed) else [(0, panels)], rowwise=True)
     return packed

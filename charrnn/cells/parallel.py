@@ -15,6 +15,7 @@ import ctypes
 import functools
 import os
 import threading
+import time
 
 import torch
 
@@ -44,6 +45,7 @@ def set_threads(n: int, pin: bool = False) -> None:
     _threads = n
     cpus = tuple(sorted(_ALLOWED))
     _cpus = cpus if pin and n > 1 and len(cpus) == n else ()
+    _way.__init__()
 
 
 def _keep_to(cpu: int | None) -> None:
@@ -102,36 +104,29 @@ def _team(helpers: int, cpus: tuple[int, ...]) -> _Team:
     return _Team(helpers, cpus)
 
 
-PER_THREAD = 2  # blocks per thread where the work allows: a thread slowed by another process leaves the rest
-
-
 def split(size: int, count: int) -> list[tuple[int, int]]:
     """``[(first, end), ...]``: ``range(size)`` in ``count`` blocks whose sizes differ by one at most."""
     return [(size * i // count, size * (i + 1) // count) for i in range(count)]
 
 
-def blocks(size: int, least: int) -> list[tuple[int, int]]:
-    """``range(size)`` in blocks for ``run``: one on one thread; else ``PER_THREAD`` per thread, so that a thread
-    slowed by another process (or never started) leaves the others blocks to take over, but fewer where blocks would
-    hold fewer than ``least`` rows (what the work needs to run at speed), one per thread at least."""
-    if _threads == 1:
-        return [(0, size)]
-    return split(size, max(min(size, _threads), min(PER_THREAD * _threads, size // least)))
+def blocks(size: int) -> list[tuple[int, int]]:
+    """``range(size)`` in one block per thread (fewer where ``size`` is smaller). Two per thread left a thread slowed
+    by another process less to hold up, but ran the window loops 5-10% slower on an idle machine (the packed weight
+    read once more per block and step), and next to a busy process the caller now runs the parts alone (``_Way``)."""
+    return split(size, min(size, _threads))
 
 
 SPLIT_ROWS = 128  # rows per block of a window's product or output layer, at least: fewer do not pay for the block
 
 
 def row_blocks(rows: int, device=torch.device("cpu")) -> list[tuple[int, int]]:
-    """Blocks of a window's rows (T * B: a product by a weight, the output layer) on the CPU: up to ``PER_THREAD``
-    per thread, of at least ``SPLIT_ROWS`` rows; a recurrence's per-step products (a few dozen rows) stay whole (a
-    split per step would wait for the slowest thread every step), and so does work on a GPU. (One block per thread
-    for the output layer and the first layer's gather ran them 5-15% faster on an idle machine, but next to a busy
-    process the LSTM at 256 units trained at 0.82 of one thread's speed against 0.90 with two: the caller waited for
-    the slowed thread's block.)"""
+    """Blocks of a window's rows (T * B: a product by a weight, the output layer) on the CPU: one per thread, of at
+    least ``SPLIT_ROWS`` rows; a recurrence's per-step products (a few dozen rows) stay whole (a split per step would
+    wait for the slowest thread every step), and so does work on a GPU. (Two blocks per thread left a thread slowed
+    by another process less to hold up, but cost 3-4% of an LSTM's step at 256 units on an idle machine, and next to
+    a busy process the caller now runs the parts alone: ``_Way``.)"""
     threads = _threads if device.type == "cpu" else 1
-    count = min(PER_THREAD * threads, rows // SPLIT_ROWS) if threads > 1 else 1
-    return split(rows, max(count, 1))
+    return split(rows, max(min(threads, rows // SPLIT_ROWS), 1))
 
 
 class _Parts:
@@ -171,12 +166,62 @@ class _Parts:
                     self.done.wait_for(lambda: self.finished.value == target)
 
 
-def run(work, parts: list) -> list:
+class _Way:
+    """Whether the parts run shared among the threads or on the caller alone: whichever measured faster lately.
+
+    Next to another busy process (a second training run, a compiler) the thread that shares a CPU with it runs at
+    half speed, and a part of a few small torch operations hands Python's lock between the threads at each of them:
+    shared, the LSTM at 256 units trained at 0.82-0.92x of one thread's speed (docs/cores.md). So now and then (a
+    probe) the next ``3 * STRETCH`` runs go this way, the other way, this way again, each stretch timed from its
+    first run's start to the next stretch's (the caller's own work between the runs included), and the way changes
+    when the other one took ``MARGIN`` less than each stretch around it (a drift of the machine's speed, or a
+    validation inside a stretch, or the first steps' warm-up, then changes nothing). The first probe starts at the
+    first run, the next ``PROBE_SECONDS`` after one that changed the way, twice as long after one that did not (up to
+    ``LONGEST_SECONDS``). Either way runs the same parts and adds their results in the same order: the way changes
+    how long a step takes, never its bits."""
+
+    STRETCH = 48  # runs: a few training steps
+    PROBE_SECONDS, LONGEST_SECONDS = 2.0, 16.0
+    MARGIN = 0.04
+
+    def __init__(self):
+        self.shared, self.runs, self.wait = True, 0, self.PROBE_SECONDS
+        self.probe_at, self.stretch_started, self.seconds = 0.0, None, []  # the first probe at the first run
+
+    def next(self) -> bool:
+        """Whether the next run goes shared."""
+        if self.stretch_started is None:
+            if time.monotonic() < self.probe_at:
+                return self.shared
+            self.stretch_started, self.runs, self.seconds = time.monotonic(), 0, []
+        if self.runs == self.STRETCH:
+            now = time.monotonic()
+            self.seconds.append(now - self.stretch_started)
+            self.stretch_started, self.runs = now, 0
+            if len(self.seconds) == 3:
+                before, other, after = self.seconds
+                change = other < (1 - self.MARGIN) * min(before, after)
+                self.shared ^= change
+                self.wait = self.PROBE_SECONDS if change else min(2 * self.wait, self.LONGEST_SECONDS)
+                self.stretch_started, self.probe_at = None, now + self.wait
+                return self.shared
+        self.runs += 1
+        return self.shared != (len(self.seconds) == 1)
+
+
+_way = _Way()
+
+
+def run(work, parts: list, rowwise: bool = False) -> list:
     """``[work(part) for part in parts]``, on ``threads()`` threads, each taking the next part when it is done with
     one; the caller runs parts too and waits only for those already started elsewhere. Parts run in the caller's
-    autograd mode. Raises what a part raised."""
-    if _threads == 1 or len(parts) == 1:
-        return [work(part) for part in parts]
+    autograd mode. Raises what a part raised.
+
+    Or on the caller alone, where that measured faster (``_Way``); then ``rowwise`` work (parts ``(first, end)``
+    whose every row comes out the same bits however the rows are split, and whose results are not used) runs as one
+    part ``(first of the first, end of the last)``, as on one thread."""
+    if _threads == 1 or len(parts) == 1 or not _way.next():
+        return [work((parts[0][0], parts[-1][1]))] if rowwise else [work(part) for part in parts]
     state = _Parts(work, parts)
     _team(_threads - 1, _cpus).post(state.take)
     if _cpus:
