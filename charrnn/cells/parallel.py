@@ -1,14 +1,15 @@
 """charrnn's own threads on the CPU: the C window loops over blocks of streams, and a step's other large work (the
-products by a weight, the weight gradients, the output layer, the first layer's gather) over blocks of rows, with no
-synchronisation inside a block (charrnn/cells/fast.py, native.py, charrnn/stack.py, docs/cores.md).
+products by a weight, the weight gradients, the output layer) over blocks of rows, with no synchronisation inside a
+block (charrnn/cells/fast.py, native.py, charrnn/stack.py, docs/cores.md).
 
 Why not torch's threads: torch shares every operation among its threads and waits for all of them at its end, so a
 window of a few hundred operations waits a few hundred times for its slowest thread, and next to a busy process
 (another training run, a compile) the thread that shares a core with it stalls every one of them: on a loaded 2-core
-machine an LSTM window on two torch threads ran 0.1-0.4x as fast as on one. Here a window's work is cut into more
-blocks than threads, each thread takes the next block when it is done with one, and the caller waits only for blocks
-already started: a slowed thread takes fewer blocks, and one that never gets a core takes none. The blocks run C
-(ctypes releases the GIL during the call) or torch operations on torch's one thread (torch releases it during each).
+machine an LSTM window on two torch threads ran 0.1-0.4x as fast as on one. Here a window's work is cut into a block
+per thread, each thread takes the next block when it is done with one, and the caller waits only for blocks already
+started: a thread that never gets a core takes none. Where sharing the blocks measures slower than the caller running
+them alone (next to a busy process), the caller runs them alone (``_Way``). The blocks run C (ctypes releases the GIL
+during the call) or torch operations on torch's one thread (torch releases it during each).
 """
 
 import ctypes
