@@ -39,14 +39,14 @@ def set_threads(n: int, pin: bool = False) -> None:
     ``pin`` (train.py's one process): when ``n`` threads are as many as the CPUs the process may run on, each thread,
     the caller's included, keeps to one of them while a step's parts run. Left free on 2 CPUs, in about one run in
     three both threads shared one CPU for much of the run (1.1-1.3x one thread's speed instead of 1.5). Pinned, a
-    process beside still gets its share: Linux moves it, not the pinned threads, and a slowed thread takes fewer
-    blocks (``run``). Otherwise (several processes, fewer threads than CPUs) every thread moves freely, as it does
-    after ``set_threads`` without ``pin``."""
-    global _threads, _cpus
+    process beside still gets its share: Linux moves it, not the pinned threads, and where a slowed thread makes
+    sharing the slower way the caller runs the parts alone, on no fixed CPU (``_Way``). Otherwise (several processes,
+    fewer threads than CPUs) every thread moves freely, as it does after ``set_threads`` without ``pin``."""
+    global _threads, _cpus, _way
     _threads = n
     cpus = tuple(sorted(_ALLOWED))
     _cpus = cpus if pin and n > 1 and len(cpus) == n else ()
-    _way.__init__()
+    _way = _Way()  # the way is measured afresh for the new threads
 
 
 def _keep_to(cpu: int | None) -> None:
