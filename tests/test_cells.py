@@ -286,7 +286,8 @@ def test_lstm_kernel_equals_torch_loop(dtype, tolerance, kernel_calls):
 def test_lstm_propagates_nan(dtype, path, kernel_calls):
     """A NaN pre-activation reaches the state and the gradients (the divergence guard looks for it there), on every
     path; the C paths prove their kernel ran."""
-    kernel = {"steps": f"lstm_forward_{native_build.DTYPES[dtype]}", "windows": "lstm_forward_window_f32"}.get(path)
+    windows = "lstm_forward_window_f32_part"
+    kernel = {"steps": f"lstm_forward_{native_build.DTYPES[dtype]}", "windows": windows}.get(path)
     if kernel is not None and native.kernel(kernel) is None:
         pytest.skip(f"native.c's {kernel} is not built here")
     T, B, H = 3, 2, 21
@@ -380,7 +381,8 @@ def test_lstm_window_loop_equals_per_step_kernel(one_thread, kernel_calls):
     xw = torch.randn(T, B, 4 * H, generator=g, dtype=F64) * 3
     state, dh = torch.randn(B, 2, H, generator=g, dtype=F64), torch.randn(T, B, H, generator=g, dtype=F64)
     windows = lstm_layer_run(torch.float32, xw, state, dh, fast.LSTM_WINDOWS)
-    assert kernel_calls == {"lstm_forward_window_f32": 1, "lstm_backward_window_f32": 1}
+    assert kernel_calls == {"pack_panels_f32_part": 2, "lstm_forward_window_f32_part": 1,
+                            "lstm_backward_window_f32_part": 1}  # fmt: skip
     per_step = lstm_layer_run(torch.float32, xw, state, dh, fast.LSTM_STEPS)
     for k, expected in per_step.items():
         assert (windows[k] - expected).abs().max() <= 2e-5 * max(1.0, expected.abs().max()), k
@@ -393,4 +395,4 @@ def test_training_runs_the_path_it_names(one_thread, kernel_calls):
     assert fast.path(lstm, torch.float32).name == "C window loops"
     params, inputs, targets, state, _ = make_case(lstm, 2, 3, T=5, H=6, V=7)
     stack.loss_and_grads(lstm, {k: v.float() for k, v in params.items()}, inputs, targets, state.float())
-    assert kernel_calls["lstm_forward_window_f32"] == 2 and kernel_calls["lstm_backward_window_f32"] == 2
+    assert kernel_calls["lstm_forward_window_f32_part"] == 2 and kernel_calls["lstm_backward_window_f32_part"] == 2

@@ -76,9 +76,39 @@ def test_run_shares_the_parts_keeps_their_order_and_raises(threads):
         parallel.run(fails, list(range(8)))
 
 
+def pack_in_parts(W: torch.Tensor, parts: list) -> torch.Tensor:
+    """``W`` packed by native.c's ``pack_panels_f32_part`` over ``parts`` (blocks of panels, parallel.run_parts),
+    into a buffer of NaN: a part left out leaves NaN."""
+    N, K = W.shape
+    packed = torch.full((-(-N // native.PANEL) * native.PANEL * K,), float("nan"))
+
+    def args(panels):
+        first, end = panels
+        rows = min(N, end * native.PANEL) - first * native.PANEL
+        return [W[first * native.PANEL :].data_ptr(), K, 1, packed[first * native.PANEL * K :].data_ptr(), rows, K]
+
+    parallel.run_parts(native.kernel("pack_panels_f32_part"), args, parts)
+    return packed
+
+
+@window_kernels
+@pytest.mark.parametrize("n", [2, 3])
+def test_c_parts_run_each_part(n, threads):
+    """C parts posted to the helpers (native.c's run_parts, serve), one panel a part: every part runs, each writing
+    its own panels, as the whole packed in one call (checked against the packed layout itself)."""
+    threads(n)
+    N, K = 37 * native.PANEL - 5, 13
+    W = torch.randn(N, K, generator=torch.Generator().manual_seed(4))
+    for _ in range(20):  # helpers spinning, asleep, or busy with the previous run when it is posted
+        packed = pack_in_parts(W, [(i, i + 1) for i in range(37)])
+        rows = packed.view(37, K, native.PANEL).transpose(1, 2).reshape(-1, K)  # row 32 p + j: W's, zero past N
+        assert torch.equal(rows[:N], W) and not rows[N:].any()
+
+
 def test_run_never_waits_for_a_helper_that_has_not_started(threads):
     """A helper kept off its core (here: busy with another job) takes no part, and the caller does them all
-    without waiting for it: the window goes on at one thread's speed, not the slowest thread's."""
+    without waiting for it (Python parts and C parts): the window goes on at one thread's speed, not the slowest
+    thread's."""
     threads(2)
     inside, release = threading.Event(), threading.Event()
     parallel._team(1, parallel._cpus).post(lambda: inside.set() or release.wait(10))  # the one helper of two threads
@@ -88,6 +118,10 @@ def test_run_never_waits_for_a_helper_that_has_not_started(threads):
         ran_on = set()
         assert parallel.run(lambda i: ran_on.add(threading.get_ident()) or i, list(range(4))) == [0, 1, 2, 3]
         assert ran_on == {threading.get_ident()} and time.perf_counter() - started < 5
+        if native.kernel("pack_panels_f32_part") is not None:
+            W = torch.randn(200, 9)
+            assert torch.equal(pack_in_parts(W, [(0, 3), (3, 5), (5, 7)]), native.pack_panels(W))
+            assert time.perf_counter() - started < 5
     finally:
         release.set()
 
@@ -184,23 +218,16 @@ def layer_run(cell, dtype, xw, state, dh, math):
 
 @pytest.fixture
 def window_calls(monkeypatch):
-    """The number of window loop calls (blocks) of native.c, by name."""
-    calls, real = {}, native.kernel
+    """The number of blocks each window loop of native.c was given, by name."""
+    calls, real = {}, parallel.run_parts
 
-    def counting(name):
-        function = real(name)
-        if function is None or "window" not in name:
-            return function
+    def counting(part, args_of, parts, rowwise=False):
+        name = part.__name__.removesuffix("_part")
+        if "window" in name:
+            calls[name] = calls.get(name, 0) + len(parts)
+        return real(part, args_of, parts, rowwise)
 
-        def call(*args):
-            with lock:
-                calls[name] = calls.get(name, 0) + 1
-            return function(*args)
-
-        return call
-
-    lock = threading.Lock()
-    monkeypatch.setattr(native, "kernel", counting)
+    monkeypatch.setattr(parallel, "run_parts", counting)
     return calls
 
 

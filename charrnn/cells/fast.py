@@ -42,14 +42,14 @@ def _window_loop(name: str, buffers: tuple, T: int, H: int) -> None:
     """native.c's window loop ``name`` over every stream, in blocks on charrnn's threads (parallel.py). ``buffers``
     in the kernel's order: contiguous tensors with streams on dim -2 ((T, S, .) or (S, .)), each block given its
     rows, and 1-d ones (``packed``, the packed weight; biases) given whole."""
-    S, kernel = buffers[0].shape[-2], native.kernel(name)
+    S = buffers[0].shape[-2]
 
-    def run(block):
+    def args(block):
         first, end = block
         rows = (b.data_ptr() + (first * b.stride(-2) * b.element_size() if b.dim() > 1 else 0) for b in buffers)
-        kernel(*rows, T, end - first, H, S)
+        return [*rows, T, end - first, H, S]
 
-    parallel.run(run, parallel.blocks(S), rowwise=True)
+    parallel.run_parts(native.kernel(f"{name}_part"), args, parallel.blocks(S), rowwise=True)
 
 
 def _addresses(x: torch.Tensor) -> list[int]:

@@ -136,13 +136,13 @@ def pack_panels(W: torch.Tensor) -> torch.Tensor:
     N, K = W.shape
     panels = -(-N // PANEL)
     packed = torch.empty(panels * PANEL * K, dtype=torch.float32)
-    pack, (sn, sk), size = _library().pack_panels_f32, W.stride(), W.element_size()
+    (sn, sk), size = W.stride(), W.element_size()
 
-    def run(panels):  # panels first .. end - 1, on charrnn's threads
+    def args(panels):  # panels first .. end - 1, on charrnn's threads
         first, end = panels
-        rows = min(N, end * PANEL) - first * PANEL
         to = packed.data_ptr() + first * PANEL * K * packed.element_size()
-        pack(W.data_ptr() + first * PANEL * sn * size, sn, sk, to, rows, K)
+        return [W.data_ptr() + first * PANEL * sn * size, sn, sk, to, min(N, end * PANEL) - first * PANEL, K]
 
-    parallel.run(run, parallel.blocks(panels) if large(packed) else [(0, panels)], rowwise=True)
+    blocks = parallel.blocks(panels) if large(packed) else [(0, panels)]
+    parallel.run_parts(kernel("pack_panels_f32_part"), args, blocks, rowwise=True)
     return packed

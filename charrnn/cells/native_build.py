@@ -34,6 +34,8 @@ LINK = ["-shared", "-lmvec", "-lm"]  # glibc's vector exp
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}  # native.c's suffixes: lstm_forward_float32, ...
 
 _P, _N = ctypes.c_void_p, ctypes.c_long  # a pointer, a size
+PARTS = ("pack_panels_f32", "lstm_forward_window_f32", "lstm_backward_window_f32", "gru_forward_window_f32",
+         "gru_backward_window_f32")  # fmt: skip  # each also as <name>_part, taking its arguments as one array
 FUNCTIONS = [  # the C functions native.py calls and their arguments, in groups that native.c builds all or none of
     {  # every CPU
         **{f"lstm_forward_{suffix}": [_P] * 6 + [_N] * 2 for suffix in DTYPES.values()},
@@ -41,6 +43,9 @@ FUNCTIONS = [  # the C functions native.py calls and their arguments, in groups 
         "matvec_f32_f64": [_P] * 3 + [_N] * 2,
         "lstm_generate": [_N, _P, _P] + [_N] * 3 + [_P] * 7 + [ctypes.c_double, ctypes.c_int, _P, _P],
         "spin_while": [_P, _N, _N],
+        "post_run": [_P, _P, _P, _N],
+        "run_parts": [_P, _N],
+        "serve": [_P, _P, _N],
     },
     {  # AVX-512 CPUs
         "pack_panels_f32": [_P, _N, _N, _P] + [_N] * 2,
@@ -49,6 +54,7 @@ FUNCTIONS = [  # the C functions native.py calls and their arguments, in groups 
         "lstm_backward_window_f32": [_P] * 8 + [_N] * 4,
         "gru_forward_window_f32": [_P] * 7 + [_N] * 4,
         "gru_backward_window_f32": [_P] * 9 + [_N] * 4,
+        **{f"{name}_part": [_P] for name in PARTS},
     },
     {"matvec_f16": [_P] * 3 + [_N] * 2 + [_P]},  # F16C + AVX2 + FMA CPUs
 ]

@@ -8,10 +8,12 @@ window of a few hundred operations waits a few hundred times for its slowest thr
 machine an LSTM window on two torch threads ran 0.1-0.4x as fast as on one. Here a window's work is cut into a block
 per thread, each thread takes the next block when it is done with one, and the caller waits only for blocks already
 started: a thread that never gets a core takes none. Where sharing the blocks measures slower than the caller running
-them alone (next to a busy process), the caller runs them alone (``_Way``). The blocks run C (ctypes releases the GIL
-during the call) or torch operations on torch's one thread (torch releases it during each).
+them alone (next to a busy process), the caller runs them alone (``_Way``). The blocks run C, posted and taken in
+native.c with no thread holding Python's lock (``run_parts``), or torch operations on torch's one thread (``run``:
+torch lets go of the lock during each).
 """
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -25,7 +27,11 @@ from . import native_build
 _threads = 1
 _cpus: tuple[int, ...] = ()  # the CPU each thread keeps to, the caller's first; () when they move freely
 _ALLOWED = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()  # the process's CPUs at start
-SPIN_NS = 500_000  # how long a thread waits spinning for the next blocks before it sleeps: the gaps inside a step
+# How long a thread waits spinning for the next blocks before it sleeps: longer than the gaps inside a step, where
+# the caller runs its own parts (the gather, Adagrad: 1-1.5 ms at 256 units), since a sleeping helper starts its
+# next part 0.1-0.2 ms late on a virtual machine. GRU at 256 units, 2 threads: 1.52x one thread with 0.5 ms, 1.62x
+# with 5 (BENCHMARKS.md, section 13).
+SPIN_NS = 5_000_000
 
 
 def threads() -> int:
@@ -64,39 +70,58 @@ def _spin(word: ctypes.c_long, value: int) -> bool:
     return bool(library and library.spin_while(ctypes.addressof(word), value, SPIN_NS))
 
 
+class _Board(ctypes.Structure):
+    """native.c's ``struct board``: the last run posted to the helpers, and the taking of its C parts."""
+
+    _fields_ = [("posted", ctypes.c_long), ("state", ctypes.c_long), ("finished", ctypes.c_long),
+                ("part", ctypes.c_void_p), ("args", ctypes.c_void_p)]  # fmt: skip
+
+
+PART_ARGS = 16  # native.c's: the integers each C part takes
+
+
 class _Team:
     """The threads beside the caller's, each kept to its CPU of ``cpus`` (empty: free), started once for each thread
-    count and set of CPUs and kept for the process. ``post(job)`` has each of them run ``job()`` once; between jobs
-    a helper spins a while (``_spin``) before it sleeps, so that the next part of the window finds it running."""
+    count and set of CPUs and kept for the process. ``post`` has each of them run a Python ``job()`` once, or take C
+    parts (``run_parts``); between runs a helper spins a while in native.c, without Python's lock, before it sleeps,
+    so that the next part of the window finds it running."""
 
     def __init__(self, helpers: int, cpus: tuple[int, ...]):
-        self.posted = ctypes.c_long(0)  # how many jobs were posted: what helpers spin on
+        self.board, self.library = _Board(), native_build.library()
         self.job, self.woken = None, threading.Condition()
         for index in range(1, helpers + 1):
             threading.Thread(target=self._serve, args=(cpus[index] if cpus else None,), daemon=True,
                              name=f"charrnn-{index}").start()  # fmt: skip
 
-    def post(self, job) -> None:
+    def post(self, job=None, part=None, args=None, count: int = 0) -> None:
+        """The next run: a Python ``job`` every helper runs once, or ``count`` C parts (``part`` with each
+        ``PART_ARGS`` integers of ``args``)."""
         with self.woken:
             self.job = job
-            self.posted.value += 1
+            if self.library:
+                self.library.post_run(ctypes.byref(self.board), part, args, count)
+            else:
+                self.board.posted += 1
             self.woken.notify_all()
 
     def _serve(self, cpu: int | None) -> None:
         """A helper's life: keep to its CPU, run torch's operations on torch's threads (one, as train.py sets it:
         OpenMP and MKL keep the thread count per thread and a new thread starts from the machine's default, so
         without this MKL and oneDNN start a team of every core inside each block: measured on 2 cores, the window's
-        weight gradient in blocks on 2 threads took twice the processor time, 12.6 against 5.4 ms); then run each
-        job posted."""
+        weight gradient in blocks on 2 threads took twice the processor time, 12.6 against 5.4 ms); then take each
+        run's C parts in native.c (``serve``) and run each Python job posted, asleep when none came for a while."""
         _keep_to(cpu)
         torch.set_num_threads(torch.get_num_threads())
-        seen = 0
+        seen, library = ctypes.c_long(0), self.library
         while True:
-            if not _spin(self.posted, seen):
+            if not (library and library.serve(ctypes.byref(self.board), ctypes.byref(seen), SPIN_NS)):
                 with self.woken:
-                    self.woken.wait_for(lambda: self.posted.value != seen)
+                    self.woken.wait_for(lambda: self.board.posted != seen.value)
+                if library:
+                    continue  # serve takes the run
+                seen.value = self.board.posted
             with self.woken:
-                seen, job = self.posted.value, self.job
+                job = self.job
             job()
 
 
@@ -225,17 +250,44 @@ def run(work, parts: list, rowwise: bool = False) -> list:
         return [work((parts[0][0], parts[-1][1]))] if rowwise else [work(part) for part in parts]
     state = _Parts(work, parts)
     _team(_threads - 1, _cpus).post(state.take)
-    if _cpus:
-        _keep_to(_cpus[0])
-    try:
+    with _on_own_cpu():
         state.take()
         state.wait()  # no helper writes into the caller's buffers after the return
-    finally:
-        if _cpus:  # what the caller starts (a compiler, DataLoader workers) may use every CPU
-            _keep_to(None)
     if state.error is not None:
         raise state.error
     return state.results
+
+
+def run_parts(part, args_of, parts: list, rowwise: bool = False) -> None:
+    """``run`` for C work: ``part``, one of native.c's ``*_part`` functions, called with the integers
+    ``args_of(p)`` (addresses and sizes, at most ``PART_ARGS``) for each part ``p``. Shared, no thread takes
+    Python's lock from the post to the end (native.c's ``run_parts``): a helper spinning there starts within
+    microseconds."""
+    if _threads == 1 or len(parts) == 1 or not _way.next():
+        for p in [(parts[0][0], parts[-1][1])] if rowwise else parts:
+            part((ctypes.c_long * PART_ARGS)(*args_of(p)))
+        return
+    args = (ctypes.c_long * (PART_ARGS * len(parts)))()
+    for i, p in enumerate(parts):
+        values = args_of(p)
+        args[i * PART_ARGS : i * PART_ARGS + len(values)] = values
+    team = _team(_threads - 1, _cpus)
+    team.post(part=part, args=args, count=len(parts))
+    with _on_own_cpu():
+        team.library.run_parts(ctypes.byref(team.board), SPIN_NS)  # returns when every part is finished
+
+
+@contextlib.contextmanager
+def _on_own_cpu():
+    """The caller kept to its CPU (where ``set_threads`` pinned the threads) while it runs parts: what it starts
+    after them (a compiler, DataLoader workers) may use every CPU."""
+    if _cpus:
+        _keep_to(_cpus[0])
+    try:
+        yield
+    finally:
+        if _cpus:
+            _keep_to(None)
 
 
 def run_summed(work, parts: list) -> tuple:
