@@ -10,12 +10,13 @@ almost every weight by ``lr * sign(g)``, whatever the gradient's size; with ``me
 are ``lr * g / sqrt(A + g^2)``, proportional to the gradient while ``g^2`` is small against A.
 """
 
-import functools
+import ctypes
 import math
+import struct
 
 import torch
 
-from .cells import parallel
+from .cells import native, native_build, parallel
 
 ADAGRAD = f"{__name__}.Adagrad"  # the optimizer without --optimizer, by the class path --optimizer would name it
 
@@ -47,43 +48,32 @@ class Adagrad(torch.optim.Optimizer):
                     grads.append(p.grad)
                     mems.append(state["mem"])
             if params:
-                _in_blocks(functools.partial(_update, eps=group["eps"], lr=group["lr"]), mems, grads, params)
+                _update(params, grads, mems, group["lr"], group["eps"])
         return loss
 
 
-def _update(mems, grads, params, eps, lr) -> None:
-    torch._foreach_addcmul_(mems, grads, grads)
-    denominators = torch._foreach_add(mems, eps)
-    torch._foreach_sqrt_(denominators)
-    torch._foreach_addcdiv_(params, grads, denominators, value=-lr)
+def _update(params, grads, mems, lr: float, eps: float) -> None:
+    """``mem += g * g; p -= lr * g / sqrt(mem + eps)`` for each weight: in native.c, one pass in a block per thread
+    (charrnn/cells/parallel.py), where the tensors are contiguous on the CPU in one float dtype; else torch's list
+    operations, which a GPU runs as a few kernels."""
+    tensors = [*params, *grads, *mems]
+    dtype = params[0].dtype
+    part = native.kernel(f"adagrad_{native_build.DTYPES[dtype]}_part") if dtype in native_build.DTYPES else None
+    if part is None or not all(t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in tensors):
+        torch._foreach_addcmul_(mems, grads, grads)
+        denominators = torch._foreach_add(mems, eps)
+        torch._foreach_sqrt_(denominators)
+        torch._foreach_addcdiv_(params, grads, denominators, value=-lr)
+        return
+    rows = [x for p, g, m in zip(params, grads, mems) for x in (p.data_ptr(), g.data_ptr(), m.data_ptr(), p.numel())]
+    rows = (ctypes.c_long * len(rows))(*rows)  # (p, g, mem, n) for each weight, as native.c reads them
+    total, floats = sum(p.numel() for p in params), struct.unpack("2q", struct.pack("2d", lr, eps))
+    blocks = parallel.split(total, min(parallel.threads(), -(-total // BLOCK_ELEMENTS)))
+    parallel.run_parts(part, lambda block: [ctypes.addressof(rows), len(params), *block, *floats], blocks, rowwise=True)
 
 
-# The fewest weights per block of an update on several threads. 2 x 512 LSTM (3.3 M weights), 2 threads: 6.5 -> 4.0 ms
-# a step; a GRU of 256 (270,000) in 2 blocks: 0.43 -> 0.53 ms, each block's hand-over costing more than it saves.
-BLOCK_ELEMENTS = 2**19
-
-
-def _in_blocks(update, *tensors: list) -> None:
-    """``update(*tensors)``, element-wise, on charrnn's threads (cells/parallel.py), one block per thread: the lists'
-    tensors laid end to end and cut into blocks, each thread updating the pieces of its block. The same bits as one
-    call."""
-    sizes = [t.numel() for t in tensors[0]]
-    count = min(parallel.threads(), sum(sizes) // BLOCK_ELEMENTS)
-    if count < 2 or not all(t.is_contiguous() and t.device.type == "cpu" for ts in tensors for t in ts):
-        return update(*tensors)
-    flat = [[t.view(-1) for t in ts] for ts in tensors]
-
-    def run(block):
-        first, end, offset, pieces = *block, 0, [[] for _ in flat]
-        for i, size in enumerate(sizes):
-            lo, hi = max(first - offset, 0), min(end - offset, size)
-            if lo < hi:
-                for piece, ts in zip(pieces, flat):
-                    piece.append(ts[i][lo:hi])
-            offset += size
-        update(*pieces)
-
-    parallel.run(run, parallel.split(sum(sizes), count), rowwise=True)
+# The fewest weights per block of an update on several threads.
+BLOCK_ELEMENTS = 2**16
 
 
 def take_base_rates(optimizer: torch.optim.Optimizer, schedulers, base_rates) -> None:

@@ -182,16 +182,20 @@ def test_the_faster_way_is_taken_shared_or_alone(threads, quick_probes):
     assert parallel._way.shared and sum(len(ran) == 2 for ran in again[-30:]) > 15
 
 
-def test_adagrad_in_blocks_is_the_same_bits(threads):
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_adagrad_in_blocks_is_the_same_bits(dtype, threads, monkeypatch):
     """charrnn's Adagrad on 2 threads cuts its weights, laid end to end, into blocks (above ``BLOCK_ELEMENTS``): the
-    same element-wise update, so the same bits as one thread's, with a block boundary inside a tensor."""
+    same element-wise update, so the same bits as one thread's, with a block boundary inside a tensor; and the
+    update by hand (torch's operations, which a GPU and a machine without native.c run), to rounding."""
     g = torch.Generator().manual_seed(3)
-    shapes = [(700, 1000), (65, 300), (1, 7), (900, 400)]  # 1.1 M weights: two blocks, split inside the first
-    start = [torch.randn(shape, generator=g) for shape in shapes]
-    grads = [[torch.randn(shape, generator=g) for shape in shapes] for _ in range(3)]
+    shapes = [(300, 500), (65, 300), (1, 7), (400, 300)]  # 290,000 weights: blocks split inside tensors
+    start = [torch.randn(shape, generator=g, dtype=dtype) for shape in shapes]
+    grads = [[torch.randn(shape, generator=g, dtype=dtype) for shape in shapes] for _ in range(3)]
     results = {}
-    for n in (1, 2):
-        threads(n)
+    for n in (1, 2, "by hand"):
+        threads(1 if n == "by hand" else n)
+        if n == "by hand":
+            monkeypatch.setattr(native, "kernel", lambda name: None)
         params = [p.clone() for p in start]
         opt = optim.Adagrad(params, lr=0.1, initial_accumulator_value=0.03)
         for step_grads in grads:
@@ -200,8 +204,12 @@ def test_adagrad_in_blocks_is_the_same_bits(threads):
             opt.step()
         results[n] = params
     assert sum(p.numel() for p in start) // optim.BLOCK_ELEMENTS >= 2
-    for a, b, before in zip(results[1], results[2], start):
-        assert torch.equal(a, b) and not torch.equal(a, before)
+    mem = [0.03 + sum(step[i] ** 2 for step in grads) for i in range(len(shapes))]
+    for i, before in enumerate(start):
+        assert torch.equal(results[1][i], results[2][i]) and not torch.equal(results[1][i], before)
+        tolerance = (1e-6 if dtype == torch.float32 else 1e-14) * results["by hand"][i].abs().max()
+        assert (results[1][i] - results["by hand"][i]).abs().max() <= tolerance
+        assert torch.allclose(opt.state[results["by hand"][i]]["mem"], mem[i])  # the torch path's sum of squares
 
 
 def layer_run(cell, dtype, xw, state, dh, math):

@@ -61,6 +61,32 @@ double exp(double);
 LSTM_STEP(float, float32, expf)
 LSTM_STEP(double, float64, exp)
 
+/* charrnn's Adagrad (charrnn/optim.py) in one pass over the weights, as a part of a run (run_parts, below):
+       mem += g g;  p -= lr g / sqrt(mem + eps)
+   a[0] points at `count` = a[1] rows (p, g, mem, n) of a list of tensors laid end to end, a[2] .. a[3] is the
+   part's range of that whole, a[4] and a[5] hold lr and eps as doubles. torch's four list operations took four
+   passes and, in blocks, handed Python's lock between the threads at each. */
+#define ADAGRAD(T, SUFFIX, SQRT)                                                                                   \
+    void adagrad_##SUFFIX##_part(const long *a) {                                                                  \
+        const long *rows = (const long *)a[0];                                                                     \
+        double lr, eps;                                                                                            \
+        __builtin_memcpy(&lr, &a[4], sizeof lr), __builtin_memcpy(&eps, &a[5], sizeof eps);                        \
+        const T step = (T)-lr, add = (T)eps;                                                                       \
+        for (long i = 0, offset = 0; i < a[1]; offset += rows[4 * i + 3], i++) {                                   \
+            long first = a[2] > offset ? a[2] - offset : 0, end = a[3] - offset;                                   \
+            end = end < rows[4 * i + 3] ? end : rows[4 * i + 3];                                                   \
+            T *restrict p = (T *)rows[4 * i], *restrict mem = (T *)rows[4 * i + 2];                                \
+            const T *restrict g = (const T *)rows[4 * i + 1];                                                      \
+            _Pragma("omp simd") for (long j = first; j < end; j++) {                                               \
+                T m = mem[j] + g[j] * g[j];                                                                        \
+                mem[j] = m;                                                                                        \
+                p[j] += step * g[j] / SQRT(m + add);                                                               \
+            }                                                                                                      \
+        }                                                                                                          \
+    }
+ADAGRAD(float, float32, __builtin_sqrtf)
+ADAGRAD(double, float64, __builtin_sqrt)
+
 /* Training's recurrent products in float32 on AVX-512 CPUs, and the LSTM's and the GRU's whole window loops around
    them.
 

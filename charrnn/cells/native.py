@@ -125,9 +125,9 @@ PANEL = 32  # native.c's packed weights: panels of 32 rows
 
 
 def large(W: torch.Tensor) -> bool:
-    """Whether a weight is worth packing on several threads (2 MiB and more; 2 x 512 LSTM, 2 threads: 5.1 -> 3.2 ms a
-    step; a GRU of 256, 0.8 MB: 0.21 -> 0.32 ms)."""
-    return W.numel() * W.element_size() >= 2**21
+    """Whether a weight is worth packing on several threads (256 KiB and more: a GRU's Whh at 256 units, 0.8 MB, on
+    2 threads 0.14 -> 0.07 ms; at 192 KB no faster)."""
+    return W.numel() * W.element_size() >= 2**18
 
 
 def pack_panels(W: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ FUNCTIONS = [  # the C functions native.py calls and their arguments, in groups 
     {  # every CPU
         **{f"lstm_forward_{suffix}": [_P] * 6 + [_N] * 2 for suffix in DTYPES.values()},
         **{f"lstm_backward_{suffix}": [_P] * 7 + [_N] * 2 for suffix in DTYPES.values()},
+        **{f"adagrad_{suffix}_part": [_P] for suffix in DTYPES.values()},
         "matvec_f32_f64": [_P] * 3 + [_N] * 2,
         "lstm_generate": [_N, _P, _P] + [_N] * 3 + [_P] * 7 + [ctypes.c_double, ctypes.c_int, _P, _P],
         "spin_while": [_P, _N, _N],
