@@ -105,6 +105,24 @@ def test_c_parts_run_each_part(n, threads):
         assert torch.equal(rows[:N], W) and not rows[N:].any()
 
 
+@window_kernels
+def test_python_and_c_runs_in_turn_keep_every_helper(threads, monkeypatch):
+    """Python runs and C runs posted in quick turns, all shared (a helper may find the next run posted before it has
+    read the last): every result right, and afterwards both threads still take parts."""
+    threads(2)
+    monkeypatch.setattr(parallel._way, "next", lambda: True)
+    W = torch.randn(100, 9)
+    for i in range(2000):
+        assert parallel.run(lambda part: part * 2, [i, i + 1]) == [2 * i, 2 * i + 2]
+        if i % 100 == 0:
+            assert torch.equal(pack_in_parts(W, [(0, 2), (2, 4)]), native.pack_panels(W))
+        else:
+            pack_in_parts(W, [(0, 2), (2, 4)])
+    ran_on = set()
+    parallel.run(lambda part: time.sleep(0.05) or ran_on.add(threading.get_ident()), [0, 1])
+    assert len(ran_on) == 2
+
+
 def test_run_never_waits_for_a_helper_that_has_not_started(threads):
     """A helper kept off its core (here: busy with another job) takes no part, and the caller does them all
     without waiting for it (Python parts and C parts): the window goes on at one thread's speed, not the slowest

@@ -121,8 +121,9 @@ class _Team:
                     continue  # serve takes the run
                 seen.value = self.board.posted
             with self.woken:
-                job = self.job
-            job()
+                job = self.job  # the last run's: a later one than serve saw (harmless), or C parts (None), taken next
+            if job is not None:
+                job()
 
 
 @functools.cache
