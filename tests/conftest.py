@@ -2,7 +2,7 @@
 
 import pytest
 
-from charrnn.cells import native
+from charrnn.cells import native, parallel
 from tests.train_helpers import corpus
 
 
@@ -22,3 +22,29 @@ def without_native(monkeypatch):
     native._library.cache_clear()
     yield
     native._library.cache_clear()
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the calls of each native.c function that charrnn looks up through ``native.kernel``: called directly,
+    or given as the parts of a run (``parallel.run_parts``, counted by its parts, ``<name>_part``)."""
+    calls, real, real_run_parts = {}, native.kernel, parallel.run_parts
+
+    def counting(name):
+        function = real(name)
+        if function is None or name.endswith("_part"):
+            return function  # counted below: a C run takes it without Python
+
+        def call(*args):
+            calls[name] = calls.get(name, 0) + 1
+            return function(*args)
+
+        return call
+
+    def counting_parts(part, args_of, parts, rowwise=False):
+        calls[part.__name__] = calls.get(part.__name__, 0) + len(parts)
+        return real_run_parts(part, args_of, parts, rowwise)
+
+    monkeypatch.setattr(native, "kernel", counting)
+    monkeypatch.setattr(parallel, "run_parts", counting_parts)
+    return calls

@@ -231,26 +231,6 @@ def lstm_layer_run(dtype, xw, state, dh, math=REFERENCE):
     return {**acts, "state": new_state, "dxw": dxw, "dWhh": grads["Whh"]}
 
 
-@pytest.fixture
-def kernel_calls(monkeypatch):
-    """Counts the calls of each native.c function that charrnn looks up through ``native.kernel``."""
-    calls, real = {}, native.kernel
-
-    def counting(name):
-        function = real(name)
-        if function is None:
-            return None
-
-        def call(*args):
-            calls[name] = calls.get(name, 0) + 1
-            return function(*args)
-
-        return call
-
-    monkeypatch.setattr(native, "kernel", counting)
-    return calls
-
-
 step_kernels = pytest.mark.skipif(native.kernel("lstm_forward_float64") is None, reason="native.c did not build")
 
 
