@@ -201,15 +201,18 @@ class _Way:
     shared, the LSTM at 256 units trained at 0.82-0.92x of one thread's speed (docs/cores.md). So now and then (a
     probe) the next ``3 * STRETCH`` runs go this way, the other way, this way again, each stretch timed from its
     first run's start to the next stretch's (the caller's own work between the runs included), and the way changes
-    when the other one took ``MARGIN`` less than each stretch around it (a drift of the machine's speed, or a
-    validation inside a stretch, or the first steps' warm-up, then changes nothing). The first probe starts at the
+    when the other one took less than each stretch around it by a margin (a drift of the machine's speed, or a
+    validation inside a stretch, or the first steps' warm-up, then changes nothing): ``TO_ALONE`` to leave the helpers
+    out, a wider ``TO_SHARED`` to take them back, since a busy neighbour makes the shared way erratic (next to one, a
+    GRU at 256 units ran 0.76-1.05x one thread's speed by round with one margin of 4%), while idle it is 35-40%
+    faster and passes either. The first probe starts at the
     first run, the next ``PROBE_SECONDS`` after one that changed the way, twice as long after one that did not (up to
     ``LONGEST_SECONDS``). Either way runs the same parts and adds their results in the same order: the way changes
     how long a step takes, never its bits."""
 
     STRETCH = 48  # runs: a few training steps
     PROBE_SECONDS, LONGEST_SECONDS = 2.0, 16.0
-    MARGIN = 0.04
+    TO_ALONE, TO_SHARED = 0.04, 0.10
 
     def __init__(self):
         self.shared, self.runs, self.wait = True, 0, self.PROBE_SECONDS
@@ -227,7 +230,7 @@ class _Way:
             self.stretch_started, self.runs = now, 0
             if len(self.seconds) == 3:
                 before, other, after = self.seconds
-                change = other < (1 - self.MARGIN) * min(before, after)
+                change = other < (1 - (self.TO_ALONE if self.shared else self.TO_SHARED)) * min(before, after)
                 self.shared ^= change
                 self.wait = self.PROBE_SECONDS if change else min(2 * self.wait, self.LONGEST_SECONDS)
                 self.stretch_started, self.probe_at = None, now + self.wait
