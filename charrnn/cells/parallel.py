@@ -29,8 +29,8 @@ _cpus: tuple[int, ...] = ()  # the CPU each thread keeps to, the caller's first;
 _ALLOWED = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()  # the process's CPUs at start
 # How long a thread waits spinning for the next blocks before it sleeps: longer than the gaps inside a step, where
 # the caller runs its own parts (the gather and scatter, the clip: 1-1.5 ms at 256 units), since a sleeping helper
-# starts its next part 0.1-0.2 ms late on a virtual machine. 2 threads against 1 at 256 units: GRU 1.58x with 0.5 ms, 1.63x with
-# 5; LSTM 1.67x and 1.75x (BENCHMARKS.md, section 13).
+# starts its next part 0.1-0.2 ms late on a virtual machine. 2 threads against 1 at 256 units: GRU 1.58x with
+# 0.5 ms, 1.63x with 5; LSTM 1.67x and 1.75x (BENCHMARKS.md, section 13).
 SPIN_NS = 5_000_000
 
 
@@ -206,8 +206,8 @@ class _Way:
     out, a wider ``TO_SHARED`` to take them back, since a busy neighbour makes the shared way erratic (next to one, a
     GRU at 256 units ran 0.76-0.99x one thread's speed by round with one margin of 4%), while idle it is 35-40%
     faster and passes either. The first probe starts at the first run, the next ``PROBE_SECONDS`` after one that
-    changed the way, twice as long after one that did not (up to ``LONGEST_SECONDS``). Either way runs the same parts and adds their results in the same order: the way changes
-    how long a step takes, never its bits."""
+    changed the way, twice as long after one that did not (up to ``LONGEST_SECONDS``). Either way runs the same parts
+    and adds their results in the same order: the way changes how long a step takes, never its bits."""
 
     STRETCH = 48  # runs: a few training steps
     PROBE_SECONDS, LONGEST_SECONDS = 2.0, 16.0
