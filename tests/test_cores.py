@@ -261,7 +261,7 @@ def test_window_loops_equal_the_reference_on_any_split(cell, threads, kernel_cal
         threads(n)
         kernel_calls.clear()
         runs[n] = layer_run(cell, torch.float32, xw, state, dh, fast.WINDOWS[cell])
-        windows = {name: n for name, n in kernel_calls.items() if "window" in name}
+        windows = {name: count for name, count in kernel_calls.items() if "window" in name}
         assert windows == {f"{cell.__name__.rsplit('.')[-1]}_{way}_window_f32_part": blocks
                                 for way in ("forward", "backward")}  # fmt: skip
         for k, expected in reference.items():

@@ -241,6 +241,14 @@ class _Way:
 _way = _Way()
 
 
+def _alone(parts: list, rowwise: bool) -> list | None:
+    """The parts the caller runs alone (one thread, or ``_Way`` found that faster), ``rowwise`` ones as one part
+    ``(first of the first, end of the last)``; None where they go shared."""
+    if _threads > 1 and len(parts) > 1 and _way.next():
+        return None
+    return [(parts[0][0], parts[-1][1])] if rowwise else parts
+
+
 def run(work, parts: list, rowwise: bool = False) -> list:
     """``[work(part) for part in parts]``, on ``threads()`` threads, each taking the next part when it is done with
     one; the caller runs parts too and waits only for those already started elsewhere. Parts run in the caller's
@@ -249,8 +257,9 @@ def run(work, parts: list, rowwise: bool = False) -> list:
     Or on the caller alone, where that measured faster (``_Way``); then ``rowwise`` work (parts ``(first, end)``
     whose every row comes out the same bits however the rows are split, and whose results are not used) runs as one
     part ``(first of the first, end of the last)``, as on one thread."""
-    if _threads == 1 or len(parts) == 1 or not _way.next():
-        return [work((parts[0][0], parts[-1][1]))] if rowwise else [work(part) for part in parts]
+    alone = _alone(parts, rowwise)
+    if alone is not None:
+        return [work(part) for part in alone]
     state = _Parts(work, parts)
     _team(_threads - 1, _cpus).post(state.take)
     with _on_own_cpu():
@@ -266,8 +275,9 @@ def run_parts(part, args_of, parts: list, rowwise: bool = False) -> None:
     ``args_of(p)`` (addresses and sizes, at most ``PART_ARGS``) for each part ``p``. Shared, no thread takes
     Python's lock from the post to the end (native.c's ``run_parts``): a helper spinning there starts within
     microseconds."""
-    if _threads == 1 or len(parts) == 1 or not _way.next():
-        for p in [(parts[0][0], parts[-1][1])] if rowwise else parts:
+    alone = _alone(parts, rowwise)
+    if alone is not None:
+        for p in alone:
             part((ctypes.c_long * PART_ARGS)(*args_of(p)))
         return
     args = (ctypes.c_long * (PART_ARGS * len(parts)))()
