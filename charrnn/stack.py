@@ -83,7 +83,8 @@ def _layers_forward(cell, params: dict, inputs: torch.Tensor, state: torch.Tenso
     acts, xs, states = [], [None], []
     for layer, p in enumerate(layers):
         if layer == 0:
-            xw = _one_hot_projection(p["Wxh"], p["bh"], inputs.t().reshape(-1)).view(T, B, -1)  # (T, B, G*H)
+            xw = _one_hot_projection(p["Wxh"], p["bh"], inputs.t())  # (T, B, G*H) as rows of a table
+            xw = xw if path.one_hot else xw.rows()
         else:
             xw = _product(xs[layer].reshape(T * B, -1), p["Wxh"], p["bh"].view(-1)).view(T, B, -1)  # (T, B, G*H)
         a, s = path.forward(p, xw, state[:, layer * K : (layer + 1) * K])
@@ -93,20 +94,24 @@ def _layers_forward(cell, params: dict, inputs: torch.Tensor, state: torch.Tenso
     return layers, acts, xs, torch.cat(states, 1), path
 
 
-def _one_hot_projection(Wxh: torch.Tensor, bh: torch.Tensor, chars: torch.Tensor) -> torch.Tensor:
-    """``onehot(chars) Wxh^T + bh`` (rows, G*H) for the first layer: rows of ``Wxh^T + bh`` (V, G*H) gathered, one
-    pass over the output (a gather, then the bias added, took 1.6x as long). On one thread: bound by memory, the
-    gather ran no faster in blocks on two (GRU at 256 units, 1,600 rows: 0.40 against 0.33 ms)."""
+def _one_hot_projection(Wxh: torch.Tensor, bh: torch.Tensor, chars: torch.Tensor) -> fast.OneHot:
+    """``onehot(chars) Wxh^T + bh`` (T, B, G*H) for the first layer, as rows of ``Wxh^T + bh`` (V, G*H) picked by
+    ``chars`` (T, B): the window loops gather each step's rows as they reach it (native.c), the other paths the
+    whole projection in one pass (``OneHot.rows``: a gather, then the bias added, took 1.6x as long)."""
     table = Wxh.t().contiguous().add_(bh.view(-1))  # (V, G*H), contiguous: its rows gather fast
-    return torch.index_select(table, 0, chars)
+    return fast.OneHot(table, chars)
 
 
-def _one_hot_grads(dxw: torch.Tensor, chars: torch.Tensor, V: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dWxh, dbh)`` of the first layer from ``dxw`` (rows, G*H) and its one-hot inputs: the gather's backward,
-    rows scattered into Wxh^T (both contiguous: index_add_ runs about 9x slower into a transposed view or from
-    strided rows); dbh, the sum of every row, is the sum of dWxh's columns (one pass over ``dxw``, not two). On one
-    thread, as the gather."""
-    dWxh_t = dxw.new_zeros((V, dxw.shape[1])).index_add_(0, chars, dxw.contiguous())
+def _one_hot_grads(dxw, chars: torch.Tensor, V: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dWxh, dbh)`` of the first layer from the gradient w.r.t. its input projection: a ``OneHot`` whose table
+    the window loops added each row's gradient into, or ``dxw`` (T, B, G*H), whose rows are scattered into Wxh^T
+    here (both contiguous: index_add_ runs about 9x slower into a transposed view or from strided rows). dbh, the
+    sum of every row, is the sum of dWxh's columns (one pass over ``dxw``, not two)."""
+    if isinstance(dxw, fast.OneHot):
+        dWxh_t = dxw.table
+    else:
+        rows = dxw.reshape(-1, dxw.shape[-1])
+        dWxh_t = rows.new_zeros((V, rows.shape[1])).index_add_(0, chars.reshape(-1), rows.contiguous())
     return dWxh_t.t().contiguous(), dWxh_t.sum(0).unsqueeze(1)
 
 
@@ -167,11 +172,11 @@ def loss_and_grads(
         p = layers[layer]
         if masks is not None:
             dh.mul_(masks[layer])
-        dxw, g = path.backward(p, acts[layer], dh)  # (T, B, G*H)
-        dxw_flat = dxw.reshape(T * B, -1)
+        dxw, g = path.backward(p, acts[layer], dh)  # (T, B, G*H), or the first layer's OneHot
         if layer == 0:
-            g["Wxh"], g["bh"] = _one_hot_grads(dxw_flat, inputs.t().reshape(-1), p["Wxh"].shape[1])
+            g["Wxh"], g["bh"] = _one_hot_grads(dxw, inputs.t(), p["Wxh"].shape[1])
         else:
+            dxw_flat = dxw.reshape(T * B, -1)
             g["bh"] = dxw_flat.sum(0).unsqueeze(1)
             g["Wxh"] = native.gradient_product(dxw_flat, xs[layer].reshape(T * B, -1))
             dh = _product(dxw_flat, p["Wxh"].t()).view(T, B, -1)  # (T, B, H)

@@ -236,13 +236,15 @@ def test_adagrad_in_blocks_is_the_same_bits(dtype, threads, monkeypatch):
 
 
 def layer_run(cell, dtype, xw, state, dh, math):
-    """A layer's forward and backward through ``math`` (a path's forward and backward), from one parameter draw."""
-    H = xw.shape[-1] // cell.GATES
+    """A layer's forward and backward through ``math`` (a path's forward and backward), from one parameter draw;
+    ``xw`` a tensor, or a ``fast.OneHot`` of ``dtype``."""
+    H = state.shape[-1]
     p = cell.init_layer(H, H, torch.Generator().manual_seed(4), F64)
     p = {k: (v + 0.3 * torch.randn(v.shape, generator=torch.Generator().manual_seed(8), dtype=F64)).to(dtype)
          for k, v in p.items()}  # fmt: skip
     forward, backward = math
-    acts, new_state = forward(p, xw.to(dtype, copy=True), state.to(dtype))  # the forward overwrites xw
+    xw = xw if isinstance(xw, fast.OneHot) else xw.to(dtype, copy=True)  # the forward overwrites a tensor xw
+    acts, new_state = forward(p, xw, state.to(dtype))
     dxw, grads = backward(p, acts, dh.to(dtype))
     return {**acts, "state": new_state, "dxw": dxw, **{f"d{k}": v for k, v in grads.items()}}
 
@@ -292,6 +294,34 @@ def test_window_loops_at_every_shape(cell, T, B, H, n, seed, threads):
     ours = layer_run(cell, torch.float32, xw, state, dh, fast.WINDOWS[cell])
     for k, expected in reference.items():
         assert (ours[k].double() - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max()), k
+
+
+@window_kernels
+@fixed_examples(40)
+@given(cell=st.sampled_from([lstm, gru]), T=st.integers(1, 6), B=st.integers(1, 20), H=st.integers(1, 40),
+       V=st.integers(1, 9), n=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))  # fmt: skip
+def test_window_loops_gather_and_scatter_the_first_layers_rows(cell, T, B, H, V, n, seed, threads):
+    """The first layer's input as rows of a table picked by characters (``fast.OneHot``): the loops gather them as
+    they go and add each row's gradient into the table, and give what the float64 reference gives on the gathered
+    projection, its gradient added up by character independently (index_add_), to float32 rounding; the activations
+    the same bits as the loops given the projection whole. Few characters (V <= 9): most rows share a table row."""
+    threads(n)
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randn(V, cell.GATES * H, generator=g, dtype=F64) * 2
+    chars = torch.randint(V, (T, B), generator=g)
+    state = torch.randn(B, cell.NUM_STATES, H, generator=g, dtype=F64)
+    dh = torch.randn(T, B, H, generator=g, dtype=F64)
+    xw = table[chars]  # (T, B, G*H)
+    reference = layer_run(cell, F64, xw, state, dh, (cell.forward, cell.backward))
+    whole = layer_run(cell, torch.float32, xw, state, dh, fast.WINDOWS[cell])
+    one_hot = fast.OneHot(table.float(), chars)
+    ours = layer_run(cell, torch.float32, one_hot, state, dh, fast.WINDOWS[cell])
+    expected = torch.zeros_like(table).index_add_(0, chars.reshape(-1), reference["dxw"].reshape(T * B, -1))
+    assert isinstance(ours["dxw"], fast.OneHot) and torch.equal(ours["dxw"].chars, chars)
+    assert (ours["dxw"].table.double() - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
+    for k in ("h", "gates", "state"):
+        assert torch.equal(ours[k], whole[k]), k
+        assert (ours[k].double() - reference[k]).abs().max() <= 1e-5 * max(1.0, reference[k].abs().max()), k
 
 
 @window_kernels

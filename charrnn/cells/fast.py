@@ -8,6 +8,11 @@ products (any x86 CPU, float32 or float64: native.c's ``lstm_forward_<dtype>``);
 step's product through oneDNN; the references. Why each one pays: charrnn/cells/native.py and BENCHMARKS.md,
 section 7. Every path computes what the reference computes (tests/test_cells.py, tests/test_cores.py).
 
+The first layer's input is one character a stream and step: its input projection comes to the window loops as a
+``OneHot`` (rows of Wxh^T + bh, picked by the characters), which they gather step by step, and they add its gradient
+into the table as they produce it, each thread for its own streams (a pass of its own ran on one thread, bound by
+memory: BENCHMARKS.md, section 13).
+
 Threads: a window's streams are independent until the weight gradients sum over them, so the window loops run on
 charrnn's threads (parallel.py), each taking a block of streams, with no synchronisation inside the window; the
 weight gradients after them run in blocks of rows (native.py). The kernels read a block's rows in place (native.c),
@@ -30,6 +35,7 @@ class Path(NamedTuple):
     backward: Callable
     threads: int | None = None  # the threads its loops run on (None off the CPU)
     product_threads: int | None = None  # the threads of the window's large products, where more
+    one_hot: bool = False  # whether forward takes the first layer's input projection as a OneHot (it gathers)
 
     def __str__(self) -> str:
         threads = "" if self.threads is None else f", {self.threads} thread{'s' if self.threads > 1 else ''}"
@@ -38,18 +44,70 @@ class Path(NamedTuple):
         return f"{self.name}{threads} ({self.why})" if self.why else f"{self.name}{threads}"
 
 
+class OneHot(NamedTuple):
+    """The first layer's input projection (T, B, G*H) as what it is: rows of ``table`` (V, G*H), Wxh^T + bh, picked
+    by ``chars`` (T, B), the window's characters. The window loops take it so, gathering each step's rows as they
+    go (native.c), and give its gradient the same shape: ``table`` then holds the table's gradient, each row's
+    gradient added into the row of its character."""
+
+    table: torch.Tensor
+    chars: torch.Tensor
+
+    def rows(self) -> torch.Tensor:
+        """The projection itself (T, B, G*H), for the loops that take it whole."""
+        T, B = self.chars.shape
+        return torch.index_select(self.table, 0, self.chars.reshape(-1)).view(T, B, -1)
+
+
 def _window_loop(name: str, buffers: tuple, T: int, H: int) -> None:
     """native.c's window loop ``name`` over every stream, in blocks on charrnn's threads (parallel.py). ``buffers``
     in the kernel's order: contiguous tensors with streams on dim -2 ((T, S, .) or (S, .)), each block given its
-    rows, and 1-d ones (``packed``, the packed weight; biases) given whole."""
+    rows, 1-d ones (``packed``, the packed weight; biases; tables) given whole, and None as NULL."""
     S = buffers[0].shape[-2]
 
     def args(block):
         first, end = block
-        rows = (b.data_ptr() + (first * b.stride(-2) * b.element_size() if b.dim() > 1 else 0) for b in buffers)
+        rows = (0 if b is None else b.data_ptr() + (first * b.stride(-2) * b.element_size() if b.dim() > 1 else 0)
+                for b in buffers)  # fmt: skip
         return [*rows, T, end - first, H, S]
 
     parallel.run_parts(native.kernel(f"{name}_part"), args, parallel.blocks(S), rowwise=True)
+
+
+def _first_layer(xw):
+    """``(gates, table, chars)`` for a forward window loop from its input projection ``xw``: for a ``OneHot``, an
+    empty (T, B, G*H) buffer to gather into, its table (1-d: given whole) and its characters as (T, B, 1) (streams
+    on dim -2); for a tensor, the tensor itself, and no table."""
+    if isinstance(xw, OneHot):
+        gates = torch.empty((*xw.chars.shape, xw.table.shape[1]), dtype=xw.table.dtype)
+        return gates, xw.table.contiguous().view(-1), xw.chars.contiguous().unsqueeze(2)  # the table whole
+    return xw.contiguous(), None, None
+
+
+def _scatter_tables(acts: dict, B: int, GH: int):
+    """For a backward whose forward gathered (``acts["one_hot"]``), what its loop adds the input's gradient into:
+    ``(tables, table_of, chars)``, a zeroed (V, G*H) table for each block of streams (``parallel.blocks``: as many
+    as the threads, on whichever way the blocks run), 1-d; each stream's table as its offset in them (B, 1); the
+    characters (T, B, 1). Else Nones."""
+    one_hot = acts.get("one_hot")
+    if one_hot is None:
+        return None, None, None
+    blocks, V = parallel.blocks(B), one_hot.table.shape[0]
+    tables = torch.zeros((len(blocks), V, GH), dtype=one_hot.table.dtype)
+    table_of = torch.tensor([i * V * GH for i, (first, end) in enumerate(blocks) for _ in range(first, end)])
+    return tables.view(-1), table_of.unsqueeze(1), one_hot.chars.contiguous().unsqueeze(2)
+
+
+def _input_gradient(dxw: torch.Tensor, acts: dict, tables: torch.Tensor | None):
+    """The gradient w.r.t. the input projection: ``dxw`` for a tensor input, or for a ``OneHot`` one the blocks'
+    tables summed in block order, as a ``OneHot``."""
+    if tables is None:
+        return dxw
+    V, GH = acts["one_hot"].table.shape
+    total, *others = tables.view(-1, V, GH)
+    for table in others:
+        total += table
+    return OneHot(total, acts["one_hot"].chars)
 
 
 def _addresses(x: torch.Tensor) -> list[int]:
@@ -62,51 +120,61 @@ def _step_kernel(direction: str, dtype: torch.dtype):
     return native.kernel(f"lstm_{direction}_{native_build.DTYPES[dtype]}")
 
 
-def lstm_window_forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
-    """lstm.forward as native.c's ``lstm_forward_window_f32``, each step's product by the packed Whh included."""
-    xw = xw.contiguous()
-    T, B, GH = xw.shape
-    hs, cs, tanh_c = lstm.new_activations(xw, state)
-    packed, rec = native.pack_panels(p["Whh"]), torch.empty((B, GH), dtype=xw.dtype)  # rec: a step's product
-    _window_loop("lstm_forward_window_f32", (xw, packed, hs, cs, tanh_c, rec), T, GH // lstm.GATES)
-    return lstm.activations(xw, hs, cs, tanh_c)
+def lstm_window_forward(p: dict, xw, state: torch.Tensor):
+    """lstm.forward as native.c's ``lstm_forward_window_f32``, each step's product by the packed Whh included;
+    ``xw`` a tensor or a ``OneHot``."""
+    gates, table, chars = _first_layer(xw)
+    T, B, GH = gates.shape
+    hs, cs, tanh_c = lstm.new_activations(gates, state)
+    packed, rec = native.pack_panels(p["Whh"]), torch.empty((B, GH), dtype=gates.dtype)  # rec: a step's product
+    _window_loop("lstm_forward_window_f32", (gates, table, chars, packed, hs, cs, tanh_c, rec), T, GH // lstm.GATES)
+    acts, new_state = lstm.activations(gates, hs, cs, tanh_c)
+    return {**acts, "one_hot": xw} if table is not None else acts, new_state
 
 
 def lstm_window_backward(p: dict, acts: dict, dh_out: torch.Tensor):
     """lstm.backward as native.c's ``lstm_backward_window_f32``, each step's product by the packed Whh^T
-    included."""
+    included; the input's gradient a ``OneHot`` where the forward's input was one."""
     T, B, H = dh_out.shape
     dh_out = dh_out.contiguous()
     dpre = torch.empty((T, B, lstm.GATES * H), dtype=dh_out.dtype)
     dc, dh = torch.zeros_like(dh_out[0]), torch.empty_like(dh_out[0])  # (B, H): the carried gradients
     gates, packed = acts["gates"].view(T, B, -1), native.pack_panels(p["Whh"].t())
-    _window_loop("lstm_backward_window_f32", (dpre, dc, gates, acts["c"], acts["tanh_c"], dh_out, packed, dh), T, H)
-    return dpre, lstm.recurrent_grads(dpre, acts["h"], native)
+    tables, table_of, chars = _scatter_tables(acts, B, lstm.GATES * H)
+    buffers = (dpre, tables, table_of, chars, dc, gates, acts["c"], acts["tanh_c"], dh_out, packed, dh)
+    _window_loop("lstm_backward_window_f32", buffers, T, H)
+    return _input_gradient(dpre, acts, tables), lstm.recurrent_grads(dpre, acts["h"], native)
 
 
-def gru_window_forward(p: dict, xw: torch.Tensor, state: torch.Tensor):
-    """gru.forward as native.c's ``gru_forward_window_f32``, each step's product by the packed Whh included."""
-    xw = xw.contiguous()
-    T, B, GH = xw.shape
+def gru_window_forward(p: dict, xw, state: torch.Tensor):
+    """gru.forward as native.c's ``gru_forward_window_f32``, each step's product by the packed Whh included; ``xw``
+    a tensor or a ``OneHot``."""
+    gates, table, chars = _first_layer(xw)
+    T, B, GH = gates.shape
     H = GH // gru.GATES
-    hs = torch.empty((T + 1, B, H), dtype=xw.dtype)
+    hs = torch.empty((T + 1, B, H), dtype=gates.dtype)
     hs[0] = state[:, 0]
-    ns, h_minus_n, rec = torch.empty_like(hs[1:]), torch.empty_like(hs[1:]), torch.empty((B, GH), dtype=xw.dtype)
-    buffers = (xw, native.pack_panels(p["Whh"]), p["bhn"].reshape(-1).contiguous(), hs, ns, h_minus_n, rec)
-    _window_loop("gru_forward_window_f32", buffers, T, H)
-    return gru.activations(xw, hs, ns, h_minus_n)
+    ns, h_minus_n, rec = torch.empty_like(hs[1:]), torch.empty_like(hs[1:]), torch.empty((B, GH), dtype=gates.dtype)
+    packed, bhn = native.pack_panels(p["Whh"]), p["bhn"].reshape(-1).contiguous()
+    _window_loop("gru_forward_window_f32", (gates, table, chars, packed, bhn, hs, ns, h_minus_n, rec), T, H)
+    acts, new_state = gru.activations(gates, hs, ns, h_minus_n)
+    return {**acts, "one_hot": xw} if table is not None else acts, new_state
 
 
 def gru_window_backward(p: dict, acts: dict, dh_out: torch.Tensor):
-    """gru.backward as native.c's ``gru_backward_window_f32``, each step's product by the packed Whh^T included."""
+    """gru.backward as native.c's ``gru_backward_window_f32``, each step's product by the packed Whh^T included;
+    the input's gradient a ``OneHot`` where the forward's input was one."""
     T, B, H = dh_out.shape
     dh_out = dh_out.contiguous()
     drec, dx_n = torch.empty((T, B, gru.GATES * H), dtype=dh_out.dtype), torch.empty_like(dh_out)
     dh, scratch = torch.zeros_like(dh_out[0]), torch.empty_like(dh_out[0])  # (B, H): dh_{t+1}, dh_out[t] + product
     gates, packed = acts["gates"].view(T, B, -1), native.pack_panels(p["Whh"].t())
-    buffers = (drec, dx_n, gates, acts["n"], acts["h_minus_n"], dh_out, packed, dh, scratch)
+    tables, table_of, chars = _scatter_tables(acts, B, gru.GATES * H)
+    buffers = (drec, dx_n, tables, table_of, chars, gates, acts["n"], acts["h_minus_n"], dh_out, packed, dh, scratch)
     _window_loop("gru_backward_window_f32", buffers, T, H)
     grads = gru.recurrent_grads(drec, acts["h"], native)
+    if tables is not None:
+        return _input_gradient(drec, acts, tables), grads
     drec[..., gru.N * H :] = dx_n  # the input projection's gradient: r and z as the recurrent one's, n without r
     return drec, grads
 
@@ -178,7 +246,7 @@ def path(cell, dtype: torch.dtype, device="cpu") -> Path:
     why = obstacles[0][1] if obstacles else ""
     onednn = _onednn(dtype, device)
     if cell in WINDOWS and not obstacles:
-        return Path("C window loops", "", *WINDOWS[cell], parallel.threads())
+        return Path("C window loops", "", *WINDOWS[cell], parallel.threads(), one_hot=True)
     threads = (None, None)  # off the CPU; on it, torch's loops on torch's threads, large products on charrnn's
     if device.type == "cpu":
         loops, own = torch.get_num_threads(), parallel.threads()

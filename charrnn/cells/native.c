@@ -16,6 +16,8 @@
    ulp); everything else is IEEE arithmetic (no -ffast-math): infinities and NaN behave as in torch, and a NaN
    reaches the state and the gradients, where charrnn's divergence guard finds it. */
 
+#include <string.h>
+
 #pragma omp declare simd notinbranch
 float expf(float);
 #pragma omp declare simd notinbranch
@@ -169,12 +171,31 @@ void product_f32(const float *restrict x, long ldx, const float *restrict Wp, fl
    pointers passed are those of the block's first stream. A row's product is the same sum in the same order in
    any block, so every stream's result is the same bits however the streams are split. */
 
+/* The first layer's input is one character a stream and step, so its input projection is a row of the table
+   Wxh^T + bh (V x GH) picked by the character: the window loops gather those rows step by step (table and chars
+   given; a layer above passes NULL for both, its projection already in gates), and the backward adds each row's
+   gradient into a table of dtables (each V x GH, zero at the start) as it produces it: stream b's at offset
+   table_of[b], so that streams split into blocks of their own tables give the same sums whether the blocks run
+   apart or as one. A pass of its own before or after the loop ran on one thread, bound by memory (0.4-0.9 ms each
+   at 256 units, 1,600 rows); in the loop each thread gathers and adds its own streams' rows. chars is (T, S) and
+   table_of (S), each at the block's first stream. */
+static void gather_rows(float *restrict rows, const float *restrict table, const long *restrict chars, long B,
+                        long GH) {
+    for (long b = 0; b < B; b++) memcpy(rows + GH * b, table + GH * chars[b], GH * sizeof(float));
+}
+
+static void scatter_row(float *restrict dtable, const float *restrict row, long GH) {
+#pragma omp simd
+    for (long j = 0; j < GH; j++) dtable[j] += row[j];
+}
+
 /* The LSTM layer's forward over a window (lstm.py's forward, float32): for each t, rec = h_t Whh^T (Whh packed in
    Wp), then the step; hs, cs hold T + 1 states (the starting one first), rec is B x 4H of scratch. */
-void lstm_forward_window_f32(float *gates, const float *Wp, float *hs, float *cs, float *tanh_c, float *rec, long T,
-                             long B, long H, long S) {
+void lstm_forward_window_f32(float *gates, const float *table, const long *chars, const float *Wp, float *hs,
+                             float *cs, float *tanh_c, float *rec, long T, long B, long H, long S) {
     long G = 4 * H * S, N = H * S;
     for (long t = 0; t < T; t++) {
+        if (table) gather_rows(gates + t * G, table, chars + t * S, B, 4 * H);
         product_f32(hs + t * N, H, Wp, rec, 4 * H, NULL, 0, B, 4 * H, H);
         lstm_forward_float32(gates + t * G, rec, cs + t * N, cs + (t + 1) * N, tanh_c + t * N, hs + (t + 1) * N, B, H);
     }
@@ -182,8 +203,10 @@ void lstm_forward_window_f32(float *gates, const float *Wp, float *hs, float *cs
 
 /* The backward over a window: dh = dpre_{t+1} Whh + dh_out[t] (Whh^T packed in WpT), then the step; dc (B x H)
    starts at zero, dh is B x H of scratch. At the last step dh is dh_out's and dc's forget gate any finite one. */
-void lstm_backward_window_f32(float *dpre, float *dc, const float *gates, const float *cs, const float *tanh_c,
-                              const float *dh_out, const float *WpT, float *dh, long T, long B, long H, long S) {
+void lstm_backward_window_f32(float *dpre, float *dtables, const long *table_of, const long *chars, float *dc,
+                              const float *gates,
+                              const float *cs, const float *tanh_c, const float *dh_out, const float *WpT, float *dh,
+                              long T, long B, long H, long S) {
     long G = 4 * H * S, N = H * S;
     for (long t = T - 1; t >= 0; t--) {
         const float *dh_t = dh_out + t * N, *next_gates = gates + t * G;
@@ -192,6 +215,8 @@ void lstm_backward_window_f32(float *dpre, float *dc, const float *gates, const 
             dh_t = dh, next_gates = gates + (t + 1) * G;
         }
         lstm_backward_float32(dpre + t * G, dc, gates + t * G, cs + t * N, tanh_c + t * N, dh_t, next_gates, B, H);
+        for (long b = 0; dtables && b < B; b++)
+            scatter_row(dtables + table_of[b] + 4 * H * chars[t * S + b], dpre + t * G + 4 * H * b, 4 * H);
     }
 }
 
@@ -200,10 +225,11 @@ void lstm_backward_window_f32(float *dpre, float *dc, const float *gates, const 
        r = sigmoid(x_r + rec_r), z = sigmoid(x_z + rec_z), hn = rec_n + b_hn, n = tanh(x_n + r hn)
        h_minus_n = h_t - n,  h_{t+1} = n + z h_minus_n
    gates[t] becomes (r, z, hn), what the backward reads; ns and h_minus_n are (T, S, H), hs (T + 1, S, H). */
-void gru_forward_window_f32(float *gates, const float *Wp, const float *bhn, float *hs, float *ns, float *h_minus_n,
-                            float *rec, long T, long B, long H, long S) {
+void gru_forward_window_f32(float *gates, const float *table, const long *chars, const float *Wp, const float *bhn,
+                            float *hs, float *ns, float *h_minus_n, float *rec, long T, long B, long H, long S) {
     long G = 3 * H * S, N = H * S;
     for (long t = 0; t < T; t++) {
+        if (table) gather_rows(gates + t * G, table, chars + t * S, B, 3 * H);
         product_f32(hs + t * N, H, Wp, rec, 3 * H, NULL, 0, B, 3 * H, H);
         for (long b = 0; b < B; b++) {
             float *r = gates + t * G + 3 * H * b, *z = r + H, *xn = z + H;
@@ -229,9 +255,10 @@ void gru_forward_window_f32(float *gates, const float *Wp, const float *bhn, flo
    drec (T, S, 3H) is what the recurrent product's gradients need, dx_n (T, S, H) the input projection's n part.
    WpT is Whh^T packed; dh (B x H) carries dh_{t+1} and starts at zero, so that at the last step dh_out[T - 1] + 0 z
    is dh_out's, for any finite z; sum (B x H) is scratch. */
-void gru_backward_window_f32(float *drec, float *dx_n, const float *gates, const float *ns, const float *h_minus_n,
-                             const float *dh_out, const float *WpT, float *dh, float *sum, long T, long B, long H,
-                             long S) {
+void gru_backward_window_f32(float *drec, float *dx_n, float *dtables, const long *table_of, const long *chars,
+                             const float *gates,
+                             const float *ns, const float *h_minus_n, const float *dh_out, const float *WpT, float *dh,
+                             float *sum, long T, long B, long H, long S) {
     long G = 3 * H * S, N = H * S;
     for (long t = T - 1; t >= 0; t--) {
         const float *z_next = gates + t * G + H, *summed = dh_out + t * N;
@@ -253,6 +280,11 @@ void gru_backward_window_f32(float *drec, float *dx_n, const float *gates, const
                 dn_rec[j] = dnj * r[j];
                 dxn[j] = dnj, dhb[j] = dhj;
             }
+            if (dtables) { /* the input's gradient: r and z as the recurrent one's, n without r */
+                float *d = dtables + table_of[b] + 3 * H * chars[t * S + b];
+                scatter_row(d, dr, 2 * H);
+                scatter_row(d + 2 * H, dxn, H);
+            }
         }
     }
 }
@@ -263,10 +295,12 @@ void gru_backward_window_f32(float *drec, float *dx_n, const float *gates, const
 #define PART(NAME, ...) \
     void NAME##_part(const long *a) { NAME(__VA_ARGS__); }
 PART(pack_panels_f32, P(0), a[1], a[2], P(3), a[4], a[5])
-PART(lstm_forward_window_f32, P(0), P(1), P(2), P(3), P(4), P(5), a[6], a[7], a[8], a[9])
-PART(lstm_backward_window_f32, P(0), P(1), P(2), P(3), P(4), P(5), P(6), P(7), a[8], a[9], a[10], a[11])
-PART(gru_forward_window_f32, P(0), P(1), P(2), P(3), P(4), P(5), P(6), a[7], a[8], a[9], a[10])
-PART(gru_backward_window_f32, P(0), P(1), P(2), P(3), P(4), P(5), P(6), P(7), P(8), a[9], a[10], a[11], a[12])
+PART(lstm_forward_window_f32, P(0), P(1), P(2), P(3), P(4), P(5), P(6), P(7), a[8], a[9], a[10], a[11])
+PART(lstm_backward_window_f32, P(0), P(1), P(2), P(3), P(4), P(5), P(6), P(7), P(8), P(9), P(10), a[11], a[12],
+     a[13], a[14])
+PART(gru_forward_window_f32, P(0), P(1), P(2), P(3), P(4), P(5), P(6), P(7), P(8), a[9], a[10], a[11], a[12])
+PART(gru_backward_window_f32, P(0), P(1), P(2), P(3), P(4), P(5), P(6), P(7), P(8), P(9), P(10), P(11), a[12], a[13],
+     a[14], a[15])
 #endif
 
 /* charrnn's threads (parallel.py) wait for the next blocks of a window, or for the last block, here: spinning while

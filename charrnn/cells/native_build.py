@@ -51,10 +51,10 @@ FUNCTIONS = [  # the C functions native.py calls and their arguments, in groups 
     {  # AVX-512 CPUs
         "pack_panels_f32": [_P, _N, _N, _P] + [_N] * 2,
         "product_f32": [_P, _N, _P, _P, _N, _P, _N] + [_N] * 3,
-        "lstm_forward_window_f32": [_P] * 6 + [_N] * 4,
-        "lstm_backward_window_f32": [_P] * 8 + [_N] * 4,
-        "gru_forward_window_f32": [_P] * 7 + [_N] * 4,
-        "gru_backward_window_f32": [_P] * 9 + [_N] * 4,
+        "lstm_forward_window_f32": [_P] * 8 + [_N] * 4,
+        "lstm_backward_window_f32": [_P] * 11 + [_N] * 4,
+        "gru_forward_window_f32": [_P] * 9 + [_N] * 4,
+        "gru_backward_window_f32": [_P] * 12 + [_N] * 4,
         **{f"{name}_part": [_P] for name in PARTS},
     },
     {"matvec_f16": [_P] * 3 + [_N] * 2 + [_P]},  # F16C + AVX2 + FMA CPUs
