@@ -12,7 +12,7 @@ import math
 import torch
 
 from . import stack
-from .cells import CELLS
+from .cells import CELLS, parallel
 from .errors import UsageError
 
 
@@ -118,4 +118,5 @@ def train_step(arch: Architecture, params: dict, optimizer, inputs, targets, sta
             # In place: Lightning's clip_gradients costs more than a small step.
             params[name].grad = grad.clamp_(-clip, clip)
     optimizer.step()
+    parallel.step_ended()
     return loss, state

@@ -170,15 +170,16 @@ def test_parts_run_in_the_callers_autograd_mode(threads):
 
 @pytest.fixture
 def quick_probes(monkeypatch):
-    """``_Way`` probing in stretches of 4 runs, 20 ms apart."""
-    monkeypatch.setattr(parallel._Way, "STRETCH", 4)
+    """``_Way`` probing in stretches of 4 steps, 20 ms apart."""
+    monkeypatch.setattr(parallel._Way, "STEPS", 4)
+    monkeypatch.setattr(parallel._Way, "SECONDS", 0.0)
     monkeypatch.setattr(parallel._Way, "PROBE_SECONDS", 0.02)
     monkeypatch.setattr(parallel._Way, "LONGEST_SECONDS", 0.02)
 
 
 def runs_on(slow_helper: bool, runs: int) -> list[set]:
-    """For each of ``runs`` runs of 2 parts, the threads that ran them: a part takes 2 ms on the caller, and on a
-    helper 2 ms or (``slow_helper``, as a core shared with a busy process gives) 30 ms."""
+    """For each of ``runs`` steps of one run of 2 parts, the threads that ran them: a part takes 2 ms on the caller,
+    and on a helper 2 ms or (``slow_helper``, as a core shared with a busy process gives) 30 ms."""
     caller, threads_of_run = threading.get_ident(), []
 
     def work(part):
@@ -189,6 +190,7 @@ def runs_on(slow_helper: bool, runs: int) -> list[set]:
     for _ in range(runs):
         ran = set()
         parallel.run(work, [0, 1])
+        parallel.step_ended()
         threads_of_run.append(ran)
     return threads_of_run
 

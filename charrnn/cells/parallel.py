@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import statistics
 import threading
 import time
 
@@ -199,46 +200,62 @@ class _Way:
     Next to another busy process (a second training run, a compiler) the thread that shares a CPU with it runs at
     half speed, and a part of a few small torch operations hands Python's lock between the threads at each of them:
     shared, the LSTM at 256 units trained at 0.82-0.92x of one thread's speed (docs/cores.md). So now and then (a
-    probe) the next ``3 * STRETCH`` runs go this way, the other way, this way again, each stretch timed from its
-    first run's start to the next stretch's (the caller's own work between the runs included), and the way changes
-    when the other one took less than each stretch around it by a margin (a drift of the machine's speed, or a
-    validation inside a stretch, or the first steps' warm-up, then changes nothing): ``TO_ALONE`` to leave the helpers
-    out, a wider ``TO_SHARED`` to take them back, since a busy neighbour makes the shared way erratic (next to one, a
-    GRU at 256 units ran 0.76-0.99x one thread's speed by round with one margin of 4%), while idle it is 35-40%
-    faster and passes either. The first probe starts at the first run, the next ``PROBE_SECONDS`` after one that
-    changed the way, twice as long after one that did not (up to ``LONGEST_SECONDS``). Either way runs the same parts
-    and adds their results in the same order: the way changes how long a step takes, never its bits."""
+    probe) three stretches of training steps go this way, the other way, this way again, each stretch at least
+    ``STEPS`` steps and ``SECONDS`` long, every step timed from the end of the one before (``step_ended``: the
+    caller's own work, Lightning's included), and the way changes when the other stretch's median step took less
+    than the median step of each stretch around it by a margin (a drift of the machine's speed, a validation inside
+    a stretch, a step preempted by the neighbour, then change nothing): ``TO_ALONE`` to leave the helpers out, a
+    wider ``TO_SHARED`` to take them back, since a busy neighbour makes the shared way erratic, while idle it is
+    35-40% faster and passes either. (Stretches of a fixed number of parts, timed whole, compared mismatched phases
+    of a step and let one preempted step decide: next to a busy process an LSTM at 256 units stayed shared for 4 s
+    at 0.86x after one such probe.) The first probe starts after the first step (its warm-up untimed), the next
+    ``PROBE_SECONDS`` after one that changed the way, twice as long after one that did not (up to
+    ``LONGEST_SECONDS``). Without steps (inference) the way stays as it is. Either way runs the same parts and adds
+    their results in the same order: the way changes how long a step takes, never its bits."""
 
-    STRETCH = 48  # runs: a few training steps
+    STEPS, SECONDS = 3, 0.1
     PROBE_SECONDS, LONGEST_SECONDS = 2.0, 16.0
     TO_ALONE, TO_SHARED = 0.04, 0.10
 
     def __init__(self):
-        self.shared, self.runs, self.wait = True, 0, self.PROBE_SECONDS
-        self.probe_at, self.stretch_started, self.seconds = 0.0, None, []  # the first probe at the first run
+        self.shared, self.wait, self.probe_at = True, self.PROBE_SECONDS, 0.0
+        self.last_end, self.started, self.stretches = None, 0.0, None  # stretches: each one's step times, in a probe
 
     def next(self) -> bool:
-        """Whether the next run goes shared."""
-        if self.stretch_started is None:
-            if time.monotonic() < self.probe_at:
-                return self.shared
-            self.stretch_started, self.runs, self.seconds = time.monotonic(), 0, []
-        if self.runs == self.STRETCH:
-            now = time.monotonic()
-            self.seconds.append(now - self.stretch_started)
-            self.stretch_started, self.runs = now, 0
-            if len(self.seconds) == 3:
-                before, other, after = self.seconds
-                change = other < (1 - (self.TO_ALONE if self.shared else self.TO_SHARED)) * min(before, after)
-                self.shared ^= change
-                self.wait = self.PROBE_SECONDS if change else min(2 * self.wait, self.LONGEST_SECONDS)
-                self.stretch_started, self.probe_at = None, now + self.wait
-                return self.shared
-        self.runs += 1
-        return self.shared != (len(self.seconds) == 1)
+        """Whether the next run goes shared: the present stretch's way."""
+        return self.shared != (self.stretches is not None and len(self.stretches) == 2)
+
+    def step_ended(self) -> None:
+        """A training step ended: time it, and move the probe on."""
+        now = time.monotonic()
+        last, self.last_end = self.last_end, now
+        if last is None:
+            return
+        if self.stretches is None:
+            if now >= self.probe_at:
+                self.stretches, self.started = [[]], now
+            return
+        stretch = self.stretches[-1]
+        stretch.append(now - last)
+        if len(stretch) < self.STEPS or now - self.started < self.SECONDS:
+            return
+        if len(self.stretches) < 3:
+            self.stretches.append([])
+            self.started = now
+            return
+        before, other, after = map(statistics.median, self.stretches)
+        change = other < (1 - (self.TO_ALONE if self.shared else self.TO_SHARED)) * min(before, after)
+        self.shared ^= change
+        self.wait = self.PROBE_SECONDS if change else min(2 * self.wait, self.LONGEST_SECONDS)
+        self.stretches, self.probe_at = None, now + self.wait
 
 
 _way = _Way()
+
+
+def step_ended() -> None:
+    """A training step ended (network.train_step): ``_Way`` times the ways by whole steps."""
+    _way.step_ended()
 
 
 def _alone(parts: list, rowwise: bool) -> list | None:
