@@ -29,7 +29,7 @@ _threads = 1
 _cpus: tuple[int, ...] = ()  # the CPU each thread keeps to, the caller's first; () when they move freely
 _ALLOWED = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()  # the process's CPUs at start
 # How long a thread waits spinning for the next blocks before it sleeps: longer than the gaps inside a step, where
-# the caller runs its own parts (the gather and scatter, the clip: 1-1.5 ms at 256 units), since a sleeping helper
+# the caller runs its own parts (the clip, the optimizer, Lightning: 1-1.5 ms at 256 units), since a sleeping helper
 # starts its next part 0.1-0.2 ms late on a virtual machine. 2 threads against 1 at 256 units: GRU 1.58x with
 # 0.5 ms, 1.63x with 5; LSTM 1.67x and 1.75x (BENCHMARKS.md, section 13).
 SPIN_NS = 5_000_000
