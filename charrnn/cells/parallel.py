@@ -204,9 +204,11 @@ class _Way:
     ``STEPS`` steps and ``SECONDS`` long, every step timed from the end of the one before (``step_ended``: the
     caller's own work, Lightning's included), and the way changes when the other stretch's median step took less
     than the median step of each stretch around it by a margin (a drift of the machine's speed, a validation inside
-    a stretch, a step preempted by the neighbour, then change nothing): ``TO_ALONE`` to leave the helpers out, a
-    wider ``TO_SHARED`` to take them back, since a busy neighbour makes the shared way erratic, while idle it is
-    35-40% faster and passes either. (Stretches of a fixed number of parts, timed whole, compared mismatched phases
+    a stretch, a step preempted by the neighbour, then change nothing): the caller goes alone unless sharing was
+    more than ``TO_ALONE`` faster, and takes the helpers back only when sharing is ``TO_SHARED`` faster. Next to a
+    busy neighbour the two ways ran about as fast (a shared step as fast as one alone, or 8% slower, by run) and
+    the shared way erratic, so a close call goes alone, which also leaves the neighbour its core; idle, sharing is
+    60-80% faster and passes either. (Stretches of a fixed number of parts, timed whole, compared mismatched phases
     of a step and let one preempted step decide: next to a busy process an LSTM at 256 units stayed shared for 4 s
     at 0.86x after one such probe.) The first probe starts after the first step (its warm-up untimed), the next
     ``PROBE_SECONDS`` after one that changed the way, twice as long after one that did not (up to
@@ -215,7 +217,7 @@ class _Way:
 
     STEPS, SECONDS = 3, 0.1
     PROBE_SECONDS, LONGEST_SECONDS = 2.0, 16.0
-    TO_ALONE, TO_SHARED = 0.04, 0.10
+    TO_ALONE, TO_SHARED = -0.04, 0.10  # alone: at most 4% slower; shared: at least 10% faster
 
     def __init__(self):
         self.shared, self.wait, self.probe_at = True, self.PROBE_SECONDS, 0.0
