@@ -204,9 +204,8 @@ void lstm_forward_window_f32(float *gates, const float *table, const long *chars
 /* The backward over a window: dh = dpre_{t+1} Whh + dh_out[t] (Whh^T packed in WpT), then the step; dc (B x H)
    starts at zero, dh is B x H of scratch. At the last step dh is dh_out's and dc's forget gate any finite one. */
 void lstm_backward_window_f32(float *dpre, float *dtables, const long *table_of, const long *chars, float *dc,
-                              const float *gates,
-                              const float *cs, const float *tanh_c, const float *dh_out, const float *WpT, float *dh,
-                              long T, long B, long H, long S) {
+                              const float *gates, const float *cs, const float *tanh_c, const float *dh_out,
+                              const float *WpT, float *dh, long T, long B, long H, long S) {
     long G = 4 * H * S, N = H * S;
     for (long t = T - 1; t >= 0; t--) {
         const float *dh_t = dh_out + t * N, *next_gates = gates + t * G;
@@ -256,9 +255,8 @@ void gru_forward_window_f32(float *gates, const float *table, const long *chars,
    WpT is Whh^T packed; dh (B x H) carries dh_{t+1} and starts at zero, so that at the last step dh_out[T - 1] + 0 z
    is dh_out's, for any finite z; sum (B x H) is scratch. */
 void gru_backward_window_f32(float *drec, float *dx_n, float *dtables, const long *table_of, const long *chars,
-                             const float *gates,
-                             const float *ns, const float *h_minus_n, const float *dh_out, const float *WpT, float *dh,
-                             float *sum, long T, long B, long H, long S) {
+                             const float *gates, const float *ns, const float *h_minus_n, const float *dh_out,
+                             const float *WpT, float *dh, float *sum, long T, long B, long H, long S) {
     long G = 3 * H * S, N = H * S;
     for (long t = T - 1; t >= 0; t--) {
         const float *z_next = gates + t * G + H, *summed = dh_out + t * N;

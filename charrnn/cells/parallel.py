@@ -204,8 +204,8 @@ class _Way:
     ``STEPS`` steps and ``SECONDS`` long, every step timed from the end of the one before (``step_ended``: the
     caller's own work, Lightning's included), and the way changes when the other stretch's median step took less
     than the median step of each stretch around it by a margin (a drift of the machine's speed, a validation inside
-    a stretch, a step preempted by the neighbour, then change nothing): the caller goes alone unless sharing was
-    more than ``TO_ALONE`` faster, and takes the helpers back only when sharing is ``TO_SHARED`` faster. Next to a
+    a stretch, a step preempted by the neighbour, then change nothing): the caller goes alone unless its stretch
+    was more than ``-TO_ALONE`` slower, and takes the helpers back only when sharing is ``TO_SHARED`` faster. Next to a
     busy neighbour the two ways ran about as fast (a shared step as fast as one alone, or 8% slower, by run) and
     the shared way erratic, so a close call goes alone, which also leaves the neighbour its core; idle, sharing is
     60-80% faster and passes either. (Stretches of a fixed number of parts, timed whole, compared mismatched phases
@@ -221,7 +221,7 @@ class _Way:
 
     def __init__(self):
         self.shared, self.wait, self.probe_at = True, self.PROBE_SECONDS, 0.0
-        self.last_end, self.started, self.stretches = None, 0.0, None  # stretches: each one's step times, in a probe
+        self.last_end, self.stretches = None, None  # stretches: each one's step times, in a probe
 
     def next(self) -> bool:
         """Whether the next run goes shared: the present stretch's way."""
@@ -235,15 +235,14 @@ class _Way:
             return
         if self.stretches is None:
             if now >= self.probe_at:
-                self.stretches, self.started = [[]], now
+                self.stretches = [[]]
             return
         stretch = self.stretches[-1]
         stretch.append(now - last)
-        if len(stretch) < self.STEPS or now - self.started < self.SECONDS:
+        if len(stretch) < self.STEPS or sum(stretch) < self.SECONDS:  # back to back: their sum is the stretch's length
             return
         if len(self.stretches) < 3:
             self.stretches.append([])
-            self.started = now
             return
         before, other, after = map(statistics.median, self.stretches)
         change = other < (1 - (self.TO_ALONE if self.shared else self.TO_SHARED)) * min(before, after)
